@@ -1,0 +1,135 @@
+"""Turn the bytes of one landed CSV file into canonical, still untyped records.
+
+This is the structural half of the data contract, the part Spark's own CSV reader cannot do honestly: in
+PERMISSIVE mode it pads short rows and drops extra fields, and it cannot hand back a record's raw text.
+Here every record keeps its exact raw text and its first physical line number, and a record that cannot be
+split into the header's fields carries the reason instead of being guessed at.
+
+Outcomes:
+* the file cannot be read at all (not UTF-8 text, empty, header of no known version): ``FileRejected``;
+* a record with the wrong number of fields, a broken quote, a NUL byte or an oversize field: a record
+  whose ``parse_errors`` says why (its values are left empty);
+* otherwise: a record with the canonical (v3) columns as text, upcast by ``schema_registry.migrate``.
+
+Typing (numbers, timestamps) happens in Spark, which adds its own reasons to ``parse_errors``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from include.schema_registry import CANONICAL_COLUMNS, UnknownSchemaVersion, detect_version, migrate
+
+# Longest value accepted in one field. Real values are far shorter; anything longer is damage or abuse.
+MAX_FIELD_CHARS = 1024
+# Above this csv refuses to read a field at all; such a record is dead-lettered with its raw text.
+_CSV_FIELD_LIMIT = 16 * 1024 * 1024
+
+LINEAGE_COLUMNS: tuple[str, ...] = ("schema_version", "source_file", "source_line", "raw_data", "parse_errors")
+PARSED_COLUMNS: tuple[str, ...] = CANONICAL_COLUMNS + LINEAGE_COLUMNS
+
+
+class FileRejected(ValueError):
+    """The whole file is unreadable; it must be quarantined with this reason, not partially loaded."""
+
+
+@dataclass
+class _LineTap:
+    """Line iterator for csv.reader that remembers which physical lines each record consumed."""
+
+    lines: Iterator[str]
+    line_number: int = 0
+
+    def __post_init__(self) -> None:
+        self.consumed: list[str] = []
+
+    def __iter__(self) -> _LineTap:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.line_number += 1
+        self.consumed.append(line)
+        return line
+
+    def take(self) -> str:
+        """Raw text of the lines consumed since the last call, without the final line terminator."""
+        raw = "".join(self.consumed)
+        self.consumed = []
+        if raw.endswith("\r\n"):
+            return raw[:-2]
+        return raw[:-1] if raw.endswith(("\n", "\r")) else raw
+
+
+def decode(content: bytes) -> str:
+    """Decode a file as UTF-8 (a BOM is allowed); raise ``FileRejected`` for anything else."""
+    if not content:
+        raise FileRejected("empty file: no header and no rows")
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise FileRejected(
+            f"not UTF-8 text: byte 0x{content[error.start]:02x} at offset {error.start} cannot be decoded"
+        ) from None
+
+
+def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
+    """Yield one canonical record per CSV record of ``content`` (header excluded, blank lines skipped).
+
+    Raises ``FileRejected`` before yielding anything if the file cannot be read at all.
+    """
+    text = decode(content)
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    tap = _LineTap(iter(io.StringIO(text, newline="")))
+    reader = csv.reader(tap, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise FileRejected("empty file: no header and no rows") from None
+    except csv.Error as error:
+        raise FileRejected(f"unreadable header line: {error}") from None
+    try:
+        version = detect_version(header)
+    except UnknownSchemaVersion as error:
+        raise FileRejected(str(error)) from None
+    tap.take()
+    width = len(version.columns)
+
+    while True:
+        start_line = tap.line_number + 1
+        try:
+            fields = next(reader)
+            error = None
+        except StopIteration:
+            return
+        except csv.Error as csv_error:
+            fields, error = None, f"malformed CSV: {csv_error}"
+        raw = tap.take()
+        if fields is not None and not fields:
+            continue  # a blank line holds no record
+        if error is None:
+            error = _structural_error(fields, width)
+        record: dict[str, object] = dict.fromkeys(CANONICAL_COLUMNS)
+        if error is None:
+            values = {column: (value if value != "" else None) for column, value in zip(version.columns, fields)}
+            record = migrate(values, version)
+        record.update(
+            schema_version=version.name,
+            source_file=source_file,
+            source_line=start_line,
+            raw_data=raw,
+            parse_errors=error,
+        )
+        yield record
+
+
+def _structural_error(fields: list[str], width: int) -> str | None:
+    if len(fields) != width:
+        return f"wrong number of fields: expected {width}, found {len(fields)}"
+    oversize = [f"field {i + 1} has {len(v)} characters" for i, v in enumerate(fields) if len(v) > MAX_FIELD_CHARS]
+    if oversize:
+        return f"oversize field (limit {MAX_FIELD_CHARS} characters): " + "; ".join(oversize)
+    return None

@@ -1,0 +1,114 @@
+"""The one place configuration is read from the environment.
+
+Every variable of the original system is honoured with the same default, plus the directories of the
+Airflow design (LANDING_DIR, ARCHIVE_DIR, CHECKPOINT_DIR, ...). Relative directories resolve against the
+project root so that the Airflow processes, spark-submit and the generator agree on one layout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+# Relative directories resolve against the project checkout. Code shipped to Spark inside a zip cannot find
+# it from __file__, so the DAG passes PIPELINE_HOME along with the other settings.
+PROJECT_ROOT = Path(os.environ.get("PIPELINE_HOME") or Path(__file__).resolve().parent.parent)
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the pipeline cannot use; the message names it and says why."""
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@dataclass(frozen=True)
+class Settings:
+    # PostgreSQL (the analytics store)
+    postgres_host: str = "localhost"
+    postgres_port: int = 5433
+    postgres_db: str = "ecommerce"
+    postgres_user: str = "spark"
+    postgres_password: str = "spark123"
+    # streaming
+    trigger_interval: str = "10 seconds"
+    watermark_delay: str = "10 minutes"
+    max_files_per_trigger: int = 10
+    # data quality
+    min_validity_rate: float = 95.0
+    max_price: float = 10000.0
+    late_arrival_minutes: int = 5
+    # retries and the circuit breaker
+    max_retries: int = 3
+    initial_retry_delay: float = 1.0
+    retry_backoff_factor: float = 2.0
+    circuit_breaker_threshold: int = 5
+    # directories of the Airflow design
+    landing_dir: Path = PROJECT_ROOT / "data" / "landing"
+    archive_dir: Path = PROJECT_ROOT / "data" / "archive"
+    checkpoint_dir: Path = PROJECT_ROOT / "data" / "checkpoints" / "ecommerce_events"
+    quarantine_dir: Path = PROJECT_ROOT / "data" / "quarantine"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); unset or empty variables keep defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = environ.get(field.name.upper(), "").strip()
+            if not raw:
+                continue
+            kind = type(field.default)
+            try:
+                if kind is bool:
+                    values[field.name] = raw.lower() in {"1", "true", "yes", "on"}
+                elif issubclass(kind, Path):
+                    values[field.name] = _project_path(raw)
+                else:
+                    values[field.name] = kind(raw)
+            except ValueError as error:
+                raise SettingsError(
+                    f"{field.name.upper()}={raw!r} is not a valid {kind.__name__}; "
+                    f"unset it to use the default {field.default!r}"
+                ) from error
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        problems = []
+        if self.max_files_per_trigger < 1:
+            problems.append("MAX_FILES_PER_TRIGGER must be at least 1")
+        if not 0 <= self.min_validity_rate <= 100:
+            problems.append("MIN_VALIDITY_RATE is a percentage between 0 and 100")
+        if self.max_price <= 0:
+            problems.append("MAX_PRICE must be positive")
+        if self.late_arrival_minutes < 0:
+            problems.append("LATE_ARRIVAL_MINUTES must not be negative")
+        if self.max_retries < 0 or self.initial_retry_delay < 0 or self.retry_backoff_factor < 1:
+            problems.append("MAX_RETRIES >= 0, INITIAL_RETRY_DELAY >= 0 and RETRY_BACKOFF_FACTOR >= 1")
+        if self.circuit_breaker_threshold < 1:
+            problems.append("CIRCUIT_BREAKER_THRESHOLD must be at least 1")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    @property
+    def postgres_conninfo(self) -> str:
+        """A libpq connection string (keyword form, so no URL-quoting surprises in passwords)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.postgres_host,
+            port=self.postgres_port,
+            dbname=self.postgres_db,
+            user=self.postgres_user,
+            password=self.postgres_password,
+        )
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,128 @@
+-- Schema of the analytics store. Idempotent: `scripts/pipeline.py init-db` applies it on every start.
+-- Tables and columns of the original system keep their names; everything added is an extension.
+
+-- Good events, one row per event_id (canonical schema v3 plus lineage).
+CREATE TABLE IF NOT EXISTS ecommerce_events (
+    event_id         TEXT         PRIMARY KEY,
+    user_id          INTEGER,                 -- NULL for anonymous visitors (view / search only)
+    session_id       TEXT,
+    event_type       TEXT         NOT NULL,
+    product_id       INTEGER,
+    category         TEXT,
+    price            NUMERIC(12, 2),
+    quantity         INTEGER,
+    total_amount     NUMERIC(14, 2),
+    user_segment     TEXT,
+    event_time       TIMESTAMPTZ  NOT NULL,
+    device_type      TEXT,
+    browser          TEXT,
+    geo_country      TEXT,
+    geo_city         TEXT,
+    referrer         TEXT,
+    campaign_id      TEXT,
+    is_late_arrival  BOOLEAN      NOT NULL DEFAULT FALSE,
+    processed_at     TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    -- lineage
+    schema_version   TEXT         NOT NULL,
+    source_file      TEXT         NOT NULL,
+    source_line      INTEGER      NOT NULL,
+    airflow_run_id   TEXT,
+    spark_query_id   UUID,
+    spark_batch_id   BIGINT
+);
+CREATE INDEX IF NOT EXISTS ix_ecommerce_events_event_time ON ecommerce_events (event_time);
+CREATE INDEX IF NOT EXISTS ix_ecommerce_events_event_type ON ecommerce_events (event_type);
+
+-- Rows that could not become events, with the raw input and every reason.
+CREATE TABLE IF NOT EXISTS dead_letter_events (
+    id                 BIGSERIAL PRIMARY KEY,
+    event_id           TEXT,
+    raw_data           TEXT        NOT NULL,
+    validation_errors  TEXT        NOT NULL,
+    failed_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- lineage
+    schema_version     TEXT,
+    source_file        TEXT,
+    source_line        INTEGER,
+    airflow_run_id     TEXT,
+    spark_query_id     UUID,
+    spark_batch_id     BIGINT
+);
+CREATE INDEX IF NOT EXISTS ix_dead_letter_events_failed_at ON dead_letter_events (failed_at);
+
+-- One row per processed batch; total_records = valid_records + invalid_records + duplicate_records.
+CREATE TABLE IF NOT EXISTS data_quality_metrics (
+    id                  BIGSERIAL PRIMARY KEY,
+    batch_id            VARCHAR(128) NOT NULL,
+    total_records       INTEGER      NOT NULL,
+    valid_records       INTEGER      NOT NULL,
+    validity_rate       NUMERIC(6, 2),
+    recorded_at         TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    invalid_records     INTEGER      NOT NULL DEFAULT 0,
+    duplicate_records   INTEGER      NOT NULL DEFAULT 0,
+    late_records        INTEGER      NOT NULL DEFAULT 0,
+    quarantined_files   INTEGER      NOT NULL DEFAULT 0,
+    processing_time_ms  BIGINT,
+    throughput          NUMERIC(14, 2),          -- records per second
+    airflow_run_id      TEXT,
+    spark_query_id      UUID,
+    spark_batch_id      BIGINT,
+    CONSTRAINT data_quality_metrics_counts_add_up
+        CHECK (total_records = valid_records + invalid_records + duplicate_records)
+);
+
+-- Files that could not be read at all (no known header, not UTF-8 text, empty); moved to QUARANTINE_DIR.
+CREATE TABLE IF NOT EXISTS quarantined_files (
+    id              BIGSERIAL PRIMARY KEY,
+    source_file     TEXT        NOT NULL,
+    quarantine_path TEXT        NOT NULL,
+    reason          TEXT        NOT NULL,
+    quarantined_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    airflow_run_id  TEXT,
+    spark_query_id  UUID,
+    spark_batch_id  BIGINT
+);
+
+-- Ledger of published Spark batches. Written in the same transaction as the batch's rows, so a batch that
+-- Spark replays after a crash is recognised and not published twice.
+CREATE TABLE IF NOT EXISTS pipeline_batch_ledger (
+    spark_query_id  UUID        NOT NULL,
+    spark_batch_id  BIGINT      NOT NULL,
+    airflow_run_id  TEXT,
+    input_files     INTEGER     NOT NULL,
+    input_rows      INTEGER     NOT NULL,
+    published_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (spark_query_id, spark_batch_id)
+);
+
+-- Typed rows of a Spark batch waiting to be published. UNLOGGED: it is rebuilt from the source files if
+-- PostgreSQL crashes, and the ledger decides what was published.
+CREATE UNLOGGED TABLE IF NOT EXISTS staging_events (
+    spark_query_id   UUID        NOT NULL,
+    spark_batch_id   BIGINT      NOT NULL,
+    spark_partition  INTEGER     NOT NULL,
+    event_id         TEXT,
+    user_id          INTEGER,
+    session_id       TEXT,
+    event_type       TEXT,
+    product_id       INTEGER,
+    category         TEXT,
+    price            NUMERIC(12, 2),
+    quantity         INTEGER,
+    total_amount     NUMERIC(14, 2),
+    user_segment     TEXT,
+    event_time       TIMESTAMPTZ,
+    device_type      TEXT,
+    browser          TEXT,
+    geo_country      TEXT,
+    geo_city         TEXT,
+    referrer         TEXT,
+    campaign_id      TEXT,
+    is_late_arrival  BOOLEAN,
+    schema_version   TEXT,
+    source_file      TEXT        NOT NULL,
+    source_line      INTEGER     NOT NULL,
+    raw_data         TEXT,
+    parse_errors     TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_staging_events_batch ON staging_events (spark_query_id, spark_batch_id);

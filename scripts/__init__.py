@@ -1,0 +1,1 @@
+"""Developer and operator tooling: the local PostgreSQL cluster, the Airflow environment, `make run`."""

@@ -1,0 +1,1 @@
+"""Spark entry points (``ingest_events``) and the pure transforms they chain."""

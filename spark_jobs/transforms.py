@@ -1,0 +1,126 @@
+"""Pure DataFrame transforms of the ingest job: landed files -> canonical records -> typed events.
+
+No I/O here; the entry module (``ingest_events``) owns the SparkSession, the stream and the writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from include.event_parser import PARSED_COLUMNS, FileRejected, parse_file
+
+PARSED_SCHEMA = T.StructType(
+    [
+        T.StructField(column, T.IntegerType() if column == "source_line" else T.StringType())
+        for column in PARSED_COLUMNS
+    ]
+    + [T.StructField("file_error", T.StringType())]
+)
+_ARROW_PARSED_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.int32() if f.name == "source_line" else pa.string()) for f in PARSED_SCHEMA.fields]
+)
+
+# Target type of each text column that must be typed, and how its value is named in a reason.
+TYPED_COLUMNS: dict[str, T.DataType] = {
+    "user_id": T.IntegerType(),
+    "product_id": T.IntegerType(),
+    "price": T.DecimalType(12, 2),
+    "quantity": T.IntegerType(),
+    "event_time": T.TimestampType(),
+}
+
+
+def local_path(uri: str) -> str:
+    """``file:/a/b%20c.csv`` (as Spark reports a path) -> ``/a/b c.csv``; other schemes are kept as they are."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
+
+
+def parse_landed_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` function: rows of the binaryFile source (path, content) -> parsed records.
+
+    A file that cannot be read at all becomes one record with ``file_error`` set and no event fields,
+    so the driver can quarantine it while the rest of the batch goes on.
+    """
+    for batch in batches:
+        paths = batch.column("path").to_pylist()
+        contents = batch.column("content").to_pylist()
+        records: list[dict[str, object]] = []
+        for uri, content in zip(paths, contents):
+            source_file = local_path(uri)
+            try:
+                records.extend(parse_file(content or b"", source_file))
+            except FileRejected as rejected:
+                records.append({"source_file": source_file, "source_line": 0, "file_error": str(rejected)})
+        if records:
+            yield pa.RecordBatch.from_pylist(records, schema=_ARROW_PARSED_SCHEMA)
+
+
+def filter_file_errors(parsed: DataFrame) -> DataFrame:
+    """Keep only the records of readable files (file-level rejections are handled by the driver)."""
+    return parsed.filter(F.col("file_error").isNull()).drop("file_error")
+
+
+def _append_reason(errors: Column, condition: Column, reason: Column) -> Column:
+    """errors ++ reason when condition holds; reasons are joined with '; '."""
+    return F.when(condition, F.concat_ws("; ", errors, reason)).otherwise(errors)
+
+
+def with_typed_columns(records: DataFrame) -> DataFrame:
+    """Cast the text columns to their types; a non-empty value that does not cast adds a reason.
+
+    An empty value stays NULL without a reason here: whether NULL is allowed is a data-quality rule.
+    """
+    errors = F.col("parse_errors")
+    typed = records
+    for column, data_type in TYPED_COLUMNS.items():
+        raw = F.col(column)
+        cast = F.expr(f"try_cast({column} AS {data_type.simpleString()})")
+        failed = raw.isNotNull() & cast.isNull() & errors.isNull()
+        reason = F.concat(
+            F.lit(f"{column} '"), F.substring(raw, 1, 80), F.lit(f"' is not a valid {_type_name(data_type)}")
+        )
+        errors = _append_reason(errors, failed, reason)
+        typed = typed.withColumn(f"__typed_{column}", cast)
+    typed = typed.withColumn("parse_errors", errors)
+    for column in TYPED_COLUMNS:
+        typed = typed.withColumn(column, F.col(f"__typed_{column}")).drop(f"__typed_{column}")
+    return typed
+
+
+def _type_name(data_type: T.DataType) -> str:
+    if isinstance(data_type, T.IntegerType):
+        return "integer"
+    if isinstance(data_type, T.DecimalType):
+        return f"number (at most {data_type.precision - data_type.scale} digits before the point)"
+    return "ISO-8601 timestamp"
+
+
+# Columns the events table cannot store without: a row missing one is dead-lettered by the job itself.
+REQUIRED_COLUMNS: tuple[str, ...] = ("event_id", "event_type", "event_time")
+
+
+def with_required_columns_checked(records: DataFrame) -> DataFrame:
+    """Add a reason for each empty required column (run after typing: a bad value is already a reason)."""
+    errors = F.col("parse_errors")
+    for column in REQUIRED_COLUMNS:
+        errors = _append_reason(errors, F.col(column).isNull() & errors.isNull(), F.lit(f"{column} is empty"))
+    return records.withColumn("parse_errors", errors)
+
+
+def with_total_amount(events: DataFrame) -> DataFrame:
+    return events.withColumn("total_amount", (F.col("price") * F.col("quantity")).cast(T.DecimalType(14, 2)))
+
+
+def with_late_arrival(events: DataFrame, processing_time: datetime, late_arrival_minutes: int) -> DataFrame:
+    """Flag events older than ``late_arrival_minutes`` at processing time; late events are kept, never dropped."""
+    cutoff = F.lit(processing_time) - F.expr(f"INTERVAL {int(late_arrival_minutes)} MINUTES")
+    return events.withColumn("is_late_arrival", F.coalesce(F.col("event_time") < cutoff, F.lit(False)))
