@@ -8,7 +8,8 @@ split into the header's fields carries the reason instead of being guessed at.
 Outcomes:
 * the file cannot be read at all (not UTF-8 text, empty, header of no known version): ``FileRejected``;
 * a record with the wrong number of fields, a broken quote, a NUL byte or an oversize field: a record
-  whose ``parse_errors`` says why (its values are left empty);
+  whose ``parse_errors`` says why (its values are left empty; a NUL in its raw text is written ``\\x00``,
+  since PostgreSQL text cannot hold it);
 * otherwise: a record with the canonical (v3) columns as text, upcast by ``schema_registry.migrate``.
 
 Typing (numbers, timestamps) happens in Spark, which adds its own reasons to ``parse_errors``.
@@ -107,7 +108,7 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
             return
         except csv.Error as csv_error:
             fields, error = None, f"malformed CSV: {csv_error}"
-        raw = tap.take()
+        raw = tap.take().replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL; keep it visible
         if fields is not None and not fields:
             continue  # a blank line holds no record
         if error is None:
@@ -129,6 +130,8 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
 def _structural_error(fields: list[str], width: int) -> str | None:
     if len(fields) != width:
         return f"wrong number of fields: expected {width}, found {len(fields)}"
+    if any("\x00" in value for value in fields):
+        return "NUL byte in a field (not valid in text)"
     oversize = [f"field {i + 1} has {len(v)} characters" for i, v in enumerate(fields) if len(v) > MAX_FIELD_CHARS]
     if oversize:
         return f"oversize field (limit {MAX_FIELD_CHARS} characters): " + "; ".join(oversize)

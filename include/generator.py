@@ -36,14 +36,21 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from faker import Faker
 
 from include.schema_registry import (
-    BROWSERS, CATEGORIES, DEVICE_TYPES, EVENT_TYPES, LOGIN_REQUIRED_EVENT_TYPES, REFERRERS, USER_SEGMENTS,
-    VERSIONS, SchemaVersion,
+    BROWSERS,
+    CATEGORIES,
+    DEVICE_TYPES,
+    EVENT_TYPES,
+    LOGIN_REQUIRED_EVENT_TYPES,
+    REFERRERS,
+    USER_SEGMENTS,
+    VERSIONS,
+    SchemaVersion,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,11 +83,11 @@ def _version(version: SchemaVersion | str) -> SchemaVersion:
 
 
 def _utc_naive(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def invalid_kinds_for(version: SchemaVersion | str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -39,7 +39,6 @@ from spark_jobs.transforms import (
     parse_landed_files,
     with_late_arrival,
     with_total_amount,
-    with_required_columns_checked,
     with_typed_columns,
 )
 
@@ -83,9 +82,9 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        processing_time = datetime.now(timezone.utc)
+        processing_time = datetime.now(UTC)
         files = {
-            Path(local_path(row.path)): datetime.fromtimestamp(row.modificationTime.timestamp(), timezone.utc)
+            Path(local_path(row.path)): datetime.fromtimestamp(row.modificationTime.timestamp(), UTC)
             for row in batch.select("path", "modificationTime").collect()
         }
         if not files:
@@ -111,7 +110,6 @@ class BatchWriter:
             events = (
                 parsed.transform(filter_file_errors)
                 .transform(with_typed_columns)
-                .transform(with_required_columns_checked)
                 .transform(with_total_amount)
                 .transform(lambda df: with_late_arrival(df, processing_time, self.settings.late_arrival_minutes))
                 .select(*STAGED_COLUMNS)
@@ -119,9 +117,8 @@ class BatchWriter:
             conninfo = self.settings.postgres_conninfo
 
             def stage_partition(batches):
-                from pyspark import TaskContext
-
                 import pyarrow as pa
+                from pyspark import TaskContext
 
                 partition = TaskContext.get().partitionId()
                 rows = copy_arrow_to_staging(conninfo, query_id, batch_id, partition, batches)

@@ -74,21 +74,29 @@ def _append_reason(errors: Column, condition: Column, reason: Column) -> Column:
     return F.when(condition, F.concat_ws("; ", errors, reason)).otherwise(errors)
 
 
-def with_typed_columns(records: DataFrame) -> DataFrame:
-    """Cast the text columns to their types; a non-empty value that does not cast adds a reason.
+# Columns the events table cannot store without: a row missing one is dead-lettered by the job itself.
+REQUIRED_COLUMNS: tuple[str, ...] = ("event_id", "event_type", "event_time")
 
-    An empty value stays NULL without a reason here: whether NULL is allowed is a data-quality rule.
+
+def with_typed_columns(records: DataFrame) -> DataFrame:
+    """Cast the text columns to their types and add a reason for each value that cannot be stored.
+
+    Reasons: a required column is empty, or a non-empty value does not cast. Other empty values stay NULL
+    without a reason: whether NULL is allowed there is a data-quality rule, not a parsing matter. A row
+    the parser already found damaged keeps its one structural reason.
     """
+    structurally_ok = F.col("parse_errors").isNull()
     errors = F.col("parse_errors")
+    for column in REQUIRED_COLUMNS:
+        errors = _append_reason(errors, structurally_ok & F.col(column).isNull(), F.lit(f"{column} is empty"))
     typed = records
     for column, data_type in TYPED_COLUMNS.items():
         raw = F.col(column)
         cast = F.expr(f"try_cast({column} AS {data_type.simpleString()})")
-        failed = raw.isNotNull() & cast.isNull() & errors.isNull()
         reason = F.concat(
             F.lit(f"{column} '"), F.substring(raw, 1, 80), F.lit(f"' is not a valid {_type_name(data_type)}")
         )
-        errors = _append_reason(errors, failed, reason)
+        errors = _append_reason(errors, structurally_ok & raw.isNotNull() & cast.isNull(), reason)
         typed = typed.withColumn(f"__typed_{column}", cast)
     typed = typed.withColumn("parse_errors", errors)
     for column in TYPED_COLUMNS:
@@ -102,18 +110,6 @@ def _type_name(data_type: T.DataType) -> str:
     if isinstance(data_type, T.DecimalType):
         return f"number (at most {data_type.precision - data_type.scale} digits before the point)"
     return "ISO-8601 timestamp"
-
-
-# Columns the events table cannot store without: a row missing one is dead-lettered by the job itself.
-REQUIRED_COLUMNS: tuple[str, ...] = ("event_id", "event_type", "event_time")
-
-
-def with_required_columns_checked(records: DataFrame) -> DataFrame:
-    """Add a reason for each empty required column (run after typing: a bad value is already a reason)."""
-    errors = F.col("parse_errors")
-    for column in REQUIRED_COLUMNS:
-        errors = _append_reason(errors, F.col(column).isNull() & errors.isNull(), F.lit(f"{column} is empty"))
-    return records.withColumn("parse_errors", errors)
 
 
 def with_total_amount(events: DataFrame) -> DataFrame:

@@ -18,12 +18,24 @@ import pytest
 
 from include import generator as gen_module
 from include.generator import (
-    INVALID_KINDS, EventGenerator, invalid_kinds_for, main, parse_version_mix, write_batch_file,
+    INVALID_KINDS,
+    EventGenerator,
+    invalid_kinds_for,
+    main,
+    parse_version_mix,
+    write_batch_file,
     write_events_csv,
 )
 from include.schema_registry import (
-    BROWSERS, CATEGORIES, DEVICE_TYPES, EVENT_TYPES, LOGIN_REQUIRED_EVENT_TYPES, REFERRERS, USER_SEGMENTS,
-    VERSIONS, detect_version,
+    BROWSERS,
+    CATEGORIES,
+    DEVICE_TYPES,
+    EVENT_TYPES,
+    LOGIN_REQUIRED_EVENT_TYPES,
+    REFERRERS,
+    USER_SEGMENTS,
+    VERSIONS,
+    detect_version,
 )
 
 pytestmark = pytest.mark.unit

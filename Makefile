@@ -1,0 +1,50 @@
+# The project's entry points. Every target creates the virtualenv first if it is missing or stale.
+#   make run    fresh machine -> running pipeline (Airflow UI on http://127.0.0.1:8080), Ctrl+C stops it all
+#   make test   the whole test suite (unit + integration against a real PostgreSQL, Spark and Airflow)
+#   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Reinstall when the pins change.
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-12)
+PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+.PHONY: venv run once test test-unit test-integration lint clean env
+
+$(STAMP): requirements.txt constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing pinned requirements into $(VENV) (first time: about 2 minutes) ..."
+	@$(BIN)/python -m pip install -q --upgrade pip $(PIP_QUIET)
+	@$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt $(PIP_QUIET)
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+run: venv
+	@$(BIN)/python -m scripts.pipeline run
+
+once: venv
+	@$(BIN)/python -m scripts.pipeline once
+
+test: venv
+	@$(BIN)/python -m pytest
+
+test-unit: venv
+	@$(BIN)/python -m pytest -m unit
+
+test-integration: venv
+	@$(BIN)/python -m pytest -m integration
+
+lint: venv
+	@$(BIN)/ruff check .
+
+# Print the environment of the local Airflow, for using the airflow CLI by hand: eval "$(make -s env)"
+env: venv
+	@$(BIN)/python -m scripts.airflow_env
+
+# Stop the local PostgreSQL and delete all local state (database, checkpoints, archive, Airflow home).
+clean:
+	-@test -x $(BIN)/python && $(BIN)/python -m scripts.local_postgres stop
+	rm -rf data spark-warehouse

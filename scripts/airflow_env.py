@@ -1,0 +1,110 @@
+"""The environment every local Airflow process runs with (`make run`, `make once`, the tests).
+
+Airflow is configured entirely through AIRFLOW__* variables, so nothing outside the project is touched:
+AIRFLOW_HOME is data/airflow, the metadata database is `airflow` on the configured PostgreSQL server, and
+the two connections the DAG needs come from the environment unless the user already set them:
+
+* AIRFLOW_CONN_SPARK_DEFAULT      master from SPARK_MASTER (default `local[*]`)
+* AIRFLOW_CONN_ECOMMERCE_POSTGRES built from POSTGRES_*
+
+    eval "$(.venv/bin/python -m scripts.airflow_env)"   # then use the `airflow` CLI against this setup
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote
+
+from include.settings import PROJECT_ROOT, Settings
+
+VENV_BIN = Path(sys.executable).parent
+ADMIN_USER = "admin"
+
+
+def _persistent_secret(path: Path) -> str:
+    """A random secret created once and kept in AIRFLOW_HOME, shared by all components (JWTs, sessions)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def admin_password(airflow_home: Path, environ: Mapping[str, str]) -> str:
+    """The UI login's password: AIRFLOW_ADMIN_PASSWORD, else `admin` for a local, loopback-only UI."""
+    password = environ.get("AIRFLOW_ADMIN_PASSWORD") or "admin"
+    passwords_file = airflow_home / "simple_auth_manager_passwords.json"
+    passwords_file.parent.mkdir(parents=True, exist_ok=True)
+    passwords_file.write_text(json.dumps({ADMIN_USER: password}))
+    passwords_file.chmod(0o600)
+    return password
+
+
+def airflow_environment(
+    settings: Settings, environ: Mapping[str, str] | None = None, airflow_home: Path | None = None
+) -> dict[str, str]:
+    """Variables to add to ``environ`` (default ``os.environ``) for a local Airflow of this project."""
+    environ = dict(os.environ if environ is None else environ)
+    home = Path(environ.get("AIRFLOW_HOME") or airflow_home or PROJECT_ROOT / "data" / "airflow")
+    api_host = environ.get("AIRFLOW_API_HOST", "127.0.0.1")
+    api_port = environ.get("AIRFLOW_API_PORT", "8080")
+    user, password = quote(settings.postgres_user, safe=""), quote(settings.postgres_password, safe="")
+    metadata_url = (
+        f"postgresql+psycopg2://{user}:{password}@{settings.postgres_host}:{settings.postgres_port}/airflow"
+    )
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "PIPELINE_HOME": str(PROJECT_ROOT),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), environ.get("PYTHONPATH", "")) if p),
+        "PATH": os.pathsep.join((str(VENV_BIN), environ.get("PATH", ""))),
+        "PYSPARK_PYTHON": environ.get("PYSPARK_PYTHON", sys.executable),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+        "AIRFLOW__API__HOST": api_host,
+        "AIRFLOW__API__PORT": api_port,
+        "AIRFLOW__API__BASE_URL": f"http://{api_host}:{api_port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{api_host}:{api_port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": _persistent_secret(home / ".jwt_secret"),
+        "AIRFLOW__API__SECRET_KEY": _persistent_secret(home / ".api_secret_key"),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+    }
+    # Keep what the user configured explicitly.
+    env = {key: value for key, value in env.items() if key in ("PATH", "PYTHONPATH") or key not in environ}
+    if "AIRFLOW_CONN_SPARK_DEFAULT" not in environ:
+        master = environ.get("SPARK_MASTER", "local[*]")
+        env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": master})
+    if "AIRFLOW_CONN_ECOMMERCE_POSTGRES" not in environ:
+        env["AIRFLOW_CONN_ECOMMERCE_POSTGRES"] = json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": settings.postgres_host,
+                "port": settings.postgres_port,
+                "schema": settings.postgres_db,
+                "login": settings.postgres_user,
+                "password": settings.postgres_password,
+            }
+        )
+    return env
+
+
+def main() -> int:
+    for key, value in airflow_environment(Settings.from_env()).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Operator commands behind the Makefile.
+
+    python -m scripts.pipeline init   # database(s), schema and Airflow metadata, nothing else
+    python -m scripts.pipeline once   # init, then one run of the DAG (`airflow dags test`); exit 0 / 1
+    python -m scripts.pipeline run    # init, then Airflow + the generator until Ctrl+C
+
+When POSTGRES_HOST is local (localhost / 127.0.0.1) the project-local cluster in data/postgres is
+initialised and started as needed; `run` stops it again on exit if it started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import psycopg
+
+from include.settings import PROJECT_ROOT, Settings
+from include.warehouse import apply_schema
+from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
+from scripts.local_postgres import LocalPostgres, ensure_database
+
+DAG_ID = "ecommerce_events"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+LOG_DIR = PROJECT_ROOT / "data" / "logs"
+
+
+def say(message: str) -> None:
+    print(f"[pipeline] {message}", flush=True)
+
+
+@dataclass
+class Environment:
+    settings: Settings
+    env: dict[str, str]
+    started_postgres: LocalPostgres | None = None
+
+    @classmethod
+    def prepare(cls) -> Environment:
+        """Make the database server, the databases, the schema and the Airflow metadata ready."""
+        settings = Settings.from_env()
+        started = None
+        if settings.postgres_host in LOCAL_HOSTS:
+            cluster = LocalPostgres.from_settings(settings)
+            was_running = cluster.initialised() and cluster.running()
+            cluster.ensure()
+            if not was_running:
+                started = cluster
+                say(f"started PostgreSQL on {cluster.host}:{cluster.port} (data in {cluster.data_dir})")
+        admin = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, dbname="postgres")
+        for database in (settings.postgres_db, "airflow"):
+            if ensure_database(admin, database):
+                say(f"created database {database}")
+        with psycopg.connect(settings.postgres_conninfo) as conn:
+            apply_schema(conn)
+        env = {**os.environ, **airflow_environment(settings)}
+        started_at = time.monotonic()
+        _airflow(env, "db", "migrate", quiet=True)
+        say(f"Airflow metadata database ready ({time.monotonic() - started_at:.0f} s)")
+        return cls(settings, env, started)
+
+
+def _airflow(env: dict[str, str], *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "airflow"), *args]
+    done = subprocess.run(command, env=env, capture_output=quiet, text=True, check=False)
+    if done.returncode != 0:
+        output = (done.stdout or "")[-3000:] + (done.stderr or "")[-3000:] if quiet else ""
+        raise SystemExit(f"`airflow {' '.join(args)}` failed with exit code {done.returncode}\n{output}")
+    return done
+
+
+def once() -> int:
+    environment = Environment.prepare()
+    say(f"running one DAG run of {DAG_ID} over {environment.settings.landing_dir}")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG_ID], env=environment.env, check=False
+    )
+    say("run succeeded" if done.returncode == 0 else f"run FAILED (exit code {done.returncode})")
+    return 0 if done.returncode == 0 else 1
+
+
+@dataclass
+class Supervisor:
+    """Starts long-running processes, each in its own process group, and stops every one of them."""
+
+    env: dict[str, str]
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, command: list[str]) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.processes[name] = subprocess.Popen(
+            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=PROJECT_ROOT,
+        )
+
+    def dead(self) -> list[str]:
+        return [name for name, process in self.processes.items() if process.poll() is not None]
+
+    def stop(self, grace_seconds: float = 20.0) -> None:
+        """SIGTERM every process group and every descendant (spark-submit, java, task workers), then SIGKILL."""
+        tree: list[psutil.Process] = []
+        for process in self.processes.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                parent = psutil.Process(process.pid)
+                tree += [parent, *parent.children(recursive=True)]
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGTERM)
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=grace_seconds)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def _wait_for_http(url: str, timeout: float, supervisor: Supervisor) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor.dead():
+            return
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s; see {LOG_DIR}/api-server.log")
+
+
+def run() -> int:
+    environment = Environment.prepare()
+    env, settings = environment.env, environment.settings
+    password = admin_password(Path(env["AIRFLOW_HOME"]), env)
+    _airflow(env, "dags", "reserialize", quiet=True)
+    _airflow(env, "dags", "unpause", DAG_ID, quiet=True)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    supervisor = Supervisor(env)
+    stopping = False
+
+    def request_stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    exit_code = 0
+    try:
+        supervisor.start(
+            "api-server", [airflow, "api-server", "--host", env["AIRFLOW__API__HOST"], "--port", env["AIRFLOW__API__PORT"]]
+        )
+        for component in ("scheduler", "dag-processor", "triggerer"):
+            supervisor.start(component, [airflow, component])
+        supervisor.start(
+            "generator",
+            [
+                sys.executable, "-m", "include.generator",
+                "--output-dir", str(settings.landing_dir),
+                "--rate-seconds", os.environ.get("GENERATOR_RATE_SECONDS", "5"),
+                "--batch-size", os.environ.get("GENERATOR_BATCH_SIZE", "100"),
+                "--invalid-ratio", os.environ.get("GENERATOR_INVALID_RATIO", "0.02"),
+                "--duplicate-ratio", os.environ.get("GENERATOR_DUPLICATE_RATIO", "0.01"),
+                "--late-ratio", os.environ.get("GENERATOR_LATE_RATIO", "0.01"),
+            ],
+        )
+        ui = env["AIRFLOW__API__BASE_URL"]
+        _wait_for_http(f"{ui}/api/v2/monitor/health", 180, supervisor)
+        say(f"Airflow UI: {ui}  (login: {ADMIN_USER} / {password})")
+        say(f"generator writing into {settings.landing_dir}; DAG {DAG_ID} runs every minute")
+        say(f"logs: {LOG_DIR}/<component>.log, task logs under {env['AIRFLOW_HOME']}/logs")
+        say("press Ctrl+C to stop everything")
+        while not stopping:
+            dead = supervisor.dead()
+            if dead:
+                say(f"{', '.join(dead)} exited unexpectedly; see {LOG_DIR}/{dead[0]}.log. Stopping.")
+                exit_code = 1
+                break
+            time.sleep(1)
+    finally:
+        say("stopping Airflow and the generator ...")
+        supervisor.stop()
+        if environment.started_postgres is not None:
+            environment.started_postgres.stop()
+            say("stopped PostgreSQL")
+        say("all processes stopped")
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["init", "once", "run"])
+    args = parser.parse_args(argv)
+    if args.command == "init":
+        Environment.prepare()
+        return 0
+    return once() if args.command == "once" else run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

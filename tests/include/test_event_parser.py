@@ -1,0 +1,131 @@
+"""Structural parsing of landed files: every record keeps its raw text and line, damage gets a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.event_parser import MAX_FIELD_CHARS, FileRejected, parse_file
+from include.schema_registry import V1, V2, V3
+
+pytestmark = pytest.mark.unit
+
+V2_ROW = "e1,7,s1,purchase,42,books,19.99,2,premium,2026-01-01T10:00:00"
+
+
+def parse(text: str | bytes, name: str = "/landing/f.csv") -> list[dict]:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return list(parse_file(data, name))
+
+
+@pytest.mark.parametrize("version", [V1, V2, V3])
+def test_each_version_is_detected_from_its_header_and_upcast(version):
+    values = {
+        "event_id": "e1", "user_id": "7", "session_id": "s1", "event_type": "view", "product_id": "42",
+        "category": "books", "price": "19.99", "quantity": "3", "user_segment": "vip",
+        "event_time": "2026-01-01T10:00:00", "device_type": "mobile", "browser": "safari", "geo_country": "DE",
+        "geo_city": "Köln", "referrer": "google", "campaign_id": "CMP-1",
+    }
+    line = ",".join(values[c] for c in version.columns)
+    [record] = parse(f"{version.header}\n{line}\n")
+    assert record["schema_version"] == version.name
+    assert record["parse_errors"] is None
+    for column in values:
+        if column in version.columns:
+            assert record[column] == values[column]
+        elif column == "quantity":
+            assert record[column] == "1"  # documented default: a v1 event is one item
+        else:
+            assert record[column] is None
+
+
+def test_bom_and_crlf_are_normal_input():
+    [record] = parse(f"\ufeff{V2.header}\r\n{V2_ROW}\r\n")
+    assert record["schema_version"] == "v2"
+    assert record["event_id"] == "e1"
+    assert record["event_time"] == "2026-01-01T10:00:00"
+    assert record["raw_data"] == V2_ROW
+
+
+def test_quoted_commas_quotes_newlines_and_unicode_round_trip_exactly():
+    city = 'São Paulo, "Centro"\r\nLinha 2 ✓ 東京'
+    quoted = '"' + city.replace('"', '""') + '"'
+    fields = ["e1", "7", "s1", "view", "42", "books", "1.00", "1", "new", "2026-01-01T10:00:00",
+              "mobile", "app", "BR", quoted, "direct", ""]
+    line = ",".join(fields)
+    [record] = parse(f"{V3.header}\n{line}\n")
+    assert record["parse_errors"] is None
+    assert record["geo_city"] == city
+    assert record["raw_data"] == line
+    assert record["source_line"] == 2
+
+
+def test_line_numbers_count_physical_lines_and_skip_blank_lines():
+    text = f'{V2.header}\n{V2_ROW}\n\n"e2",7,s1,view,42,books,"multi\nline",1,new,t\n{V2_ROW.replace("e1", "e3")}\n'
+    records = parse(text)
+    assert [r["source_line"] for r in records] == [2, 4, 6]
+    assert [r["event_id"] for r in records] == ["e1", "e2", "e3"]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("e1,7,s1,view,42,books,1.00,1,new", "expected 10, found 9"),
+        ("e1,7,s1,view,42,books,1.00,1,new,2026-01-01T10:00:00,extra", "expected 10, found 11"),
+        ('e1,7,s1,view,42,"bo"oks,1.00,1,new,t', "malformed CSV"),
+    ],
+)
+def test_ragged_and_broken_rows_carry_a_reason_and_their_raw_line(line, reason):
+    [record] = parse(f"{V2.header}\n{line}\n")
+    assert reason in record["parse_errors"]
+    assert record["raw_data"] == line
+    assert record["event_id"] is None  # values of a damaged row are never guessed
+
+
+def test_nul_byte_is_dead_lettered_and_shown_escaped():
+    [record] = parse(f"{V2.header}\ne1,7,s1,view,42,bo\x00oks,1.00,1,new,t\n")
+    assert "NUL byte" in record["parse_errors"]
+    assert record["raw_data"] == "e1,7,s1,view,42,bo\\x00oks,1.00,1,new,t"
+
+
+def test_a_broken_row_does_not_take_its_neighbours_with_it():
+    text = f"{V2.header}\n{V2_ROW}\ne9,short\n{V2_ROW.replace('e1', 'e2')}\n"
+    records = parse(text)
+    assert [(r["event_id"], r["parse_errors"] is None) for r in records] == [("e1", True), (None, False), ("e2", True)]
+
+
+def test_unterminated_quote_at_end_of_file_is_dead_lettered_not_swallowed():
+    text = f'{V2.header}\n{V2_ROW}\ne2,7,s1,view,42,"books,1.00,1,new,t\n'
+    records = parse(text)
+    assert records[0]["parse_errors"] is None
+    assert "malformed CSV" in records[1]["parse_errors"]
+    assert records[1]["raw_data"].startswith("e2,7,s1,view,42,")
+
+
+def test_oversize_field_is_rejected_with_its_size():
+    big = "x" * (MAX_FIELD_CHARS + 1)
+    [record] = parse(f"{V2.header}\ne1,7,s1,view,42,{big},1.00,1,new,t\n")
+    assert f"{MAX_FIELD_CHARS + 1} characters" in record["parse_errors"]
+
+
+@pytest.mark.parametrize("payload", ["'); DROP TABLE ecommerce_events; --", "=HYPERLINK(\"http://x\",\"y\")", "@SUM(1+1)"])
+def test_injection_strings_are_data_kept_verbatim(payload):
+    quoted = '"' + payload.replace('"', '""') + '"'
+    [record] = parse(f"{V2.header}\ne1,7,s1,view,42,{quoted},1.00,1,new,t\n")
+    assert record["category"] == payload
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"id,when,what\n1,2,3\n", "matches no schema version"),
+        (V2.header.encode() + b"\n" + "e1,7,s1,view,42,b\u00f6oks,1,1,new,t\n".encode("latin-1"), "not UTF-8"),
+    ],
+)
+def test_unreadable_files_are_rejected_whole(content, reason):
+    with pytest.raises(FileRejected, match=reason):
+        parse(content)
+
+
+def test_header_only_file_has_no_records():
+    assert parse(f"{V1.header}\n") == []

@@ -1,0 +1,48 @@
+"""Settings: the original system's variables and defaults, the new directories, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from include.settings import PROJECT_ROOT, Settings, SettingsError
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_those_of_the_original_system():
+    s = Settings.from_env({})
+    assert (s.postgres_host, s.postgres_port, s.postgres_db, s.postgres_user) == ("localhost", 5433, "ecommerce", "spark")
+    assert s.max_files_per_trigger == 10 and s.min_validity_rate == 95.0 and s.max_price == 10000.0
+    assert s.late_arrival_minutes == 5 and s.max_retries == 3 and s.circuit_breaker_threshold == 5
+    assert s.landing_dir == PROJECT_ROOT / "data" / "landing"
+
+
+def test_environment_overrides_and_relative_dirs_resolve_to_the_project(tmp_path):
+    s = Settings.from_env({"MAX_PRICE": "500", "POSTGRES_PORT": "6543", "LANDING_DIR": "in",
+                           "ARCHIVE_DIR": str(tmp_path), "MAX_FILES_PER_TRIGGER": " 3 "})
+    assert s.max_price == 500.0 and s.postgres_port == 6543 and s.max_files_per_trigger == 3
+    assert s.landing_dir == PROJECT_ROOT / "in"
+    assert s.archive_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"POSTGRES_PORT": "fivefour"}, "POSTGRES_PORT='fivefour' is not a valid int"),
+        ({"MIN_VALIDITY_RATE": "120"}, "MIN_VALIDITY_RATE is a percentage"),
+        ({"MAX_FILES_PER_TRIGGER": "0"}, "MAX_FILES_PER_TRIGGER must be at least 1"),
+    ],
+)
+def test_bad_values_fail_with_the_variable_named(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_conninfo_survives_awkward_passwords():
+    import psycopg
+
+    info = Settings.from_env({"POSTGRES_PASSWORD": "p@ss w'rd:/%"}).postgres_conninfo
+    assert psycopg.conninfo.conninfo_to_dict(info)["password"] == "p@ss w'rd:/%"
+    assert isinstance(PROJECT_ROOT, Path)
