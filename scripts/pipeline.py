@@ -31,7 +31,7 @@ from scripts.local_postgres import LocalPostgres, ensure_database
 
 DAG_ID = "ecommerce_events"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-LOG_DIR = PROJECT_ROOT / "data" / "logs"
+LOG_DIR = Path(os.environ.get("PIPELINE_LOG_DIR") or PROJECT_ROOT / "data" / "logs")
 
 
 def say(message: str) -> None:
