@@ -76,13 +76,14 @@ def airflow_environment(
         "AIRFLOW__API__PORT": api_port,
         "AIRFLOW__API__BASE_URL": f"http://{api_host}:{api_port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{api_host}:{api_port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": _persistent_secret(home / ".jwt_secret"),
-        "AIRFLOW__API__SECRET_KEY": _persistent_secret(home / ".api_secret_key"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
     }
     # Keep what the user configured explicitly.
     env = {key: value for key, value in env.items() if key in ("PATH", "PYTHONPATH") or key not in environ}
+    for key, file_name in (("AIRFLOW__API_AUTH__JWT_SECRET", ".jwt_secret"), ("AIRFLOW__API__SECRET_KEY", ".api_secret_key")):
+        if key not in environ:
+            env[key] = _persistent_secret(home / file_name)
     if "AIRFLOW_CONN_SPARK_DEFAULT" not in environ:
         master = environ.get("SPARK_MASTER", "local[*]")
         env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": master})

@@ -126,3 +126,52 @@ CREATE UNLOGGED TABLE IF NOT EXISTS staging_events (
     parse_errors     TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_staging_events_batch ON staging_events (spark_query_id, spark_batch_id);
+
+-- Analytics views of the original system (same names; `CREATE OR REPLACE` keeps them current).
+CREATE OR REPLACE VIEW v_hourly_event_summary AS
+SELECT date_trunc('hour', event_time)                               AS hour,
+       event_type,
+       count(*)                                                     AS event_count,
+       count(DISTINCT user_id)                                      AS unique_users,
+       count(DISTINCT session_id)                                   AS unique_sessions,
+       coalesce(sum(total_amount) FILTER (WHERE event_type = 'purchase'), 0) AS revenue,
+       count(*) FILTER (WHERE is_late_arrival)                      AS late_events
+  FROM ecommerce_events
+ GROUP BY 1, 2;
+
+CREATE OR REPLACE VIEW v_category_performance AS
+SELECT coalesce(category, 'unknown')                                AS category,
+       count(*) FILTER (WHERE event_type = 'view')                  AS views,
+       count(*) FILTER (WHERE event_type = 'add_to_cart')           AS cart_adds,
+       count(*) FILTER (WHERE event_type = 'wishlist')              AS wishlists,
+       count(*) FILTER (WHERE event_type = 'purchase')              AS purchases,
+       coalesce(sum(total_amount) FILTER (WHERE event_type = 'purchase'), 0) AS revenue,
+       round(100.0 * count(*) FILTER (WHERE event_type = 'purchase')
+             / nullif(count(*) FILTER (WHERE event_type = 'view'), 0), 2) AS view_to_purchase_pct
+  FROM ecommerce_events
+ GROUP BY 1;
+
+CREATE OR REPLACE VIEW v_user_segment_analysis AS
+SELECT coalesce(user_segment, CASE WHEN user_id IS NULL THEN 'anonymous' ELSE 'not recorded' END) AS user_segment,
+       count(DISTINCT user_id)                                      AS users,
+       count(*)                                                     AS events,
+       count(*) FILTER (WHERE event_type = 'purchase')              AS purchases,
+       coalesce(sum(total_amount) FILTER (WHERE event_type = 'purchase'), 0) AS revenue,
+       round(avg(total_amount) FILTER (WHERE event_type = 'purchase'), 2) AS avg_order_value
+  FROM ecommerce_events
+ GROUP BY 1;
+
+CREATE OR REPLACE VIEW v_data_quality_dashboard AS
+SELECT date_trunc('hour', recorded_at)                              AS hour,
+       count(*)                                                     AS batches,
+       sum(total_records)                                           AS total_records,
+       sum(valid_records)                                           AS valid_records,
+       sum(invalid_records)                                         AS invalid_records,
+       sum(duplicate_records)                                       AS duplicate_records,
+       sum(late_records)                                            AS late_records,
+       sum(quarantined_files)                                       AS quarantined_files,
+       round(100.0 * sum(valid_records) / nullif(sum(total_records), 0), 2) AS validity_rate,
+       round(avg(processing_time_ms))                               AS avg_processing_time_ms,
+       round(sum(total_records) * 1000.0 / nullif(sum(processing_time_ms), 0), 2) AS throughput
+  FROM data_quality_metrics
+ GROUP BY 1;

@@ -42,6 +42,11 @@ def test_generated_rows_land_once_and_files_are_archived(pipeline):
     ) == 0
     assert {v for (v,) in pipeline.query("SELECT DISTINCT schema_version FROM ecommerce_events")} == {"v1", "v2", "v3"}
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events WHERE schema_version = 'v1' AND quantity <> 1") == 0
+    # the analytics views of the original system answer over the new rows
+    assert pipeline.scalar("SELECT sum(event_count) FROM v_hourly_event_summary") == 1500
+    assert pipeline.scalar("SELECT sum(total_records) FROM v_data_quality_dashboard") == 1500
+    assert pipeline.scalar("SELECT count(*) FROM v_category_performance") > 1
+    assert pipeline.scalar("SELECT sum(events) FROM v_user_segment_analysis") == 1500
     # files moved out of the landing dir into the archive, by landing hour
     assert list(pipeline.landing_dir.glob("*.csv")) == []
     assert sorted(p.name for p in pipeline.archive_dir.glob("*/*/*.csv")) == landed

@@ -40,10 +40,11 @@ def test_make_run_schedules_the_dag_and_ctrl_c_leaves_nothing_behind(pipeline, t
         "GENERATOR_BATCH_SIZE": "50",
     }
     before = scheduled_successes(pipeline)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "scripts.pipeline", "run"], env=env, cwd=PROJECT_ROOT,
-        stdout=open(tmp_path / "run.log", "w"), stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "run.log", "w") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "scripts.pipeline", "run"], env=env, cwd=PROJECT_ROOT,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     descendants: set[psutil.Process] = set()
     try:
         deadline = time.monotonic() + 240

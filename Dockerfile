@@ -1,0 +1,13 @@
+# Image for docker-compose.yaml: the official Airflow image plus Java (for spark-submit) and the project's
+# pinned requirements. The project code is mounted, not baked in, exactly as in the local layout.
+FROM apache/airflow:3.3.2-python3.11
+
+USER root
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/*
+ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64
+
+USER airflow
+COPY requirements.txt constraints.txt /tmp/
+RUN pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/constraints.txt
