@@ -1,25 +1,29 @@
 """
-### E-commerce events: landed CSV files → Spark → PostgreSQL, every minute
+### E-commerce events: landed CSV files → Spark → Great Expectations → PostgreSQL, every minute
 
-Every minute this DAG picks up the CSV event files that landed in `LANDING_DIR` and loads them into the
-analytics database.
+Every minute this DAG loads the CSV event files that landed in `LANDING_DIR` into the analytics database.
+Every input row gets exactly one fate: stored in `ecommerce_events`, dead-lettered in `dead_letter_events`
+with every reason, or counted as a duplicate of an event already stored.
 
 | task | what it does |
 | --- | --- |
-| `detect_landed_files` | counts `*.csv` files in `LANDING_DIR`; with none, the run stops here and **no JVM is started** |
+| `detect_work` | files waiting in `LANDING_DIR`, or batches staged but not yet published? If neither, the run stops here and **no JVM is started** |
 | `package_code` | zips `include/` and `spark_jobs/` for `spark-submit --py-files` (reused while the code is unchanged) |
-| `ingest` | `spark-submit spark_jobs/ingest_events.py`: a Structured Streaming query with `trigger(availableNow=True)` over `LANDING_DIR`, checkpointed in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch; rows are COPYed to staging and published once per batch (ledger), files move to `ARCHIVE_DIR/YYYY-MM-DD/HH/` |
+| `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch. Detects each file's schema version from its header, upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
+| `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/quality/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
+| `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch, ledger marked published |
+| `quality_gate` | fails the run (after publishing) when the validity rate is below `MIN_VALIDITY_RATE` or a table-level check fails |
 
-**Where rows go** (database of the `ecommerce_postgres` connection): good events → `ecommerce_events`;
-rows that cannot be parsed or typed → `dead_letter_events` with the raw line and the reason; one row per
-batch → `data_quality_metrics` (total = valid + invalid + duplicates); unreadable files →
-`quarantined_files` and `QUARANTINE_DIR`.
+**Data Docs**: `data/great_expectations/gx/uncommitted/data_docs/local_site/index.html` (`GREAT_EXPECTATIONS_DIR`).
+
+**Dead letters**: `SELECT source_file, source_line, validation_errors, raw_data FROM dead_letter_events
+WHERE airflow_run_id = '<run id>';`
 
 **Connections**: `spark_default` (master; `local[*]` unless it says otherwise) and `ecommerce_postgres`.
 Only one run is active at a time (`max_active_runs=1`), so the Spark checkpoint is never shared.
 
-**Operating it**: trigger a run from the UI to process what has landed right now; a failed run retries
-with exponential backoff, and a re-run never loads a batch twice (see the README, "Guarantees").
+**Operating it**: trigger a run to process what has landed now. A failed run retries with exponential
+backoff; a retry or the next run publishes whatever an earlier run staged, and never twice.
 """
 
 from __future__ import annotations
@@ -72,14 +76,25 @@ SPARK_JOB_ENV = {
 )
 def ecommerce_events():
     @task.short_circuit
-    def detect_landed_files() -> int:
-        """Count the CSV files waiting in `LANDING_DIR`. Zero skips the Spark task: no JVM for an empty minute."""
-        from include.settings import get_settings
+    def detect_work(run_id: str | None = None) -> bool:
+        """Anything to do? CSV files waiting in `LANDING_DIR`, or batches staged by an earlier run but not
+        published. If not, the run ends here: no JVM for an empty minute. Zero-byte files (which Spark's
+        scan skips) are quarantined here once they are 30 s old."""
+        import psycopg
 
-        landing_dir = get_settings().landing_dir
-        waiting = [p for p in landing_dir.glob("*.csv") if not p.name.startswith((".", "_"))]
-        print(f"{len(waiting)} file(s) waiting in {landing_dir}")
-        return len(waiting)
+        from include.airflow_support import settings_from_connection
+        from include.landing import quarantine_empty_files, waiting_files
+
+        settings = settings_from_connection()
+        with psycopg.connect(settings.postgres_conninfo, connect_timeout=10) as conn:
+            for path in quarantine_empty_files(settings, conn, run_id):
+                print(f"quarantined empty file {path}")
+            unpublished = conn.execute(
+                "SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL"
+            ).fetchone()[0]
+        waiting = waiting_files(settings.landing_dir)
+        print(f"{len(waiting)} file(s) waiting in {settings.landing_dir}; {unpublished} batch(es) staged, unpublished")
+        return bool(waiting or unpublished)
 
     @task
     def package_code() -> str:
@@ -87,6 +102,68 @@ def ecommerce_events():
         from include.packaging import build_code_archive
 
         return str(build_code_archive())
+
+    @task
+    def audit(run_id: str | None = None) -> dict:
+        """Validate every staged, unpublished row with the Great Expectations suite; rebuild the Data Docs."""
+        import psycopg
+
+        from include.airflow_support import settings_from_connection
+        from include.quality.audit import prepare_candidates, validate
+
+        settings = settings_from_connection()
+        with psycopg.connect(settings.postgres_conninfo) as conn:
+            pinned = prepare_candidates(conn)
+        if not pinned["batches"]:
+            print("no staged batch waits for publishing")
+            return {**pinned, "success": True, "rules": {}, "table_checks": {}}
+        result = {**pinned, **validate(settings, run_id)}
+        failing = {name: r["unexpected_count"] for name, r in result["rules"].items() if r["unexpected_count"]}
+        print(f"audited {pinned['candidate_rows']} rows of {len(pinned['batches'])} batch(es) in "
+              f"{result['validation_seconds']} s; failing rows per rule: {failing or 'none'}; "
+              f"Data Docs: {result['data_docs']}")
+        return result
+
+    @task
+    def publish(audit_result: dict, run_id: str | None = None) -> dict:
+        """One transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events`, metrics."""
+        import psycopg
+
+        from include.airflow_support import settings_from_connection
+        from include.publish import publish as publish_batches
+
+        settings = settings_from_connection()
+        with psycopg.connect(settings.postgres_conninfo) as conn:
+            summary = publish_batches(conn, audit_result, settings, run_id)
+        print(f"published {len(summary['batches'])} batch(es): {summary['total']} rows -> {summary['valid']} valid, "
+              f"{summary['invalid']} invalid, {summary['duplicates']} duplicates, {summary['late']} late, "
+              f"{summary['quarantined_files']} file(s) quarantined; validity {summary['validity_rate']}%")
+        return {**summary, "table_checks": audit_result.get("table_checks", {}), "data_docs": audit_result.get("data_docs")}
+
+    @task
+    def quality_gate(summary: dict) -> None:
+        """Fail the run (the good rows are already published) when quality is below the threshold."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.settings import get_settings
+
+        threshold = get_settings().min_validity_rate
+        problems = []
+        if summary["total"] and summary["validity_rate"] < threshold:
+            problems.append(f"validity rate {summary['validity_rate']}% is below MIN_VALIDITY_RATE {threshold}%")
+        problems += [f"table check {name} failed (observed {check['observed_value']})"
+                     for name, check in summary.get("table_checks", {}).items() if not check["success"]]
+        if problems:
+            top = "; ".join(f"{r['rule']}: {r['rows']} rows (e.g. {', '.join(r['sample_event_ids'][:3]) or 'n/a'})"
+                            for r in summary["failing_rules"][:3])
+            raise AirflowFailException(
+                "Data quality breach: " + "; ".join(problems)
+                + f". Counts: {summary['total']} total, {summary['valid']} valid, {summary['invalid']} invalid, "
+                f"{summary['duplicates']} duplicates. Top failing rules: {top or 'none'}. "
+                f"Data Docs: {summary.get('data_docs')}. Rows: SELECT * FROM dead_letter_events "
+                "WHERE spark_batch_id IS NOT NULL ORDER BY id DESC"
+            )
+        print(f"quality ok: validity {summary['validity_rate']}% (threshold {threshold}%)")
 
     code_archive = package_code()
     ingest = SparkSubmitOperator(
@@ -100,7 +177,9 @@ def ecommerce_events():
         execution_timeout=timedelta(minutes=20),
         doc_md="Run the Spark ingest job (`spark_jobs/ingest_events.py`) over everything that has landed.",
     )
-    detect_landed_files() >> code_archive >> ingest
+    audited = audit()
+    detect_work() >> code_archive >> ingest >> audited
+    quality_gate(publish(audited))
 
 
 ecommerce_events()

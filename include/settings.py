@@ -52,6 +52,10 @@ class Settings:
     archive_dir: Path = PROJECT_ROOT / "data" / "archive"
     checkpoint_dir: Path = PROJECT_ROOT / "data" / "checkpoints" / "ecommerce_events"
     quarantine_dir: Path = PROJECT_ROOT / "data" / "quarantine"
+    # Great Expectations project (suite store, validation results, Data Docs under gx/uncommitted/data_docs)
+    great_expectations_dir: Path = PROJECT_ROOT / "data" / "great_expectations"
+    # validation results kept for the Data Docs (older ones are pruned; the database keeps every count)
+    data_docs_keep_runs: int = 200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -7,11 +7,13 @@ header decides its schema version) with ``trigger(availableNow=True)``: it proce
 landed since the last run in batches of at most MAX_FILES_PER_TRIGGER files, commits its checkpoint in
 CHECKPOINT_DIR, and stops. For each batch (``foreachBatch``):
 
-1. unless the ledger says this (query id, batch id) is already published (a replay after a crash):
-   parse and type the rows, COPY them from the executors into ``staging_events``, and publish the batch in
-   one transaction (good rows, dead letters, metrics, quarantined files, ledger row);
+1. unless the ledger says this (query id, batch id) is already staged (a replay after a crash): parse and
+   type the rows, COPY them from the executors into ``staging_events`` (rows that cannot be typed carry
+   their reason in ``parse_errors``), then record the batch and its unreadable files in the ledger;
 2. move the batch's files out of LANDING_DIR: unreadable ones to QUARANTINE_DIR, the rest to
    ARCHIVE_DIR/YYYY-MM-DD/HH/ by landing time.
+
+The Airflow tasks after this job audit the staged rows with Great Expectations and publish them.
 
 Connection settings come from the environment (POSTGRES_*), never from the command line.
 """
@@ -21,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +30,15 @@ from pathlib import Path
 import psycopg
 from pyspark.sql import DataFrame, SparkSession
 
+from include.landing import archive_path, move_file
 from include.settings import Settings, get_settings
-from include.warehouse import STAGED_COLUMNS, batch_is_published, copy_arrow_to_staging, publish_staged_batch
+from include.warehouse import (
+    STAGED_COLUMNS,
+    copy_arrow_to_staging,
+    prepare_staging,
+    quarantined_in_batch,
+    record_staged_batch,
+)
 from spark_jobs.transforms import (
     PARSED_SCHEMA,
     filter_file_errors,
@@ -48,27 +55,9 @@ log = logging.getLogger("ingest_events")
 BINARY_FILE_SCHEMA = "path STRING, modificationTime TIMESTAMP, length BIGINT, content BINARY"
 
 
-def archive_path(archive_dir: Path, source: Path, landed_at: datetime) -> Path:
-    """Where a processed file goes: partitioned by landing hour so a time window maps to a few folders."""
-    return archive_dir / f"{landed_at:%Y-%m-%d}" / f"{landed_at:%H}" / source.name
-
-
-def move_file(source: Path, target: Path) -> Path | None:
-    """Move ``source`` to ``target`` (a free name next to it if taken); ``None`` if it is already gone."""
-    if not source.exists():
-        return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = target, 0
-    while candidate.exists():
-        n += 1
-        candidate = target.with_name(f"{target.stem}__{n}{target.suffix}")
-    shutil.move(str(source), str(candidate))
-    return candidate
-
-
 @dataclass
 class BatchWriter:
-    """The ``foreachBatch`` function: stage, publish once, then move the files out of the landing dir."""
+    """The ``foreachBatch`` function: stage once, then move the files out of the landing dir."""
 
     settings: Settings
     airflow_run_id: str | None
@@ -81,26 +70,34 @@ class BatchWriter:
         return metadata["id"]
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
-        processing_time = datetime.now(UTC)
+        started_at = datetime.now(UTC)
         files = {
             Path(local_path(row.path)): datetime.fromtimestamp(row.modificationTime.timestamp(), UTC)
             for row in batch.select("path", "modificationTime").collect()
         }
         if not files:
             return
-        query_id, conninfo = self.query_id, self.settings.postgres_conninfo
-        with psycopg.connect(conninfo) as conn:
-            if batch_is_published(conn, query_id, batch_id):
-                log.warning("batch %s of query %s was published before a restart; only moving its files",
-                            batch_id, query_id)
-                quarantined = _quarantined_in_batch(conn, query_id, batch_id)
+        query_id = self.query_id
+        with psycopg.connect(self.settings.postgres_conninfo) as conn:
+            if prepare_staging(conn, query_id, batch_id):
+                quarantined = self._stage(batch, batch_id, query_id, started_at)
+                recorded = record_staged_batch(
+                    conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
+                    input_files=len(files), started_at=started_at, quarantined=quarantined,
+                )
+                if not recorded:
+                    log.warning("batch %s of query %s was recorded by another attempt", batch_id, query_id)
+                    quarantined = quarantined_in_batch(conn, query_id, batch_id)
             else:
-                quarantined = self._stage_and_publish(batch, batch_id, query_id, conn, started, processing_time,
-                                                      files)
+                log.warning("batch %s of query %s was staged before a restart; only moving its files",
+                            batch_id, query_id)
+                quarantined = quarantined_in_batch(conn, query_id, batch_id)
         self._move_files(files, quarantined)
+        log.info("batch %s: %d files staged (%d quarantined) in %.1f s", batch_id, len(files), len(quarantined),
+                 (datetime.now(UTC) - started_at).total_seconds())
 
-    def _stage_and_publish(self, batch, batch_id, query_id, conn, started, processing_time, files):
+    def _stage(self, batch: DataFrame, batch_id: int, query_id: str, started_at: datetime) -> list[tuple[str, str, str]]:
+        """Parse, type and COPY the batch's rows into staging (from the executors); return rejected files."""
         parsed = batch.select("path", "content").mapInArrow(parse_landed_files, PARSED_SCHEMA).persist()
         try:
             rejected = {
@@ -111,7 +108,7 @@ class BatchWriter:
                 parsed.transform(filter_file_errors)
                 .transform(with_typed_columns)
                 .transform(with_total_amount)
-                .transform(lambda df: with_late_arrival(df, processing_time, self.settings.late_arrival_minutes))
+                .transform(lambda df: with_late_arrival(df, started_at, self.settings.late_arrival_minutes))
                 .select(*STAGED_COLUMNS)
             )
             conninfo = self.settings.postgres_conninfo
@@ -127,39 +124,18 @@ class BatchWriter:
             staged = sum(r.staged for r in events.mapInArrow(stage_partition, "staged long").collect())
         finally:
             parsed.unpersist()
+        log.info("batch %s: %d rows staged", batch_id, staged)
         quarantine_dir = self.settings.quarantine_dir
-        quarantined = [
-            (source, str(quarantine_dir / f"{processing_time:%Y-%m-%d}" / Path(source).name), reason)
+        return [
+            (source, str(quarantine_dir / f"{started_at:%Y-%m-%d}" / Path(source).name), reason)
             for source, reason in rejected.items()
         ]
-        outcome = publish_staged_batch(
-            conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
-            input_files=len(files), quarantined=quarantined, started=started,
-        )
-        if outcome is None:
-            log.warning("batch %s was published concurrently; nothing written", batch_id)
-        else:
-            log.info(
-                "batch %s: %d files, %d rows staged -> %d valid, %d invalid, %d duplicates, %d late, "
-                "%d files quarantined (%.2f%% valid, %d ms)",
-                batch_id, len(files), staged, outcome.valid, outcome.invalid, outcome.duplicates, outcome.late,
-                outcome.quarantined_files, outcome.validity_rate, outcome.processing_time_ms,
-            )
-        return quarantined
 
     def _move_files(self, files: dict[Path, datetime], quarantined: list[tuple[str, str, str]]) -> None:
         to_quarantine = {Path(source): Path(target) for source, target, _ in quarantined}
         for source, landed_at in files.items():
             target = to_quarantine.get(source) or archive_path(self.settings.archive_dir, source, landed_at)
             move_file(source, target)
-
-
-def _quarantined_in_batch(conn: psycopg.Connection, query_id: str, batch_id: int) -> list[tuple[str, str, str]]:
-    return conn.execute(
-        "SELECT source_file, quarantine_path, reason FROM quarantined_files "
-        "WHERE spark_query_id = %s AND spark_batch_id = %s",
-        (query_id, batch_id),
-    ).fetchall()
 
 
 def build_spark(app_name: str = "ecommerce_events_ingest") -> SparkSession:

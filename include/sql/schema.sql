@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS dead_letter_events (
     raw_data           TEXT        NOT NULL,
     validation_errors  TEXT        NOT NULL,
     failed_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    error_kind         TEXT        NOT NULL DEFAULT 'parse',   -- 'parse' (cannot be typed) or 'rule' (contract)
+    failed_rules       TEXT[]      NOT NULL DEFAULT '{}',      -- names of the broken rules (include/quality/rules.py)
     -- lineage
     schema_version     TEXT,
     source_file        TEXT,
@@ -49,6 +51,7 @@ CREATE TABLE IF NOT EXISTS dead_letter_events (
     spark_batch_id     BIGINT
 );
 CREATE INDEX IF NOT EXISTS ix_dead_letter_events_failed_at ON dead_letter_events (failed_at);
+CREATE INDEX IF NOT EXISTS ix_dead_letter_events_rules ON dead_letter_events USING gin (failed_rules);
 
 -- One row per processed batch; total_records = valid_records + invalid_records + duplicate_records.
 CREATE TABLE IF NOT EXISTS data_quality_metrics (
@@ -83,21 +86,31 @@ CREATE TABLE IF NOT EXISTS quarantined_files (
     spark_batch_id  BIGINT
 );
 
--- Ledger of published Spark batches. Written in the same transaction as the batch's rows, so a batch that
--- Spark replays after a crash is recognised and not published twice.
+-- Ledger of Spark batches. The Spark job writes a row when a batch is completely staged (in the same
+-- transaction as its quarantined files), so a batch Spark replays after a crash is recognised and not
+-- staged twice; the publish step sets published_at in the same transaction as the batch's rows, so a batch
+-- is never published twice and a batch staged by a failed run is published by the next one.
 CREATE TABLE IF NOT EXISTS pipeline_batch_ledger (
-    spark_query_id  UUID        NOT NULL,
-    spark_batch_id  BIGINT      NOT NULL,
-    airflow_run_id  TEXT,
-    input_files     INTEGER     NOT NULL,
-    input_rows      INTEGER     NOT NULL,
-    published_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    spark_query_id       UUID        NOT NULL,
+    spark_batch_id       BIGINT      NOT NULL,
+    airflow_run_id       TEXT,
+    input_files          INTEGER     NOT NULL,
+    input_rows           INTEGER     NOT NULL,
+    quarantined_files    INTEGER     NOT NULL DEFAULT 0,
+    late_rows            INTEGER     NOT NULL DEFAULT 0,
+    started_at           TIMESTAMPTZ NOT NULL,
+    staged_at            TIMESTAMPTZ NOT NULL DEFAULT now(),
+    published_at         TIMESTAMPTZ,
+    published_by_run_id  TEXT,
     PRIMARY KEY (spark_query_id, spark_batch_id)
 );
+CREATE INDEX IF NOT EXISTS ix_pipeline_batch_ledger_unpublished
+    ON pipeline_batch_ledger (staged_at) WHERE published_at IS NULL;
 
--- Typed rows of a Spark batch waiting to be published. UNLOGGED: it is rebuilt from the source files if
--- PostgreSQL crashes, and the ledger decides what was published.
-CREATE UNLOGGED TABLE IF NOT EXISTS staging_events (
+-- Typed rows of a Spark batch waiting for the audit and the publish. A regular (logged) table: once the
+-- Spark checkpoint has moved on and the files are archived, these rows are the only copy until published.
+CREATE TABLE IF NOT EXISTS staging_events (
+    staging_row_id   BIGSERIAL   PRIMARY KEY,
     spark_query_id   UUID        NOT NULL,
     spark_batch_id   BIGINT      NOT NULL,
     spark_partition  INTEGER     NOT NULL,
@@ -126,6 +139,11 @@ CREATE UNLOGGED TABLE IF NOT EXISTS staging_events (
     parse_errors     TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_staging_events_batch ON staging_events (spark_query_id, spark_batch_id);
+
+-- What the Great Expectations suite validates in one run: the staged rows of the unpublished batches that
+-- parsed, one per event_id (the first occurrence), minus event_ids already stored. Rebuilt by every audit.
+CREATE UNLOGGED TABLE IF NOT EXISTS audit_candidates (LIKE staging_events);
+CREATE INDEX IF NOT EXISTS ix_audit_candidates_row ON audit_candidates (staging_row_id);
 
 -- Analytics views of the original system (same names; `CREATE OR REPLACE` keeps them current).
 CREATE OR REPLACE VIEW v_hourly_event_summary AS
@@ -162,16 +180,32 @@ SELECT coalesce(user_segment, CASE WHEN user_id IS NULL THEN 'anonymous' ELSE 'n
  GROUP BY 1;
 
 CREATE OR REPLACE VIEW v_data_quality_dashboard AS
-SELECT date_trunc('hour', recorded_at)                              AS hour,
-       count(*)                                                     AS batches,
-       sum(total_records)                                           AS total_records,
-       sum(valid_records)                                           AS valid_records,
-       sum(invalid_records)                                         AS invalid_records,
-       sum(duplicate_records)                                       AS duplicate_records,
-       sum(late_records)                                            AS late_records,
-       sum(quarantined_files)                                       AS quarantined_files,
-       round(100.0 * sum(valid_records) / nullif(sum(total_records), 0), 2) AS validity_rate,
-       round(avg(processing_time_ms))                               AS avg_processing_time_ms,
-       round(sum(total_records) * 1000.0 / nullif(sum(processing_time_ms), 0), 2) AS throughput
-  FROM data_quality_metrics
- GROUP BY 1;
+WITH batches AS (
+    SELECT date_trunc('hour', recorded_at)                          AS hour,
+           count(*)                                                 AS batches,
+           sum(total_records)                                       AS total_records,
+           sum(valid_records)                                       AS valid_records,
+           sum(invalid_records)                                     AS invalid_records,
+           sum(duplicate_records)                                   AS duplicate_records,
+           sum(late_records)                                        AS late_records,
+           round(avg(processing_time_ms))                           AS avg_processing_time_ms,
+           sum(processing_time_ms)                                  AS processing_time_ms
+      FROM data_quality_metrics
+     GROUP BY 1
+), quarantine AS (
+    -- every quarantined file, including the empty ones the DAG moves aside before Spark runs
+    SELECT date_trunc('hour', quarantined_at) AS hour, count(*) AS quarantined_files
+      FROM quarantined_files GROUP BY 1
+)
+SELECT hour,
+       coalesce(b.batches, 0)                                       AS batches,
+       coalesce(b.total_records, 0)                                 AS total_records,
+       coalesce(b.valid_records, 0)                                 AS valid_records,
+       coalesce(b.invalid_records, 0)                               AS invalid_records,
+       coalesce(b.duplicate_records, 0)                             AS duplicate_records,
+       coalesce(b.late_records, 0)                                  AS late_records,
+       coalesce(q.quarantined_files, 0)                             AS quarantined_files,
+       round(100.0 * b.valid_records / nullif(b.valid_records + b.invalid_records, 0), 2) AS validity_rate,
+       b.avg_processing_time_ms,
+       round(b.total_records * 1000.0 / nullif(b.processing_time_ms, 0), 2) AS throughput
+  FROM batches b FULL JOIN quarantine q USING (hour);

@@ -66,7 +66,7 @@ def test_spark_task_submits_the_ingest_job_through_spark_default(dagbag):
     assert Path(ingest.application).is_file()
     assert Path(ingest.application).name == "ingest_events.py"
     # no JVM for an empty minute: the Spark task sits behind the landed-files check
-    assert "detect_landed_files" in ingest.get_flat_relative_ids(upstream=True)
+    assert "detect_work" in ingest.get_flat_relative_ids(upstream=True)
 
 
 def test_no_secret_reaches_the_spark_command_line(dagbag):

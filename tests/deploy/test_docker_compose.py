@@ -46,7 +46,7 @@ def test_airflow_services_mount_the_project_code_and_share_the_data_volume():
 
 def test_airflow_services_get_every_directory_and_database_setting():
     env = COMPOSE["services"]["airflow-scheduler"]["environment"]
-    for name in ("LANDING_DIR", "ARCHIVE_DIR", "CHECKPOINT_DIR", "QUARANTINE_DIR"):
+    for name in ("LANDING_DIR", "ARCHIVE_DIR", "CHECKPOINT_DIR", "QUARANTINE_DIR", "GREAT_EXPECTATIONS_DIR"):
         assert env[name].startswith("/opt/airflow/data/"), name
     for name in ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"):
         assert name in env

@@ -1,0 +1,172 @@
+"""Publish audited batches: one PostgreSQL transaction per run, exactly once per batch.
+
+For the batches an audit pinned (staged, unpublished), in one transaction:
+
+* rows that could not be typed (``staging_events.parse_errors``) → ``dead_letter_events``, kind ``parse``;
+* audit candidates that break a row rule → ``dead_letter_events``, kind ``rule``, with every broken rule;
+* the other candidates → ``ecommerce_events`` (an event_id stored meanwhile counts as a duplicate);
+* one ``data_quality_metrics`` row per batch (total = valid + invalid + duplicates, by construction);
+* the ledger rows get ``published_at``; the staged rows are deleted.
+
+Each rule's routing predicate (``include.quality.rules.routing_predicate``) must select exactly as many
+rows as Great Expectations counted as unexpected for that rule; otherwise nothing is published and
+``RoutingMismatch`` says which rule disagrees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from include.quality.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
+from include.settings import Settings
+from include.warehouse import EVENT_COLUMNS
+
+
+class RoutingMismatch(RuntimeError):
+    """The SQL routing of a rule disagrees with Great Expectations' count; nothing was published."""
+
+
+class AuditOutOfDate(RuntimeError):
+    """The audited rows are no longer what the audit saw (e.g. a retry after another audit); re-run the DAG run."""
+
+
+_PENDING = "(spark_query_id, spark_batch_id) IN (SELECT * FROM pinned_batches)"
+
+
+def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings, airflow_run_id: str) -> dict[str, Any]:
+    """Publish the batches of ``audit`` (the output of ``prepare_candidates`` merged with ``validate``)."""
+    batches = [tuple(b) for b in audit["batches"]]
+    if not batches:
+        return _summary([], {})
+    parameters = suite_parameters(settings)
+    with conn.transaction():
+        conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
+        with conn.cursor().copy("COPY pinned_batches FROM STDIN") as copy:
+            for batch in batches:
+                copy.write_row(batch)
+        unpublished = len(conn.execute(
+            f"SELECT 1 FROM pipeline_batch_ledger WHERE {_PENDING} AND published_at IS NULL FOR UPDATE"
+        ).fetchall())
+        if unpublished == 0:
+            return {**_summary([], {}), "already_published": True}
+        if unpublished != len(batches):
+            raise AuditOutOfDate(f"{len(batches) - unpublished} of the audited batches were published meanwhile")
+        candidates = conn.execute("SELECT count(*) FROM audit_candidates").fetchone()[0]
+        if candidates != audit["candidate_rows"]:
+            raise AuditOutOfDate(f"audit_candidates holds {candidates} rows, the audit saw {audit['candidate_rows']}")
+
+        conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
+        for rule in ROW_RULES:
+            routed = conn.execute(
+                f"INSERT INTO rule_failures SELECT staging_row_id, %s, {reason_sql(rule, parameters)} "
+                f"FROM audit_candidates WHERE {routing_predicate(rule, parameters)}",
+                (rule.name,),
+            ).rowcount
+            expected = audit["rules"][rule.name]["unexpected_count"]
+            if routed != expected:
+                raise RoutingMismatch(
+                    f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
+                    "nothing was published (fix routing_predicate for this expectation type)"
+                )
+
+        lineage = "schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id"
+        conn.execute(
+            f"""
+            INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, {lineage})
+            SELECT s.event_id, s.raw_data, s.parse_errors, 'parse', s.schema_version, s.source_file, s.source_line,
+                   l.airflow_run_id, s.spark_query_id, s.spark_batch_id
+              FROM staging_events s JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
+             WHERE s.parse_errors IS NOT NULL AND (s.spark_query_id, s.spark_batch_id) IN (SELECT * FROM pinned_batches)
+            """
+        )
+        conn.execute(
+            f"""
+            INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, failed_rules, {lineage})
+            SELECT c.event_id, c.raw_data, string_agg(f.reason, '; ' ORDER BY f.rule), 'rule',
+                   array_agg(f.rule ORDER BY f.rule), c.schema_version, c.source_file, c.source_line,
+                   l.airflow_run_id, c.spark_query_id, c.spark_batch_id
+              FROM audit_candidates c
+              JOIN rule_failures f USING (staging_row_id)
+              JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
+             GROUP BY c.staging_row_id, c.event_id, c.raw_data, c.schema_version, c.source_file, c.source_line,
+                      l.airflow_run_id, c.spark_query_id, c.spark_batch_id
+            """
+        )
+        columns = ", ".join(EVENT_COLUMNS)
+        stored = {
+            (str(q), b): (n, late)
+            for q, b, n, late in conn.execute(
+                f"""
+                WITH stored AS (
+                    INSERT INTO ecommerce_events ({columns}, airflow_run_id, spark_query_id, spark_batch_id)
+                    SELECT {", ".join("c." + c for c in EVENT_COLUMNS)}, l.airflow_run_id, c.spark_query_id,
+                           c.spark_batch_id
+                      FROM audit_candidates c JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
+                     WHERE NOT EXISTS (SELECT 1 FROM rule_failures f WHERE f.staging_row_id = c.staging_row_id)
+                     ORDER BY c.staging_row_id
+                    ON CONFLICT (event_id) DO NOTHING
+                    RETURNING spark_query_id, spark_batch_id, is_late_arrival
+                )
+                SELECT spark_query_id, spark_batch_id, count(*), count(*) FILTER (WHERE is_late_arrival)
+                  FROM stored GROUP BY 1, 2
+                """
+            ).fetchall()
+        }
+        invalid = {
+            (str(q), b): n
+            for q, b, n in conn.execute(
+                f"SELECT spark_query_id, spark_batch_id, count(*) FROM dead_letter_events "
+                f"WHERE {_PENDING} GROUP BY 1, 2"
+            ).fetchall()
+        }
+        rows = []
+        for query_id, batch_id, total, quarantined, started_at, run_id in conn.execute(
+            f"SELECT spark_query_id, spark_batch_id, input_rows, quarantined_files, started_at, airflow_run_id "
+            f"FROM pipeline_batch_ledger WHERE {_PENDING} ORDER BY staged_at, spark_batch_id"
+        ).fetchall():
+            key = (str(query_id), batch_id)
+            valid, late = stored.get(key, (0, 0))
+            bad = invalid.get(key, 0)
+            rows.append({
+                "batch_id": f"{query_id}/{batch_id}", "spark_query_id": str(query_id), "spark_batch_id": batch_id,
+                "airflow_run_id": run_id, "total": total, "valid": valid, "invalid": bad,
+                "duplicates": total - valid - bad, "late": late, "quarantined_files": quarantined,
+            })
+            conn.execute(
+                """
+                INSERT INTO data_quality_metrics (batch_id, total_records, valid_records, validity_rate,
+                    invalid_records, duplicate_records, late_records, quarantined_files, processing_time_ms,
+                    throughput, airflow_run_id, spark_query_id, spark_batch_id)
+                SELECT %(batch_id)s, %(total)s, %(valid)s, %(rate)s, %(invalid)s, %(duplicates)s, %(late)s,
+                       %(quarantined_files)s, ms, round(%(total)s * 1000.0 / greatest(ms, 1), 2),
+                       %(airflow_run_id)s, %(spark_query_id)s, %(spark_batch_id)s
+                  FROM (SELECT (extract(epoch FROM clock_timestamp() - %(started)s) * 1000)::bigint AS ms) t
+                """,
+                {**rows[-1], "rate": validity_rate(valid, bad), "started": started_at},
+            )
+        conn.execute(
+            f"UPDATE pipeline_batch_ledger SET published_at = now(), published_by_run_id = %s WHERE {_PENDING}",
+            (airflow_run_id,),
+        )
+        conn.execute(f"DELETE FROM staging_events WHERE {_PENDING}")
+        conn.execute("TRUNCATE audit_candidates")
+    return _summary(rows, audit["rules"])
+
+
+def validity_rate(valid: int, invalid: int) -> float:
+    """Share of the distinct rows of a batch that passed, in percent (duplicates are neither)."""
+    return round(100.0 * valid / (valid + invalid), 2) if valid + invalid else 100.0
+
+
+def _summary(batches: list[dict[str, Any]], rules: dict[str, Any]) -> dict[str, Any]:
+    totals = {key: sum(b[key] for b in batches) for key in ("total", "valid", "invalid", "duplicates", "late",
+                                                              "quarantined_files")}
+    failing = sorted(
+        ({"rule": name, "rows": r["unexpected_count"], "description": r["description"],
+          "sample_event_ids": r["sample_event_ids"]} for name, r in rules.items() if r["unexpected_count"]),
+        key=lambda r: -r["rows"],
+    )
+    return {**totals, "validity_rate": validity_rate(totals["valid"], totals["invalid"]), "batches": batches,
+            "failing_rules": failing}

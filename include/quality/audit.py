@@ -1,0 +1,176 @@
+"""The audit: run the contract suite with Great Expectations over the rows waiting to be published.
+
+1. ``prepare_candidates`` pins the batches the ledger shows as staged but unpublished and fills
+   ``audit_candidates`` with their rows that parsed, one per event_id (the first occurrence: earliest
+   batch, then file name, then line), leaving out event_ids already stored: the rows that would be published if every rule passed.
+2. ``validate`` runs the suite over that table through a GX checkpoint (the Data Docs are rebuilt by the
+   checkpoint's UpdateDataDocsAction) and returns a JSON-able summary: per rule the number of failing rows,
+   whether it passed, and a few sample event_ids; the table-level checks; the Data Docs address.
+
+The publish step (``include.publish``) routes rows with that summary.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from include.quality.rules import SUITE_NAME, build_suite, suite_parameters
+from include.settings import Settings
+
+DATASOURCE = "ecommerce_postgres"
+ASSET = "audit_candidates"
+BATCH_DEFINITION = "whole_table"
+VALIDATION = "ecommerce_events_contract"
+CHECKPOINT = "ecommerce_events_audit"
+SAMPLE_IDS = 5
+_DB_URL_VARIABLE = "ECOMMERCE_GX_DATABASE_URL"  # referenced as ${...} so no password lands in GX's config
+
+
+def prepare_candidates(conn: psycopg.Connection) -> dict[str, Any]:
+    """Pin the unpublished batches and rebuild ``audit_candidates`` from them (one transaction)."""
+    with conn.transaction():
+        batches = conn.execute(
+            "SELECT spark_query_id::text, spark_batch_id, input_files FROM pipeline_batch_ledger "
+            "WHERE published_at IS NULL ORDER BY staged_at, spark_batch_id FOR UPDATE"
+        ).fetchall()
+        conn.execute("TRUNCATE audit_candidates")
+        candidates = conn.execute(
+            """
+            INSERT INTO audit_candidates
+            SELECT DISTINCT ON (s.event_id) s.*
+              FROM staging_events s
+              JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
+             WHERE l.published_at IS NULL AND s.parse_errors IS NULL
+               AND NOT EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = s.event_id)
+             ORDER BY s.event_id, s.spark_batch_id, s.source_file, s.source_line
+            """
+        ).rowcount
+        conn.execute("ANALYZE audit_candidates")
+    return {
+        "batches": [[query_id, batch_id] for query_id, batch_id, _ in batches],
+        "input_files": sum(files for _, _, files in batches),
+        "candidate_rows": candidates,
+    }
+
+
+def _context(settings: Settings):
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="file", project_root_dir=str(settings.great_expectations_dir))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _sqlalchemy_url(settings: Settings) -> str:
+    from sqlalchemy.engine import URL
+
+    return URL.create(
+        "postgresql+psycopg2", username=settings.postgres_user, password=settings.postgres_password,
+        host=settings.postgres_host, port=settings.postgres_port, database=settings.postgres_db,
+    ).render_as_string(hide_password=False)
+
+
+def _checkpoint(context, settings: Settings):
+    """Register (or update) datasource, asset, suite, validation definition and checkpoint; return it."""
+    import great_expectations as gx
+
+    try:
+        datasource = context.data_sources.get(DATASOURCE)
+    except (KeyError, ValueError):
+        datasource = context.data_sources.add_postgres(DATASOURCE, connection_string="${%s}" % _DB_URL_VARIABLE)  # noqa: UP031
+    try:
+        asset = datasource.get_asset(ASSET)
+    except LookupError:
+        asset = datasource.add_table_asset(ASSET, table_name="audit_candidates")
+    try:
+        batch_definition = asset.get_batch_definition(BATCH_DEFINITION)
+    except (KeyError, ValueError, LookupError):
+        batch_definition = asset.add_batch_definition_whole_table(BATCH_DEFINITION)
+    suite = context.suites.add_or_update(build_suite(suite_parameters(settings)))
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=VALIDATION, data=batch_definition, suite=suite)
+    )
+    return context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=CHECKPOINT,
+            validation_definitions=[validation],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["event_id"],
+                           "partial_unexpected_count": SAMPLE_IDS},
+        )
+    )
+
+
+def prune_validation_results(settings: Settings) -> int:
+    """Keep the newest ``data_docs_keep_runs`` validation results (a per-minute DAG makes 1,440 a day)."""
+    store = settings.great_expectations_dir / "gx" / "uncommitted" / "validations"
+    results = sorted(store.rglob("*.json"), key=lambda p: p.stat().st_mtime) if store.exists() else []
+    stale = results[: max(len(results) - settings.data_docs_keep_runs, 0)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def data_docs_index(settings: Settings) -> Path:
+    return settings.great_expectations_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def validate(settings: Settings, airflow_run_id: str) -> dict[str, Any]:
+    """Run the suite over ``audit_candidates``; return per-rule failing-row counts and the table checks."""
+    import great_expectations as gx
+
+    started = time.monotonic()
+    os.environ[_DB_URL_VARIABLE] = _sqlalchemy_url(settings)
+    context = _context(settings)
+    checkpoint = _checkpoint(context, settings)
+    prune_validation_results(settings)
+    result = checkpoint.run(
+        expectation_parameters=suite_parameters(settings),
+        run_id=gx.RunIdentifier(run_name=airflow_run_id),
+    )
+    rules: dict[str, dict[str, Any]] = {}
+    table_checks: dict[str, dict[str, Any]] = {}
+    for validation_result in result.run_results.values():
+        for outcome in validation_result.results:
+            config = outcome.expectation_config
+            name = config.meta["rule"]
+            details = outcome.result or {}
+            if config.meta.get("routes_rows"):
+                count = details.get("unexpected_count")
+                if count is None:  # UnexpectedRowsExpectation reports its row count as observed_value
+                    count = details.get("observed_value")
+                samples = [
+                    entry["event_id"] for entry in details.get("partial_unexpected_index_list") or []
+                    if isinstance(entry, dict) and "event_id" in entry
+                ]
+                rules[name] = {
+                    "success": bool(outcome.success),
+                    "unexpected_count": int(count or 0),
+                    "description": config.description,
+                    "sample_event_ids": samples[:SAMPLE_IDS],
+                    "exception": (outcome.exception_info or {}).get("exception_message"),
+                }
+            else:
+                table_checks[name] = {
+                    "success": bool(outcome.success),
+                    "observed_value": details.get("observed_value", details.get("unexpected_count")),
+                }
+    broken = [name for name, rule in rules.items() if rule["exception"]]
+    if broken:
+        raise RuntimeError(f"Great Expectations could not evaluate rules {broken}: "
+                           + "; ".join(str(rules[n]["exception"]) for n in broken))
+    return {
+        "suite": SUITE_NAME,
+        "success": bool(result.success),
+        "rules": rules,
+        "table_checks": table_checks,
+        "data_docs": str(data_docs_index(settings)),
+        "validation_seconds": round(time.monotonic() - started, 2),
+    }

@@ -1,0 +1,130 @@
+"""Each contract rule on a passing and a failing row, through the real audit (Great Expectations on
+PostgreSQL) and the real publish: the routing of every rule agrees with GX's own count, and each failing
+row is dead-lettered with exactly the rule it broke."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from include.publish import publish
+from include.quality.audit import data_docs_index, prepare_candidates, validate
+from include.quality.rules import ROW_RULES, routing_predicate, suite_parameters
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC)
+BASE = {
+    "user_id": 1, "session_id": "s-1", "event_type": "purchase", "product_id": 5, "category": "books",
+    "price": 10, "quantity": 2, "total_amount": 20, "user_segment": "new", "event_time": NOW - timedelta(minutes=1),
+}
+# rule -> the one change to a valid row that breaks exactly that rule
+FAILING = {
+    "event_id_present": {"event_id": None},
+    "event_id_is_uuid": {"event_id": "not-a-uuid"},
+    "event_type_known": {"event_type": "teleport"},
+    "price_present": {"price": None, "total_amount": None},
+    "price_in_range": {"price": 0, "total_amount": 0},
+    "quantity_present": {"quantity": None, "total_amount": None},
+    "quantity_at_least_one": {"quantity": 0, "total_amount": 0},
+    "product_id_present": {"product_id": None},
+    "product_id_positive": {"product_id": 0},
+    "user_required_for_action": {"user_id": None, "user_segment": None},
+    "event_time_present": {"event_time": None},
+    "event_time_not_in_future": {"event_time": NOW + timedelta(hours=1)},
+    "category_known": {"category": "weapons"},
+    "user_segment_known": {"user_segment": "gold"},
+    "total_amount_is_price_times_quantity": {"total_amount": 999},
+}
+PASSING = {
+    "anonymous view (no user needed)": {"event_type": "view", "user_id": None, "user_segment": None},
+    "v1 row without category and segment": {"category": None, "user_segment": None},
+    "price exactly MAX_PRICE": {"price": 500, "quantity": 1, "total_amount": 500},
+    "clock skew within tolerance": {"event_time": NOW + timedelta(minutes=2)},
+    "plain valid purchase": {},
+}
+COLUMNS = ("event_id",) + tuple(BASE) + ("is_late_arrival", "schema_version", "source_file", "source_line", "raw_data")
+
+
+def stage(conn, rows: list[dict]) -> str:
+    query_id = str(uuid.uuid4())
+    with conn.transaction():
+        with conn.cursor().copy(
+            f"COPY staging_events (spark_query_id, spark_batch_id, spark_partition, {', '.join(COLUMNS)}) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row((query_id, 0, 0, *(row[c] for c in COLUMNS)))
+        conn.execute(
+            "INSERT INTO pipeline_batch_ledger (spark_query_id, spark_batch_id, airflow_run_id, input_files,"
+            " input_rows, started_at) VALUES (%s, 0, 'test', 1, %s, now())",
+            (query_id, len(rows)),
+        )
+    return query_id
+
+
+@pytest.fixture
+def audited(pipeline, tmp_path):
+    pipeline.reset()
+    settings = replace(pipeline.settings, max_price=500.0, great_expectations_dir=tmp_path / "gx")
+    cases = [("fail", name, change) for name, change in FAILING.items()]
+    cases += [("pass", name, change) for name, change in PASSING.items()]
+    rows = []
+    for line, (_, _, change) in enumerate(cases, start=2):
+        row = {"event_id": str(uuid.uuid4()), **BASE, **change, "is_late_arrival": False, "schema_version": "v3",
+               "source_file": "/landing/rules.csv", "source_line": line, "raw_data": f"line {line}"}
+        rows.append(row)
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        stage(conn, rows)
+        pinned = prepare_candidates(conn)
+    result = {**pinned, **validate(settings, "rules_test")}
+    return settings, cases, result
+
+
+def test_every_rule_counts_exactly_its_failing_row_and_routing_agrees(audited, pipeline):
+    settings, _, result = audited
+    assert set(result["rules"]) == {rule.name for rule in ROW_RULES} == set(FAILING)
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        for rule in ROW_RULES:
+            gx_count = result["rules"][rule.name]["unexpected_count"]
+            routed = conn.execute(
+                f"SELECT count(*) FROM audit_candidates WHERE {routing_predicate(rule, suite_parameters(settings))}"
+            ).fetchone()[0]
+            assert gx_count == 1, (rule.name, gx_count)
+            assert routed == gx_count, rule.name
+    assert result["success"] is False
+    assert data_docs_index(settings).is_file()
+
+
+def test_publish_dead_letters_each_failing_row_with_exactly_its_rule(audited, pipeline):
+    settings, cases, result = audited
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        summary = publish(conn, result, settings, "rules_test")
+    assert (summary["total"], summary["valid"], summary["invalid"], summary["duplicates"]) == (
+        len(cases), len(PASSING), len(FAILING), 0)
+    dead = {line: (rules, reason) for line, rules, reason in pipeline.query(
+        "SELECT source_line, failed_rules, validation_errors FROM dead_letter_events WHERE error_kind = 'rule'")}
+    stored = {line for (line,) in pipeline.query("SELECT source_line FROM ecommerce_events")}
+    for line, (expected, name, _) in enumerate(cases, start=2):
+        if expected == "fail":
+            assert dead[line][0] == [name], (name, dead.get(line))
+            assert dead[line][1].startswith(f"{name}: ")
+            assert line not in stored
+        else:
+            assert line in stored and line not in dead, name
+    assert "price_in_range: price is not in (0, 500.0] (MAX_PRICE) (price = 0.00)" in {r for _, r in dead.values()}
+
+
+def test_a_routing_that_disagrees_with_great_expectations_publishes_nothing(audited, pipeline):
+    from include.publish import RoutingMismatch
+
+    settings, _, result = audited
+    result["rules"]["price_in_range"]["unexpected_count"] += 1
+    with psycopg.connect(settings.postgres_conninfo) as conn, pytest.raises(RoutingMismatch, match="price_in_range"):
+        publish(conn, result, settings, "rules_test")
+    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 0
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events") == 0
+    assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL") == 1
