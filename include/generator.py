@@ -4,7 +4,8 @@ Usage::
 
     python -m include.generator [--output-dir DIR] [--rate-seconds 5] [--batch-size 100] [--seed N]
         [--version-mix v1=0.1,v2=0.3,v3=0.6] [--invalid-ratio 0.0] [--duplicate-ratio 0.0]
-        [--late-ratio 0.0] [--batches 0]
+        [--late-ratio 0.0] [--structural-ratio 0.0] [--awkward-ratio 0.0] [--bom-crlf-ratio 0.0]
+        [--bad-file-ratio 0.0] [--batches 0]
 
 Every ``--rate-seconds`` a file ``events_<YYYYmmdd_HHMMSS>_<6 hex>.csv`` (UTC stamp) of ``--batch-size``
 events is written. Its schema version (see ``include.schema_registry``) is drawn from ``--version-mix`` and
@@ -15,13 +16,25 @@ which stop it after the current file. ``--output-dir`` defaults to LANDING_DIR.
 Deliberate defects, as fractions of each batch (stochastically rounded to whole rows): ``--invalid-ratio``
 rows carry exactly one defect from ``INVALID_KINDS``; ``--duplicate-ratio`` rows are exact copies of an
 earlier valid row (of this batch or the previous one); ``--late-ratio`` rows have an event_time 10-120
-minutes old. ``EventGenerator.last_report`` says, row by row, what was injected.
+minutes old; ``--structural-ratio`` rows are damaged CSV records, one kind from ``STRUCTURAL_KINDS`` each
+(too few fields, one field too many, a field over the parser's MAX_FIELD_CHARS, a broken quote), written
+verbatim since the csv writer cannot produce them; ``--awkward-ratio`` rows are valid v3 rows whose geo_city
+holds a quoted comma, doubled quotes and a line break and whose campaign_id holds an injection string
+(v1/v2 files have no free-text column and get none). They must round-trip exactly; a record with a line
+break spans two physical lines, so ``tags[i]`` describes the i-th CSV record, not the i-th line.
+
+File-level variants, as probabilities per batch: ``--bom-crlf-ratio`` files start with a UTF-8 BOM and end
+their lines with CRLF (still valid); ``--bad-file-ratio`` batches are one unreadable file instead, of a kind
+from ``BAD_FILE_KINDS`` (a header of no schema version, bytes that are not UTF-8, zero bytes), written
+atomically under a normal name. ``EventGenerator.last_report`` says, row by row and for the file, what was
+injected. With every new ratio at 0 the output is byte for byte what it was before they existed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
 import logging
 import math
@@ -66,6 +79,22 @@ INVALID_KINDS: tuple[str, ...] = (
     "negative_price", "price_above_max", "zero_quantity", "non_numeric_price", "unparseable_event_time",
     "unknown_event_type", "purchase_without_user", "empty_event_id", "non_uuid_event_id", "zero_product_id",
 )
+# Damaged CSV records (``--structural-ratio``); the parser dead-letters them, see include.event_parser.
+STRUCTURAL_KINDS: tuple[str, ...] = ("short_row", "extra_field", "oversize_field", "broken_quote")
+OVERSIZE_CHARS = 2048  # well over event_parser.MAX_FIELD_CHARS (1024)
+EXTRA_FIELD_VALUE = "unexpected"
+# Valid but awkward text (``--awkward-ratio``, v3 only): quoted commas, doubled quotes, line breaks, injections.
+AWKWARD_COLUMNS: tuple[str, ...] = ("geo_city", "campaign_id")
+AWKWARD_CITIES: tuple[str, ...] = (
+    'São Paulo, "Centro"\nZona Sul',
+    '"Le Marais", Paris 4e\nÎle-de-France',
+    'Zürich, "Altstadt"\r\nKreis 1',
+)
+INJECTION_STRINGS: tuple[str, ...] = ("'); DROP TABLE ecommerce_events; --", '=HYPERLINK("http://example.com","x")')
+# Unreadable files (``--bad-file-ratio``); the pipeline quarantines them whole.
+BAD_FILE_KINDS: tuple[str, ...] = ("unknown_header", "not_utf8", "empty")
+UNKNOWN_HEADER: tuple[str, ...] = ("id", "when", "what")
+NOT_UTF8_VALUE = "Besançon"  # written as latin-1: b"Besan\xe7on"
 UNKNOWN_EVENT_TYPES = ("click", "share", "compare")
 LATE_MINUTES = (10.05, 120.0)
 MAX_OPEN_SESSIONS = 30
@@ -98,10 +127,16 @@ def invalid_kinds_for(version: SchemaVersion | str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What one generated batch contains: ``tags[i]`` describes data row ``i`` of the batch/file."""
+    """What one generated batch contains: ``tags[i]`` describes data row (CSV record) ``i`` of the batch/file.
+
+    ``bad_file`` is the ``BAD_FILE_KINDS`` kind if the batch is an unreadable file instead (then ``tags`` is
+    empty); ``bom_crlf`` says the file is written with a UTF-8 BOM and CRLF line endings.
+    """
 
     version: str
-    tags: tuple[str, ...]  # "valid", "late", "duplicate" or "invalid:<kind>"
+    tags: tuple[str, ...]  # "valid", "late", "duplicate", "awkward" or "invalid:<kind>" (INVALID/STRUCTURAL_KINDS)
+    bad_file: str | None = None
+    bom_crlf: bool = False
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(self.tags))
@@ -117,6 +152,59 @@ class BatchReport:
     @property
     def late(self) -> int:
         return self.tags.count("late")
+
+    @property
+    def awkward(self) -> int:
+        return self.tags.count("awkward")
+
+
+class StructuralRow(dict[str, str | None]):
+    """An event whose CSV record is damaged on purpose (``kind`` from STRUCTURAL_KINDS).
+
+    The dict holds the event's values; ``record(columns)`` is the raw text written in place of a proper
+    CSV record, which no csv writer would produce.
+    """
+
+    def __init__(self, values: Mapping[str, str | None] = (), kind: str = "short_row") -> None:
+        super().__init__(values)
+        self.kind = kind
+
+    def record(self, columns: Sequence[str]) -> str:
+        fields = [_csv_field(self.get(column)) for column in columns]
+        if self.kind == "short_row":
+            fields.pop()
+        elif self.kind == "extra_field":
+            fields.append(EXTRA_FIELD_VALUE)
+        elif self.kind == "broken_quote":  # e.g. "bo"oks: text after a closing quote
+            column = "category" if "category" in columns else "event_type"
+            value = self.get(column) or "books"
+            fields[list(columns).index(column)] = f'"{value[:2]}"{value[2:] or "x"}'
+        else:
+            raise ValueError(f"{self.kind!r} is not a raw structural kind")
+        return ",".join(fields)
+
+
+class Batch(list[Row]):
+    """What ``generate_batch`` returns: the rows, with the batch's ``report`` and, for a bad file, ``content``
+    (the file's exact bytes). ``EventGenerator.write_batch`` writes the file accordingly."""
+
+    def __init__(self, rows: Iterable[Row] = (), report: BatchReport | None = None,
+                 content: bytes | None = None) -> None:
+        super().__init__(rows)
+        self.report = report
+        self.content = content
+
+
+def _csv_field(value: str | None) -> str:
+    """One field as csv.QUOTE_MINIMAL writes it (quoted only if it holds a comma, quote or line break)."""
+    text = "" if value is None else value
+    return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\r\n') else text
+
+
+def _csv_text(rows: Iterable[Sequence[str | None]], terminator: str = "\n") -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator=terminator).writerows(rows)
+    return buffer.getvalue()
 
 
 @dataclass
@@ -139,20 +227,24 @@ class EventGenerator:
     def __init__(
         self, seed: int | None = None, *, invalid_ratio: float = 0.0, duplicate_ratio: float = 0.0,
         late_ratio: float = 0.0, max_price: float | None = None, clock: Callable[[], datetime] | None = None,
-        n_users: int = 5000, n_products: int = 2000,
+        n_users: int = 5000, n_products: int = 2000, structural_ratio: float = 0.0, awkward_ratio: float = 0.0,
+        bom_crlf_ratio: float = 0.0, bad_file_ratio: float = 0.0,
     ) -> None:
-        ratios = {"invalid_ratio": invalid_ratio, "duplicate_ratio": duplicate_ratio, "late_ratio": late_ratio}
-        for name, ratio in ratios.items():
+        ratios = {"invalid_ratio": invalid_ratio, "duplicate_ratio": duplicate_ratio, "late_ratio": late_ratio,
+                  "structural_ratio": structural_ratio, "awkward_ratio": awkward_ratio}
+        for name, ratio in {**ratios, "bom_crlf_ratio": bom_crlf_ratio, "bad_file_ratio": bad_file_ratio}.items():
             if not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {ratio}")
         if sum(ratios.values()) > 1.0 + 1e-9:
-            raise ValueError("invalid_ratio + duplicate_ratio + late_ratio must not exceed 1")
+            raise ValueError(f"{' + '.join(ratios)} must not exceed 1")
         if max_price is None:
             from include.settings import get_settings
 
             max_price = get_settings().max_price
         self.seed = seed if seed is not None else secrets.randbits(32)
         self.invalid_ratio, self.duplicate_ratio, self.late_ratio = invalid_ratio, duplicate_ratio, late_ratio
+        self.structural_ratio, self.awkward_ratio = structural_ratio, awkward_ratio
+        self.bom_crlf_ratio, self.bad_file_ratio = bom_crlf_ratio, bad_file_ratio
         self.max_price = float(max_price)
         self.clock = clock or _utc_now
         self.rng = rng = random.Random(self.seed)
@@ -181,25 +273,44 @@ class EventGenerator:
 
     def generate_batch(
         self, size: int, version: SchemaVersion | str = "v3", now: datetime | None = None
-    ) -> list[Row]:
-        """``size`` events as canonical (v3-keyed) dicts of strings/None; sets ``last_report``."""
+    ) -> Batch:
+        """``size`` events as canonical (v3-keyed) dicts of strings/None; sets ``last_report``.
+
+        A bad-file batch (``bad_file_ratio``) has no rows, only the bytes of its file (``Batch.content``).
+        """
         version = _version(version)
         now = _utc_naive(now or self.clock())
         rng = self.rng
+        # every new ratio draws from the rng only when it is non-zero, so old seeds give the old files
+        if self.bad_file_ratio and rng.random() < self.bad_file_ratio:
+            return self._bad_batch(version, now)
         n_dup = min(self._count(size * self.duplicate_ratio), size)
         n_base = size - n_dup
         n_invalid = min(self._count(size * self.invalid_ratio), n_base)
         n_late = min(self._count(size * self.late_ratio), n_base - n_invalid)
-        rows = [self._event(now) for _ in range(n_base)]
+        free = n_base - n_invalid - n_late
+        n_structural = min(self._count(size * self.structural_ratio), free) if self.structural_ratio else 0
+        free -= n_structural
+        awkward = self.awkward_ratio and set(AWKWARD_COLUMNS) <= set(version.columns)
+        n_awkward = min(self._count(size * self.awkward_ratio), free) if awkward else 0
+        rows: list[Row] = [self._event(now) for _ in range(n_base)]
         tags = ["valid"] * n_base
-        positions = rng.sample(range(n_base), n_invalid + n_late)
+        positions = rng.sample(range(n_base), n_invalid + n_late + n_structural + n_awkward)
         for pos, kind in zip(positions[:n_invalid], self._kinds(version, n_invalid)):
             self._break(rows[pos], kind)
             tags[pos] = f"invalid:{kind}"
-        for pos in positions[n_invalid:]:
+        positions = positions[n_invalid:]
+        for pos in positions[:n_late]:
             rows[pos]["event_time"] = (now - timedelta(minutes=rng.uniform(*LATE_MINUTES))).strftime(
                 EVENT_TIME_FORMAT)
             tags[pos] = "late"
+        positions = positions[n_late:]
+        for pos, kind in zip(positions[:n_structural], self._rotation(STRUCTURAL_KINDS, n_structural)):
+            rows[pos] = self._damage(rows[pos], kind, version)
+            tags[pos] = f"invalid:{kind}"
+        for pos in positions[n_structural:]:
+            rows[pos].update(geo_city=rng.choice(AWKWARD_CITIES), campaign_id=rng.choice(INJECTION_STRINGS))
+            tags[pos] = "awkward"
         valid = [row for row, tag in zip(rows, tags) if tag == "valid"]
         pool = self._previous_valid + valid
         for _ in range(n_dup if pool else 0):
@@ -209,13 +320,20 @@ class EventGenerator:
             rows.insert(pos, dict(source))
             tags.insert(pos, "duplicate")
         self._previous_valid = valid
-        self.last_report = BatchReport(version.name, tuple(tags))
-        return rows
+        bom_crlf = bool(self.bom_crlf_ratio) and rng.random() < self.bom_crlf_ratio
+        self.last_report = BatchReport(version.name, tuple(tags), bom_crlf=bom_crlf)
+        return Batch(rows, self.last_report)
 
     def write_batch(self, rows: Iterable[Mapping[str, str | None]], version: SchemaVersion | str,
                     output_dir: str | os.PathLike[str]) -> Path:
-        """Write ``rows`` atomically as a new ``events_*.csv`` file of ``version`` in ``output_dir``."""
-        return write_batch_file(rows, version, output_dir, now=self.clock())
+        """Write ``rows`` atomically as a new ``events_*.csv`` file of ``version`` in ``output_dir``.
+
+        A ``Batch`` from ``generate_batch`` is written as its report says: with BOM and CRLF, or as its bad file.
+        """
+        if isinstance(rows, Batch) and rows.content is not None:
+            return write_raw_file(rows.content, output_dir, now=self.clock())
+        bom_crlf = isinstance(rows, Batch) and rows.report is not None and rows.report.bom_crlf
+        return write_batch_file(rows, version, output_dir, now=self.clock(), bom_crlf=bom_crlf)
 
     # ----------------------------------------------------------------- internals
     def _count(self, expected: float) -> int:
@@ -224,11 +342,44 @@ class EventGenerator:
         return whole + (1 if self.rng.random() < expected - whole else 0)
 
     def _kinds(self, version: SchemaVersion, n: int) -> list[str]:
-        kinds, out = list(invalid_kinds_for(version)), []
+        return self._rotation(invalid_kinds_for(version), n)
+
+    def _rotation(self, kinds: Sequence[str], n: int) -> list[str]:
+        kinds, out = list(kinds), []
         while len(out) < n:  # shuffled rounds: every kind appears before any repeats
             self.rng.shuffle(kinds)
             out.extend(kinds)
         return out[:n]
+
+    def _bad_batch(self, version: SchemaVersion, now: datetime) -> Batch:
+        """A batch that is one unreadable file of a random BAD_FILE_KINDS kind."""
+        kind = self.rng.choice(BAD_FILE_KINDS)
+        content = b""
+        if kind != "empty":
+            events = [self._event(now) for _ in range(self.rng.randint(2, 5))]
+            if kind == "unknown_header":
+                content = _csv_text([UNKNOWN_HEADER, *([e["event_id"], e["event_time"], e["event_type"]]
+                                                      for e in events)]).encode("utf-8")
+            else:  # not_utf8: a valid header and rows, then a row from a latin-1 system
+                columns = version.columns
+                column = "geo_city" if "geo_city" in columns else "event_type"
+                latin1 = dict(events.pop(), **{column: NOT_UTF8_VALUE})
+                content = (_csv_text([columns, *([e.get(c) for c in columns] for e in events)]).encode("utf-8")
+                           + _csv_text([[latin1.get(c) for c in columns]]).encode("latin-1", errors="replace"))
+        self._previous_valid = []  # its rows never land: the next batch must not duplicate them
+        self.last_report = BatchReport(version.name, (), bad_file=kind)
+        return Batch((), self.last_report, content)
+
+    def _damage(self, row: Row, kind: str, version: SchemaVersion) -> Row:
+        """``row`` with a structural defect: an oversize field is real data, the others need raw writing."""
+        if kind == "oversize_field":
+            column = "geo_city" if "geo_city" in version.columns else "event_type"
+            value = row[column] or "x"
+            row[column] = ((value + " ") * (OVERSIZE_CHARS // (len(value) + 1) + 1))[:OVERSIZE_CHARS]
+            return row
+        if kind not in STRUCTURAL_KINDS:
+            raise ValueError(f"unknown structural kind {kind!r} (known: {', '.join(STRUCTURAL_KINDS)})")
+        return StructuralRow(row, kind)
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -310,20 +461,28 @@ class EventGenerator:
 
 
 def write_events_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, str | None]],
-                     version: SchemaVersion | str) -> None:
-    """Write ``rows`` (canonical dicts) as a CSV of ``version``: its header, then its columns in order."""
+                     version: SchemaVersion | str, *, bom_crlf: bool = False) -> None:
+    """Write ``rows`` (canonical dicts) as a CSV of ``version``: its header, then its columns in order.
+
+    A ``StructuralRow`` is written as its raw damaged record. ``bom_crlf``: UTF-8 BOM and CRLF line endings.
+    """
     columns = _version(version).columns
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    terminator = "\r\n" if bom_crlf else "\n"
+    with open(path, "w", encoding="utf-8-sig" if bom_crlf else "utf-8", newline="") as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator=terminator)
         writer.writerow(columns)
-        writer.writerows([row.get(column) for column in columns] for row in rows)
+        for row in rows:
+            if isinstance(row, StructuralRow):
+                handle.write(row.record(columns) + terminator)
+            else:
+                writer.writerow([row.get(column) for column in columns])
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def write_batch_file(rows: Iterable[Mapping[str, str | None]], version: SchemaVersion | str,
-                     output_dir: str | os.PathLike[str], now: datetime | None = None) -> Path:
-    """Atomically create ``output_dir/events_<UTC stamp>_<6 hex>.csv`` (dot-prefixed temp file + rename)."""
+def _create_atomically(output_dir: str | os.PathLike[str], now: datetime | None,
+                       write: Callable[[Path], None]) -> Path:
+    """Create ``output_dir/events_<UTC stamp>_<6 hex>.csv``: ``write`` fills a dot-prefixed temp file, renamed."""
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     stamp = _utc_naive(now or _utc_now()).strftime("%Y%m%d_%H%M%S")
@@ -332,12 +491,36 @@ def write_batch_file(rows: Iterable[Mapping[str, str | None]], version: SchemaVe
         final = directory / f"events_{stamp}_{secrets.token_hex(3)}.csv"
     temp = directory / f".{final.name}.tmp"
     try:
-        write_events_csv(temp, rows, version)
+        write(temp)
         os.replace(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     return final
+
+
+def write_batch_file(rows: Iterable[Mapping[str, str | None]], version: SchemaVersion | str,
+                     output_dir: str | os.PathLike[str], now: datetime | None = None, *,
+                     bom_crlf: bool = False) -> Path:
+    """Atomically create ``output_dir/events_<UTC stamp>_<6 hex>.csv`` (dot-prefixed temp file + rename)."""
+    def write(temp: Path) -> None:
+        if bom_crlf:
+            write_events_csv(temp, rows, version, bom_crlf=True)
+        else:
+            write_events_csv(temp, rows, version)
+
+    return _create_atomically(output_dir, now, write)
+
+
+def write_raw_file(content: bytes, output_dir: str | os.PathLike[str], now: datetime | None = None) -> Path:
+    """Atomically create a file named like ``write_batch_file``'s holding exactly ``content`` (a bad file)."""
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return _create_atomically(output_dir, now, write)
 
 
 def parse_version_mix(text: str) -> dict[str, float]:
@@ -373,6 +556,9 @@ def _ratio(text: str) -> float:
     return value
 
 
+ROW_RATIOS = ("invalid", "duplicate", "late", "structural", "awkward")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m include.generator", description=__doc__.split("\n")[0])
     add = parser.add_argument
@@ -382,8 +568,11 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=None, help="seed for reproducible events (default: random)")
     add("--version-mix", type=_argument(parse_version_mix), default=parse_version_mix(DEFAULT_VERSION_MIX),
         help=f"schema version weights (default {DEFAULT_VERSION_MIX})")
-    for name in ("invalid", "duplicate", "late"):
+    for name in ROW_RATIOS:
         add(f"--{name}-ratio", type=_argument(_ratio), default=0.0, help=f"share of {name} rows (default 0)")
+    for name, what in (("bom-crlf", "files written with a UTF-8 BOM and CRLF line endings"),
+                       ("bad-file", f"batches that are one unreadable file ({', '.join(BAD_FILE_KINDS)})")):
+        add(f"--{name}-ratio", type=_argument(_ratio), default=0.0, help=f"share of {what} (default 0)")
     add("--batches", type=int, default=0, help="number of files to write, 0 = until SIGINT/SIGTERM")
     return parser
 
@@ -404,15 +593,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.batches < 0 or args.rate_seconds < 0:
         parser.error("--batch-size must be >= 1, --batches >= 0 and --rate-seconds >= 0")
-    if args.invalid_ratio + args.duplicate_ratio + args.late_ratio > 1.0 + 1e-9:
-        parser.error("--invalid-ratio + --duplicate-ratio + --late-ratio must not exceed 1")
+    if sum(getattr(args, f"{name}_ratio") for name in ROW_RATIOS) > 1.0 + 1e-9:
+        parser.error(" + ".join(f"--{name}-ratio" for name in ROW_RATIOS) + " must not exceed 1")
     _configure_logging()
     if args.output_dir is None:
         from include.settings import get_settings
 
         args.output_dir = get_settings().landing_dir
     generator = EventGenerator(args.seed, invalid_ratio=args.invalid_ratio,
-                               duplicate_ratio=args.duplicate_ratio, late_ratio=args.late_ratio)
+                               duplicate_ratio=args.duplicate_ratio, late_ratio=args.late_ratio,
+                               structural_ratio=args.structural_ratio, awkward_ratio=args.awkward_ratio,
+                               bom_crlf_ratio=args.bom_crlf_ratio, bad_file_ratio=args.bad_file_ratio)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -436,11 +627,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = generator.write_batch(rows, version, args.output_dir)
             written += 1
             report = generator.last_report
-            extras = "".join(f", {label}={n}" for label, n in (
-                ("invalid", sum(report.invalid.values())), ("duplicates", report.duplicates), ("late", report.late),
-            ) if n)
-            logger.info("Generated batch %d: %d events → %s (%s%s)", written, len(rows), path.name,
-                        version.name, extras)
+            if report.bad_file:
+                logger.info("Generated batch %d: bad file (%s) → %s (%s)", written, report.bad_file, path.name,
+                            version.name)
+            else:
+                extras = "".join(f", {label}={n}" for label, n in (
+                    ("invalid", sum(report.invalid.values())), ("duplicates", report.duplicates),
+                    ("late", report.late), ("awkward", report.awkward),
+                ) if n) + (", BOM+CRLF" if report.bom_crlf else "")
+                logger.info("Generated batch %d: %d events → %s (%s%s)", written, len(rows), path.name,
+                            version.name, extras)
             if args.batches and written >= args.batches:
                 break
             next_due += args.rate_seconds

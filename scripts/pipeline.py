@@ -178,6 +178,10 @@ def run() -> int:
                 "--invalid-ratio", os.environ.get("GENERATOR_INVALID_RATIO", "0.02"),
                 "--duplicate-ratio", os.environ.get("GENERATOR_DUPLICATE_RATIO", "0.01"),
                 "--late-ratio", os.environ.get("GENERATOR_LATE_RATIO", "0.01"),
+                "--structural-ratio", os.environ.get("GENERATOR_STRUCTURAL_RATIO", "0.005"),
+                "--awkward-ratio", os.environ.get("GENERATOR_AWKWARD_RATIO", "0.02"),
+                "--bom-crlf-ratio", os.environ.get("GENERATOR_BOM_CRLF_RATIO", "0.1"),
+                "--bad-file-ratio", os.environ.get("GENERATOR_BAD_FILE_RATIO", "0.01"),
             ],
         )
         ui = env["AIRFLOW__API__BASE_URL"]

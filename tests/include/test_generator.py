@@ -17,8 +17,14 @@ from pathlib import Path
 import pytest
 
 from include import generator as gen_module
+from include.event_parser import MAX_FIELD_CHARS, FileRejected, parse_file
 from include.generator import (
+    AWKWARD_CITIES,
+    BAD_FILE_KINDS,
+    INJECTION_STRINGS,
     INVALID_KINDS,
+    STRUCTURAL_KINDS,
+    Batch,
     EventGenerator,
     invalid_kinds_for,
     main,
@@ -36,6 +42,7 @@ from include.schema_registry import (
     USER_SEGMENTS,
     VERSIONS,
     detect_version,
+    migrate,
 )
 
 pytestmark = pytest.mark.unit
@@ -311,3 +318,227 @@ def test_sigterm_stops_cleanly_after_the_current_file(tmp_path):
     assert len(names) >= 2 and all(FILE_NAME.match(n) for n in names), names
     assert stdout.count("Generated batch") == len(names)
     assert "SIGTERM" in stdout
+
+
+# ------------------------------------------------- every kind of bad input, checked with the pipeline's parser
+STRUCTURAL_REASON = {
+    "short_row": "wrong number of fields",
+    "extra_field": "wrong number of fields",
+    "oversize_field": "oversize field",
+    "broken_quote": "malformed CSV",
+}
+BAD_FILE_REASON = {"unknown_header": "matches no schema version", "not_utf8": "not UTF-8", "empty": "empty file"}
+NEW_TAGS = {"awkward", *(f"invalid:{kind}" for kind in STRUCTURAL_KINDS)}
+V3_COLUMNS = VERSIONS["v3"].columns
+
+
+def parsed(path: Path) -> list[dict]:
+    return list(parse_file(path.read_bytes(), path.name))
+
+
+def expected_record(row: dict, version_name: str) -> dict:
+    """What the parser must hand back for a row the generator wrote intact."""
+    version = VERSIONS[version_name]
+    return migrate({c: row.get(c) or None for c in version.columns}, version)
+
+
+def test_structural_ratio_is_separate_and_keeps_the_invalid_counts():
+    mixed = make(seed=5, invalid_ratio=0.1, duplicate_ratio=0.05, late_ratio=0.05, structural_ratio=0.1)
+    for _ in range(3):
+        mixed.generate_batch(200, "v3")
+        counts = mixed.last_report.counts()
+        assert sum(n for kind, n in mixed.last_report.invalid.items() if kind in INVALID_KINDS) == 20
+        assert sum(n for kind, n in mixed.last_report.invalid.items() if kind in STRUCTURAL_KINDS) == 20
+        assert counts["duplicate"] == 10 and counts["late"] == 10 and counts["valid"] == 140
+    assert set(STRUCTURAL_KINDS).isdisjoint(INVALID_KINDS)
+    assert set(invalid_kinds_for("v3")) == set(INVALID_KINDS), "structural kinds only come with their own ratio"
+
+
+@pytest.mark.parametrize("version_name", ["v1", "v2", "v3"])
+def test_structural_rows_are_dead_lettered_by_the_parser(tmp_path, version_name):
+    generator = make(seed=11, invalid_ratio=0.05, duplicate_ratio=0.05, late_ratio=0.05, structural_ratio=0.1)
+    width = len(VERSIONS[version_name].columns)
+    seen: Counter[str] = Counter()
+    for _ in range(3):
+        rows = generator.generate_batch(40, version_name)
+        tags = generator.last_report.tags
+        records = parsed(generator.write_batch(rows, version_name, tmp_path))
+        assert len(records) == len(rows) == len(tags)
+        for row, tag, record in zip(rows, tags, records):
+            kind = tag.split(":", 1)[1] if tag.startswith("invalid:") else None
+            if kind in STRUCTURAL_KINDS:
+                seen[kind] += 1
+                assert STRUCTURAL_REASON[kind] in record["parse_errors"], (kind, record["parse_errors"])
+                assert record["event_id"] is None and record["raw_data"]
+                if kind == "short_row":
+                    assert f"expected {width}, found {width - 1}" in record["parse_errors"]
+                elif kind == "extra_field":
+                    assert f"expected {width}, found {width + 1}" in record["parse_errors"]
+                elif kind == "oversize_field":
+                    assert max(len(v or "") for v in row.values()) >= 2000 > MAX_FIELD_CHARS
+                else:
+                    assert re.search(r'(^|,)"\w\w"\w', record["raw_data"]), record["raw_data"]
+            else:  # content defects are the typing/rules stage's business, not the parser's
+                assert record["parse_errors"] is None and record == dict(
+                    expected_record(row, version_name), schema_version=version_name, source_file=record["source_file"],
+                    source_line=record["source_line"], raw_data=record["raw_data"], parse_errors=None)
+    assert set(seen) == set(STRUCTURAL_KINDS)
+    assert max(seen.values()) - min(seen.values()) <= 1, "structural kinds rotate like the invalid ones"
+
+
+@pytest.mark.parametrize("bom_crlf_ratio", [0.0, 1.0])
+def test_awkward_rows_parse_back_exactly_and_tags_follow_records_not_lines(tmp_path, bom_crlf_ratio):
+    generator = make(seed=3, invalid_ratio=0.05, duplicate_ratio=0.05, late_ratio=0.05, structural_ratio=0.05,
+                     awkward_ratio=0.2, bom_crlf_ratio=bom_crlf_ratio)
+    cities, campaigns = set(), set()
+    for _ in range(3):
+        rows = generator.generate_batch(60, "v3")
+        tags = generator.last_report.tags
+        assert generator.last_report.awkward == generator.last_report.counts()["awkward"] == 12
+        path = generator.write_batch(rows, "v3", tmp_path)
+        records = parsed(path)
+        assert len(records) == len(rows) == len(tags)
+        line = 2
+        for row, tag, record in zip(rows, tags, records):
+            assert record["source_line"] == line
+            line += 1 + record["raw_data"].count("\n")
+            if tag.startswith("invalid:") and tag.split(":", 1)[1] in STRUCTURAL_KINDS:
+                continue
+            assert record["parse_errors"] is None
+            assert {c: record[c] for c in V3_COLUMNS} == expected_record(row, "v3")
+            if tag == "awkward":
+                assert record["geo_city"] in AWKWARD_CITIES and record["campaign_id"] in INJECTION_STRINGS
+                cities.add(record["geo_city"])
+                campaigns.add(record["campaign_id"])
+        assert line - 1 > len(records) + 1, "multi-line records make lines outnumber records"
+        assert read_csv(path)[1][tags.index("awkward")] == as_text(rows[tags.index("awkward")], V3_COLUMNS)
+    assert cities == set(AWKWARD_CITIES) and campaigns == set(INJECTION_STRINGS)
+    assert all("," in c and '"' in c and "\n" in c for c in AWKWARD_CITIES)
+    assert "'); DROP TABLE ecommerce_events; --" in INJECTION_STRINGS
+    assert any(s.startswith("=HYPERLINK(") for s in INJECTION_STRINGS)
+
+
+@pytest.mark.parametrize("version_name", ["v1", "v2"])
+def test_versions_without_free_text_get_no_awkward_rows(tmp_path, version_name):
+    plain, awkward = make(seed=4, invalid_ratio=0.1), make(seed=4, invalid_ratio=0.1, awkward_ratio=0.5)
+    for _ in range(3):
+        rows = awkward.generate_batch(50, version_name)
+        assert rows == plain.generate_batch(50, version_name)
+        assert awkward.last_report == plain.last_report and "awkward" not in awkward.last_report.tags
+
+
+def test_bom_crlf_files_are_valid_and_parse_like_plain_ones(tmp_path):
+    generator = make(seed=6, invalid_ratio=0.1, duplicate_ratio=0.1, bom_crlf_ratio=0.5)
+    flags = set()
+    for version_name in ("v1", "v2", "v3") * 4:
+        rows = generator.generate_batch(30, version_name)
+        report = generator.last_report
+        path = generator.write_batch(rows, version_name, tmp_path)
+        raw = path.read_bytes()
+        flags.add(report.bom_crlf)
+        if report.bom_crlf:
+            assert raw.startswith(b"\xef\xbb\xbf") and raw.count(b"\n") == raw.count(b"\r\n") == len(rows) + 1
+            assert raw.endswith(b"\r\n")
+        else:
+            assert not raw.startswith(b"\xef\xbb\xbf") and b"\r" not in raw
+        records = parsed(path)
+        assert [record["source_line"] for record in records] == list(range(2, len(rows) + 2))
+        assert all(record["parse_errors"] is None for record in records)
+        assert [{c: r[c] for c in V3_COLUMNS} for r in records] == [expected_record(r, version_name) for r in rows]
+        plain = write_batch_file(rows, version_name, tmp_path / "plain", now=NOW)
+        assert raw.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n") == plain.read_bytes()
+    assert flags == {True, False}
+
+
+def test_bad_files_are_named_like_batches_and_rejected_whole(tmp_path, caplog):
+    generator = make(seed=8, duplicate_ratio=0.2, bad_file_ratio=1.0)
+    seen = set()
+    for version_name in ("v1", "v2", "v3") * 4:
+        rows = generator.generate_batch(50, version_name)
+        report = generator.last_report
+        assert isinstance(rows, Batch) and rows == [] and report.tags == () and report.bad_file in BAD_FILE_KINDS
+        path = generator.write_batch(rows, version_name, tmp_path)
+        assert FILE_NAME.match(path.name)
+        seen.add(report.bad_file)
+        raw = path.read_bytes()
+        with pytest.raises(FileRejected, match=BAD_FILE_REASON[report.bad_file]):
+            parsed(path)
+        if report.bad_file == "empty":
+            assert raw == b""
+        elif report.bad_file == "not_utf8":
+            assert raw.startswith(VERSIONS[version_name].header.encode() + b"\n") and b"Besan\xe7on" in raw
+        else:
+            assert raw.startswith(b"id,when,what\n") and raw.count(b"\n") >= 3
+    assert seen == set(BAD_FILE_KINDS)
+    assert all(not name.startswith(".") for name in os.listdir(tmp_path))
+    # after a bad batch, a normal one may only duplicate its own rows (the bad batch's rows never landed)
+    generator.bad_file_ratio = 0.0
+    rows = generator.generate_batch(50, "v3")
+    ids = [row["event_id"] for row, tag in zip(rows, generator.last_report.tags) if tag != "duplicate"]
+    assert generator.last_report.duplicates == 10
+    assert all(row["event_id"] in ids for row, tag in zip(rows, generator.last_report.tags) if tag == "duplicate")
+
+
+def test_failed_bad_file_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    generator = make(seed=8, bad_file_ratio=1.0)
+    rows = generator.generate_batch(5, "v3")
+
+    def fail(src, dst):
+        assert Path(src).name.startswith(".") and Path(src).exists()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gen_module.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        generator.write_batch(rows, "v3", tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_new_ratios_at_zero_change_nothing(tmp_path):
+    explicit = make(7, invalid_ratio=0.1, duplicate_ratio=0.1, late_ratio=0.1, structural_ratio=0.0,
+                    awkward_ratio=0.0, bom_crlf_ratio=0.0, bad_file_ratio=0.0)
+    files = []
+    for version in ("v3", "v1", "v2"):
+        path = explicit.write_batch(explicit.generate_batch(50, version), version, tmp_path / "a")
+        report = explicit.last_report
+        assert report.bad_file is None and not report.bom_crlf and NEW_TAGS.isdisjoint(report.tags)
+        assert set(report.counts()) <= {"valid", "late", "duplicate", *(f"invalid:{k}" for k in INVALID_KINDS)}
+        files.append(path.read_bytes())
+    assert files == _write_run(7, tmp_path / "b")
+    assert all(not f.startswith(b"\xef\xbb\xbf") and b"\r" not in f for f in files)
+
+
+def test_new_ratios_are_validated():
+    for bad in ({"structural_ratio": 1.5}, {"awkward_ratio": -0.1}, {"bom_crlf_ratio": 2.0},
+                {"bad_file_ratio": -1.0}, {"invalid_ratio": 0.6, "structural_ratio": 0.6},
+                {"late_ratio": 0.5, "awkward_ratio": 0.6}):
+        with pytest.raises(ValueError):
+            make(**bad)
+    make(bom_crlf_ratio=1.0, bad_file_ratio=1.0, invalid_ratio=1.0)  # file-level ratios are independent
+
+
+def test_cli_takes_the_new_ratios(tmp_path, caplog):
+    caplog.set_level("INFO", logger="include.generator")
+    args = ["--output-dir", str(tmp_path), "--batches", "12", "--rate-seconds", "0", "--batch-size", "40",
+            "--seed", "2", "--version-mix", "v3=1", "--structural-ratio", "0.1", "--awkward-ratio", "0.1",
+            "--bom-crlf-ratio", "0.5", "--bad-file-ratio", "0.3"]
+    assert main(args) == 0
+    logged = [r.getMessage() for r in caplog.records if "Generated batch" in r.getMessage()]
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == len(logged) == 12 and all(FILE_NAME.match(f.name) for f in files)
+    bad = [m for m in logged if re.search(r"bad file \((unknown_header|not_utf8|empty)\) → events_\S+\.csv", m)]
+    assert bad and len(bad) < 12
+    assert any("awkward=4" in m for m in logged) and any("BOM+CRLF" in m for m in logged)
+    rejected = 0
+    for path in files:
+        try:
+            records = parsed(path)
+        except FileRejected:
+            rejected += 1
+            continue
+        assert len(records) == 40
+        assert sum(r["parse_errors"] is not None for r in records) == 4
+    assert rejected == len(bad)
+    for wrong in (["--structural-ratio", "1.5"], ["--awkward-ratio", "-1"], ["--bom-crlf-ratio", "2"],
+                  ["--bad-file-ratio", "x"], ["--structural-ratio", "0.6", "--invalid-ratio", "0.6"]):
+        with pytest.raises(SystemExit):
+            main(["--output-dir", str(tmp_path), "--batches", "1", *wrong])

@@ -34,6 +34,10 @@ EXPECTED_REASON = {
     "empty_event_id": ("parse", "event_id is empty"),
     "non_uuid_event_id": ("rule", "event_id_is_uuid"),
     "zero_product_id": ("rule", "product_id_positive"),
+    "short_row": ("parse", "wrong number of fields"),
+    "extra_field": ("parse", "wrong number of fields"),
+    "oversize_field": ("parse", "oversize field"),
+    "broken_quote": ("parse", "malformed CSV"),
 }
 INJECTIONS = ["'); DROP TABLE ecommerce_events; --", '=HYPERLINK("http://evil.example","click")']
 EVENT_TIME = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
@@ -74,7 +78,7 @@ def nasty_file(landing) -> dict[int, tuple[str, str | None]]:
 def test_every_row_of_a_nasty_mix_gets_exactly_one_clear_fate(pipeline):
     pipeline.reset()
     landing = pipeline.landing_dir
-    generator = EventGenerator(21, invalid_ratio=0.08, duplicate_ratio=0.05, late_ratio=0.05)
+    generator = EventGenerator(21, invalid_ratio=0.08, duplicate_ratio=0.05, late_ratio=0.05, structural_ratio=0.03)
     generated = []  # (file name, line, tag, event_id)
     for version in ("v1", "v2", "v3", "v3"):
         rows = generator.generate_batch(250, version)
