@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag, task
+
+from include.airflow_support import record_pipeline_failure
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPARK_JOB = PROJECT_ROOT / "spark_jobs" / "ingest_events.py"
@@ -80,21 +82,31 @@ def ecommerce_events():
         """Anything to do? CSV files waiting in `LANDING_DIR`, or batches staged by an earlier run but not
         published. If not, the run ends here: no JVM for an empty minute. Zero-byte files (which Spark's
         scan skips) are quarantined here once they are 30 s old."""
-        import psycopg
-
+        from include import circuit_breaker
         from include.airflow_support import settings_from_connection
         from include.landing import quarantine_empty_files, waiting_files
+        from include.retry import with_connection
 
         settings = settings_from_connection()
-        with psycopg.connect(settings.postgres_conninfo, connect_timeout=10) as conn:
-            for path in quarantine_empty_files(settings, conn, run_id):
-                print(f"quarantined empty file {path}")
+        breaker = circuit_breaker.breaker_from_settings(settings)
+
+        def look(conn):
+            moved = quarantine_empty_files(settings, conn, run_id)
             unpublished = conn.execute(
                 "SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL"
             ).fetchone()[0]
+            with conn.transaction():
+                decision = breaker.decide(circuit_breaker.load(conn, for_update=True), datetime.now(UTC))
+                circuit_breaker.save(conn, decision.state)
+            return moved, unpublished, decision
+
+        moved, unpublished, decision = with_connection(settings, look)
+        for path in moved:
+            print(f"quarantined empty file {path}")
         waiting = waiting_files(settings.landing_dir)
         print(f"{len(waiting)} file(s) waiting in {settings.landing_dir}; {unpublished} batch(es) staged, unpublished")
-        return bool(waiting or unpublished)
+        print(decision.message)
+        return bool(waiting or unpublished) and decision.allowed
 
     @task
     def package_code() -> str:
@@ -103,17 +115,15 @@ def ecommerce_events():
 
         return str(build_code_archive())
 
-    @task
+    @task(on_failure_callback=record_pipeline_failure)
     def audit(run_id: str | None = None) -> dict:
         """Validate every staged, unpublished row with the Great Expectations suite; rebuild the Data Docs."""
-        import psycopg
-
         from include.airflow_support import settings_from_connection
         from include.quality.audit import prepare_candidates, validate
+        from include.retry import with_connection
 
         settings = settings_from_connection()
-        with psycopg.connect(settings.postgres_conninfo) as conn:
-            pinned = prepare_candidates(conn)
+        pinned = with_connection(settings, prepare_candidates)
         if not pinned["batches"]:
             print("no staged batch waits for publishing")
             return {**pinned, "success": True, "rules": {}, "table_checks": {}}
@@ -124,17 +134,18 @@ def ecommerce_events():
               f"Data Docs: {result['data_docs']}")
         return result
 
-    @task
+    @task(on_failure_callback=record_pipeline_failure)
     def publish(audit_result: dict, run_id: str | None = None) -> dict:
         """One transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events`, metrics."""
-        import psycopg
-
+        from include import circuit_breaker
         from include.airflow_support import settings_from_connection
         from include.publish import publish as publish_batches
+        from include.retry import with_connection
 
         settings = settings_from_connection()
-        with psycopg.connect(settings.postgres_conninfo) as conn:
-            summary = publish_batches(conn, audit_result, settings, run_id)
+        summary = with_connection(settings, lambda conn: publish_batches(conn, audit_result, settings, run_id))
+        breaker = circuit_breaker.breaker_from_settings(settings)
+        with_connection(settings, lambda conn: circuit_breaker.transition(conn, breaker.on_success))
         print(f"published {len(summary['batches'])} batch(es): {summary['total']} rows -> {summary['valid']} valid, "
               f"{summary['invalid']} invalid, {summary['duplicates']} duplicates, {summary['late']} late, "
               f"{summary['quarantined_files']} file(s) quarantined; validity {summary['validity_rate']}%")
@@ -175,6 +186,7 @@ def ecommerce_events():
         application_args=["--airflow-run-id", "{{ run_id }}"],
         env_vars=SPARK_JOB_ENV,
         execution_timeout=timedelta(minutes=20),
+        on_failure_callback=record_pipeline_failure,
         doc_md="Run the Spark ingest job (`spark_jobs/ingest_events.py`) over everything that has landed.",
     )
     audited = audit()

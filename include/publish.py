@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from include import faults
 from include.quality.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
 from include.settings import Settings
 from include.warehouse import EVENT_COLUMNS
@@ -152,6 +153,7 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
         )
         conn.execute(f"DELETE FROM staging_events WHERE {_PENDING}")
         conn.execute("TRUNCATE audit_candidates")
+        faults.reached("publish_in_transaction")
     return _summary(rows, audit["rules"])
 
 

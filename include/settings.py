@@ -47,6 +47,10 @@ class Settings:
     initial_retry_delay: float = 1.0
     retry_backoff_factor: float = 2.0
     circuit_breaker_threshold: int = 5
+    # how long an OPEN breaker skips runs before one trial run (HALF-OPEN)
+    circuit_breaker_cooldown_seconds: int = 300
+    # how long an ingest waits for another one on the same checkpoint before giving up
+    ingest_lock_wait_seconds: int = 120
     # directories of the Airflow design
     landing_dir: Path = PROJECT_ROOT / "data" / "landing"
     archive_dir: Path = PROJECT_ROOT / "data" / "archive"

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import psycopg
 
+from include.retry import with_connection
+from include.settings import Settings
+
 SCHEMA_SQL = Path(__file__).resolve().parent / "sql" / "schema.sql"
 
 # Columns the Spark job stages, in COPY order (the staging key columns are prepended by the job).
@@ -33,38 +36,46 @@ def apply_schema(conn: psycopg.Connection) -> None:
 
 
 def copy_arrow_to_staging(
-    conninfo: str, query_id: str, batch_id: int, partition: int, batches: Iterator
+    settings: Settings, query_id: str, batch_id: int, partition: int, batches: Iterator
 ) -> int:
     """COPY Arrow record batches (``STAGED_COLUMNS``) into ``staging_events`` for one Spark partition.
 
     The partition's earlier rows for this batch are deleted in the same transaction, so a retried Spark
-    task replaces its rows instead of doubling them. Returns the number of rows staged.
+    task (or a retried transaction after PostgreSQL restarted) replaces its rows instead of doubling them.
+    Returns the number of rows staged.
     """
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
     columns = ("spark_query_id", "spark_batch_id", "spark_partition") + STAGED_COLUMNS
-    copy_sql = f"COPY staging_events ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+    chunks: list[bytes] = []  # CSV text of the partition, kept so a retried transaction can send it again
     staged = 0
-    with psycopg.connect(conninfo) as conn, conn.transaction():
-        conn.execute(
-            "DELETE FROM staging_events WHERE spark_query_id = %s AND spark_batch_id = %s AND spark_partition = %s",
-            (query_id, batch_id, partition),
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        n = batch.num_rows
+        keyed = pa.RecordBatch.from_arrays(
+            [pa.array([query_id] * n), pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n)]
+            + [batch.column(c) for c in STAGED_COLUMNS],
+            names=list(columns),
         )
-        with conn.cursor().copy(copy_sql) as copy:
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                n = batch.num_rows
-                keyed = pa.RecordBatch.from_arrays(
-                    [pa.array([query_id] * n), pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n)]
-                    + [batch.column(c) for c in STAGED_COLUMNS],
-                    names=list(columns),
-                )
-                buffer = io.BytesIO()
-                pa_csv.write_csv(keyed, buffer, pa_csv.WriteOptions(include_header=False))
-                copy.write(buffer.getvalue())
-                staged += n
+        buffer = io.BytesIO()
+        pa_csv.write_csv(keyed, buffer, pa_csv.WriteOptions(include_header=False))
+        chunks.append(buffer.getvalue())
+        staged += n
+
+    def copy_partition(conn: psycopg.Connection) -> None:
+        with conn.transaction():
+            conn.execute(
+                "DELETE FROM staging_events WHERE spark_query_id = %s AND spark_batch_id = %s "
+                "AND spark_partition = %s",
+                (query_id, batch_id, partition),
+            )
+            with conn.cursor().copy(f"COPY staging_events ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
+                for chunk in chunks:
+                    copy.write(chunk)
+
+    with_connection(settings, copy_partition)
     return staged
 
 

@@ -23,6 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +33,9 @@ from pathlib import Path
 import psycopg
 from pyspark.sql import DataFrame, SparkSession
 
+from include import faults
 from include.landing import archive_path, move_file
+from include.retry import db_retrying, with_connection
 from include.settings import Settings, get_settings
 from include.warehouse import (
     STAGED_COLUMNS,
@@ -76,25 +81,26 @@ class BatchWriter:
             for row in batch.select("path", "modificationTime").collect()
         }
         if not files:
-            return
-        query_id = self.query_id
-        with psycopg.connect(self.settings.postgres_conninfo) as conn:
-            if prepare_staging(conn, query_id, batch_id):
-                quarantined = self._stage(batch, batch_id, query_id, started_at)
-                recorded = record_staged_batch(
-                    conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
-                    input_files=len(files), started_at=started_at, quarantined=quarantined,
-                )
-                if not recorded:
-                    log.warning("batch %s of query %s was recorded by another attempt", batch_id, query_id)
-                    quarantined = quarantined_in_batch(conn, query_id, batch_id)
-            else:
-                log.warning("batch %s of query %s was staged before a restart; only moving its files",
-                            batch_id, query_id)
-                quarantined = quarantined_in_batch(conn, query_id, batch_id)
+            return  # a replayed batch whose files were already moved: it is staged (see after_moves)
+        query_id, settings = self.query_id, self.settings
+        faults.reached("before_staging")
+        if with_connection(settings, lambda conn: prepare_staging(conn, query_id, batch_id)):
+            quarantined = self._stage(batch, batch_id, query_id, started_at)
+            recorded = with_connection(settings, lambda conn: record_staged_batch(
+                conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
+                input_files=len(files), started_at=started_at, quarantined=quarantined,
+            ))
+            if not recorded:
+                log.warning("batch %s of query %s was recorded by another attempt", batch_id, query_id)
+                quarantined = with_connection(settings, lambda conn: quarantined_in_batch(conn, query_id, batch_id))
+        else:
+            log.warning("batch %s of query %s was staged before a restart; only moving its files", batch_id, query_id)
+            quarantined = with_connection(settings, lambda conn: quarantined_in_batch(conn, query_id, batch_id))
+        faults.reached("after_ledger")
         self._move_files(files, quarantined)
         log.info("batch %s: %d files staged (%d quarantined) in %.1f s", batch_id, len(files), len(quarantined),
                  (datetime.now(UTC) - started_at).total_seconds())
+        faults.reached("after_moves")
 
     def _stage(self, batch: DataFrame, batch_id: int, query_id: str, started_at: datetime) -> list[tuple[str, str, str]]:
         """Parse, type and COPY the batch's rows into staging (from the executors); return rejected files."""
@@ -111,14 +117,17 @@ class BatchWriter:
                 .transform(lambda df: with_late_arrival(df, started_at, self.settings.late_arrival_minutes))
                 .select(*STAGED_COLUMNS)
             )
-            conninfo = self.settings.postgres_conninfo
+            settings = self.settings
 
             def stage_partition(batches):
                 import pyarrow as pa
                 from pyspark import TaskContext
 
+                from include import faults
+
                 partition = TaskContext.get().partitionId()
-                rows = copy_arrow_to_staging(conninfo, query_id, batch_id, partition, batches)
+                rows = copy_arrow_to_staging(settings, query_id, batch_id, partition, batches)
+                faults.reached("mid_staging")
                 yield pa.RecordBatch.from_pylist([{"staged": rows}])
 
             staged = sum(r.staged for r in events.mapInArrow(stage_partition, "staged long").collect())
@@ -151,27 +160,65 @@ def build_spark(app_name: str = "ecommerce_events_ingest") -> SparkSession:
     )
 
 
+class IngestAlreadyRunning(RuntimeError):
+    """Another ingest holds this checkpoint; two live queries must never share it."""
+
+
+@contextmanager
+def checkpoint_lock(settings: Settings) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock named after the checkpoint for the life of the query.
+
+    A second ingest on the same checkpoint (a manual trigger during a scheduled run, ``make once`` next to
+    ``make run``) waits up to INGEST_LOCK_WAIT_SECONDS, then fails with ``IngestAlreadyRunning``. The lock
+    dies with its session, so a killed job never leaves it behind.
+    """
+    key = f"ecommerce_events ingest {settings.checkpoint_dir.resolve()}"
+    conn = with_connection_open(settings)
+    try:
+        deadline = time.monotonic() + settings.ingest_lock_wait_seconds
+        while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise IngestAlreadyRunning(
+                    f"another ingest has been using {settings.checkpoint_dir} for over "
+                    f"{settings.ingest_lock_wait_seconds} s; this run gives up (Airflow will retry it)"
+                )
+            log.info("another ingest is using %s; waiting", settings.checkpoint_dir)
+            time.sleep(2)
+        yield
+    finally:
+        conn.close()
+
+
+def with_connection_open(settings: Settings) -> psycopg.Connection:
+    """An autocommit connection kept open by the caller (retried like every database operation)."""
+    for attempt in db_retrying(settings):
+        with attempt:
+            return psycopg.connect(settings.postgres_conninfo, autocommit=True, connect_timeout=10)
+    raise AssertionError("unreachable")
+
+
 def run(settings: Settings, airflow_run_id: str | None) -> None:
     for directory in (settings.landing_dir, settings.archive_dir, settings.quarantine_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    spark = build_spark()
-    try:
-        landed = (
-            spark.readStream.format("binaryFile")
-            .schema(BINARY_FILE_SCHEMA)
-            .option("pathGlobFilter", "*.csv")
-            .option("maxFilesPerTrigger", settings.max_files_per_trigger)
-            .load(str(settings.landing_dir))
-        )
-        query = (
-            landed.writeStream.foreachBatch(BatchWriter(settings, airflow_run_id))
-            .option("checkpointLocation", str(settings.checkpoint_dir))
-            .trigger(availableNow=True)
-            .start()
-        )
-        query.awaitTermination()
-    finally:
-        spark.stop()
+    with checkpoint_lock(settings):
+        spark = build_spark()
+        try:
+            landed = (
+                spark.readStream.format("binaryFile")
+                .schema(BINARY_FILE_SCHEMA)
+                .option("pathGlobFilter", "*.csv")
+                .option("maxFilesPerTrigger", settings.max_files_per_trigger)
+                .load(str(settings.landing_dir))
+            )
+            query = (
+                landed.writeStream.foreachBatch(BatchWriter(settings, airflow_run_id))
+                .option("checkpointLocation", str(settings.checkpoint_dir))
+                .trigger(availableNow=True)
+                .start()
+            )
+            query.awaitTermination()
+        finally:
+            spark.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

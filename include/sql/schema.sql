@@ -209,3 +209,13 @@ SELECT hour,
        b.avg_processing_time_ms,
        round(b.total_records * 1000.0 / nullif(b.processing_time_ms, 0), 2) AS throughput
   FROM batches b FULL JOIN quarantine q USING (hour);
+
+-- State of the circuit breaker (include/circuit_breaker.py): one row, shared by every run.
+CREATE TABLE IF NOT EXISTS pipeline_circuit_breaker (
+    id                    INTEGER     PRIMARY KEY CHECK (id = 1),
+    state                 TEXT        NOT NULL DEFAULT 'closed' CHECK (state IN ('closed', 'open', 'half_open')),
+    consecutive_failures  INTEGER     NOT NULL DEFAULT 0,
+    opened_at             TIMESTAMPTZ,
+    last_error            TEXT,
+    updated_at            TIMESTAMPTZ NOT NULL DEFAULT now()
+);

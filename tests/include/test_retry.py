@@ -1,0 +1,59 @@
+"""The database retry policy: exponential backoff on transient errors only, timings injected."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from include.retry import db_retrying, is_transient
+from include.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = Settings.from_env({"MAX_RETRIES": "3", "INITIAL_RETRY_DELAY": "1.0", "RETRY_BACKOFF_FACTOR": "2.0"})
+
+
+def test_transient_errors_are_retried_with_1_2_4_second_waits_then_raised():
+    sleeps: list[float] = []
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        raise psycopg.OperationalError("connection refused")
+
+    with pytest.raises(psycopg.OperationalError, match="connection refused"):
+        db_retrying(SETTINGS, sleep=sleeps.append)(flaky)
+    assert len(calls) == 4  # the first attempt + MAX_RETRIES
+    assert sleeps == [1.0, 2.0, 4.0]
+
+
+def test_success_after_a_restart_returns_the_result():
+    sleeps: list[float] = []
+    outcomes = iter([psycopg.OperationalError("server closed the connection"), "ok"])
+
+    def recovering():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert db_retrying(SETTINGS, sleep=sleeps.append)(recovering) == "ok"
+    assert sleeps == [1.0]
+
+
+def test_settings_shape_the_policy():
+    sleeps: list[float] = []
+    fast = Settings.from_env({"MAX_RETRIES": "2", "INITIAL_RETRY_DELAY": "0.5", "RETRY_BACKOFF_FACTOR": "3"})
+    with pytest.raises(psycopg.OperationalError):
+        db_retrying(fast, sleep=sleeps.append)(lambda: (_ for _ in ()).throw(psycopg.OperationalError("x")))
+    assert sleeps == [0.5, 1.5]
+
+
+def test_bugs_and_bad_data_are_not_retried():
+    sleeps: list[float] = []
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        db_retrying(SETTINGS, sleep=sleeps.append)(
+            lambda: (_ for _ in ()).throw(psycopg.errors.UndefinedTable("no such table")))
+    assert sleeps == []
+    assert is_transient(psycopg.errors.DeadlockDetected("deadlock"))
+    assert not is_transient(ValueError("bad"))

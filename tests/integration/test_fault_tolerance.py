@@ -1,0 +1,148 @@
+"""Exactly-once under faults, with real signals on real processes.
+
+spark-submit is SIGKILLed (its whole process group: the JVM and its Python workers) at each fault point
+of the ingest, the publish step is SIGKILLed inside its transaction, PostgreSQL is stopped and restarted
+under a running job, and two runs are started together. After recovery every generated event is stored
+exactly once, every batch's metrics add up, and nothing is left staged or in the landing directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from include.generator import EventGenerator
+from include.packaging import build_code_archive
+from tests.fixtures.pipeline import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+FILES, ROWS = 6, 200  # MAX_FILES_PER_TRIGGER=4 in the fixture: two Spark batches
+
+
+def land(pipeline, seed: int) -> dict:
+    generator = EventGenerator(seed, duplicate_ratio=0.05, late_ratio=0.05)
+    expected: dict = {"rows": 0, "event_ids": set(), "files": []}
+    for index in range(FILES):
+        version = ("v1", "v2", "v3")[index % 3]
+        rows = generator.generate_batch(ROWS, version)
+        expected["files"].append(generator.write_batch(rows, version, pipeline.landing_dir).name)
+        expected["rows"] += len(rows)
+        expected["event_ids"] |= {r["event_id"] for r in rows}
+    return expected
+
+
+def spark_submit(pipeline, fault_dir: Path, **fault_env: str) -> subprocess.Popen:
+    env = {**pipeline.env, "PIPELINE_FAULT_DIR": str(fault_dir), **fault_env}
+    command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+               "--py-files", str(build_code_archive()), str(PROJECT_ROOT / "spark_jobs" / "ingest_events.py"),
+               "--airflow-run-id", "fault_injection"]
+    log = open(fault_dir / "spark-submit.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def once_in_background(pipeline, fault_dir: Path, **fault_env: str) -> subprocess.Popen:
+    env = {**pipeline.env, "PIPELINE_FAULT_DIR": str(fault_dir), **fault_env}
+    log = open(fault_dir / f"once-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "scripts.pipeline", "once"], env=env, cwd=PROJECT_ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(fault_dir: Path, point: str, process: subprocess.Popen, timeout: float = 240) -> int:
+    marker = fault_dir / f"{point}.reached"
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None, f"process ended before reaching {point}"
+        assert time.monotonic() < deadline, f"{point} not reached in {timeout} s"
+        time.sleep(0.2)
+    time.sleep(0.3)  # let the marker's writer finish
+    return int(marker.read_text() or 0)
+
+
+def kill_hard(process: subprocess.Popen, paused_pid: int) -> None:
+    """SIGKILL the process group (spark-submit, the JVM, Python workers) and the paused process itself."""
+    for target in (lambda: os.killpg(process.pid, signal.SIGKILL), lambda: os.kill(paused_pid, signal.SIGKILL)):
+        with contextlib.suppress(ProcessLookupError):
+            target()
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL or process.returncode != 0
+
+
+def assert_exactly_once(pipeline, expected: dict) -> None:
+    stored = {event_id for (event_id,) in pipeline.query("SELECT event_id FROM ecommerce_events")}
+    assert stored == expected["event_ids"]  # every event, each once (event_id is the primary key)
+    total, valid, invalid, dups = pipeline.query(
+        "SELECT sum(total_records), sum(valid_records), sum(invalid_records), sum(duplicate_records)"
+        " FROM data_quality_metrics")[0]
+    assert total == expected["rows"] and valid == len(stored) and invalid == 0
+    assert dups == expected["rows"] - len(expected["event_ids"])
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events") == 0
+    assert pipeline.scalar("SELECT count(*) FROM staging_events") == 0
+    assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL") == 0
+    assert pipeline.scalar("SELECT count(*) FROM data_quality_metrics") == \
+        pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger")
+    assert list(pipeline.landing_dir.glob("*.csv")) == []
+    assert sorted(p.name for p in pipeline.archive_dir.rglob("*.csv")) == sorted(expected["files"])
+
+
+@pytest.mark.parametrize("point", ["before_staging", "mid_staging", "after_ledger", "after_moves"])
+def test_spark_submit_killed_at_any_point_recovers_exactly_once(pipeline, tmp_path, point):
+    pipeline.reset()
+    expected = land(pipeline, seed=100 + len(point))
+    job = spark_submit(pipeline, tmp_path, PIPELINE_FAULT_PAUSE=point)
+    kill_hard(job, wait_for(tmp_path, point, job))
+
+    recovery = pipeline.once()
+    assert recovery.returncode == 0, recovery.stdout[-3000:] + recovery.stderr[-3000:]
+    assert_exactly_once(pipeline, expected)
+
+
+def test_publish_killed_inside_its_transaction_is_published_once_by_the_next_run(pipeline, tmp_path):
+    pipeline.reset()
+    expected = land(pipeline, seed=7)
+    run = once_in_background(pipeline, tmp_path, PIPELINE_FAULT_PAUSE="publish_in_transaction")
+    kill_hard(run, wait_for(tmp_path, "publish_in_transaction", run))
+    # the killed transaction left nothing visible: everything is still staged
+    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 0
+    assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL") == 2
+
+    recovery = pipeline.once()
+    assert recovery.returncode == 0, recovery.stdout[-3000:] + recovery.stderr[-3000:]
+    assert "batch(es) staged, unpublished" in recovery.stdout + recovery.stderr
+    assert_exactly_once(pipeline, expected)
+
+
+def test_postgres_restarted_under_a_running_job_is_retried_with_backoff(pipeline, tmp_path):
+    pipeline.reset()
+    expected = land(pipeline, seed=8)
+    job = spark_submit(pipeline, tmp_path, PIPELINE_FAULT_PAUSE="before_staging", PIPELINE_FAULT_PAUSE_SECONDS="2")
+    wait_for(tmp_path, "before_staging", job)
+    pipeline.cluster.stop(mode="fast")
+    time.sleep(6)  # the job resumes while PostgreSQL is down and must retry
+    pipeline.cluster.start()
+    assert job.wait(timeout=300) == 0, (tmp_path / "spark-submit.log").read_text()[-3000:]
+    assert "database operation failed (attempt 1)" in (tmp_path / "spark-submit.log").read_text()
+
+    publish = pipeline.once()
+    assert publish.returncode == 0, publish.stdout[-3000:] + publish.stderr[-3000:]
+    assert_exactly_once(pipeline, expected)
+
+
+def test_two_runs_started_together_never_share_the_checkpoint(pipeline, tmp_path):
+    pipeline.reset()
+    expected = land(pipeline, seed=9)
+    first = once_in_background(pipeline, tmp_path)
+    second = once_in_background(pipeline, tmp_path)
+    codes = [first.wait(timeout=600), second.wait(timeout=600)]
+    logs = "".join(p.read_text() for p in tmp_path.glob("once-*.log"))
+    assert codes == [0, 0], logs[-4000:]
+    assert "another ingest is using" in logs  # one of them waited for the other's query to finish
+    assert_exactly_once(pipeline, expected)
