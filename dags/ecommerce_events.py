@@ -71,7 +71,8 @@ SPARK_JOB_ENV = {
     default_args={
         "owner": "data-engineering",
         "retries": 2,
-        "retry_delay": timedelta(seconds=20),
+        # first retry after TASK_RETRY_DELAY_SECONDS (default 20), doubling up to 5 minutes
+        "retry_delay": timedelta(seconds=float(os.environ.get("TASK_RETRY_DELAY_SECONDS", "20"))),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=5),
     },

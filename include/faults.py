@@ -27,3 +27,13 @@ def reached(point: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{point}.reached").write_text(str(os.getpid()))
     time.sleep(float(os.environ.get("PIPELINE_FAULT_PAUSE_SECONDS", "600")))
+
+
+def poison(content: bytes | None) -> None:
+    """With ``PIPELINE_FAULT_POISON_MARKER`` set, a file containing the marker kills the Python worker that
+    parses it with SIGKILL (as the OOM killer would), which fails the Spark job: a real poison file."""
+    marker = os.environ.get("PIPELINE_FAULT_POISON_MARKER")
+    if marker and content and marker.encode() in content:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -49,6 +49,8 @@ class Settings:
     circuit_breaker_threshold: int = 5
     # how long an OPEN breaker skips runs before one trial run (HALF-OPEN)
     circuit_breaker_cooldown_seconds: int = 300
+    # a file whose staging crashed the Spark job this many times is quarantined (a poison file)
+    poison_file_max_attempts: int = 3
     # how long an ingest waits for another one on the same checkpoint before giving up
     ingest_lock_wait_seconds: int = 120
     # directories of the Airflow design

@@ -125,6 +125,11 @@ def record_staged_batch(
         ).fetchone()
         if row is None:
             return False
+        conn.execute(  # the batch is staged: its files (poison files included, now quarantined) are done
+            "DELETE FROM file_attempts WHERE source_file = ANY(%s) OR source_file IN (SELECT DISTINCT source_file"
+            " FROM staging_events WHERE spark_query_id = %s AND spark_batch_id = %s)",
+            ([source for source, _, _ in quarantined], query_id, batch_id),
+        )
         with conn.cursor().copy(
             "COPY quarantined_files (source_file, quarantine_path, reason, airflow_run_id, spark_query_id,"
             " spark_batch_id) FROM STDIN"
@@ -140,3 +145,27 @@ def quarantined_in_batch(conn: psycopg.Connection, query_id: str, batch_id: int)
         "WHERE spark_query_id = %s AND spark_batch_id = %s",
         (query_id, batch_id),
     ).fetchall()
+
+
+def file_attempts(conn: psycopg.Connection, files: list[str]) -> dict[str, int]:
+    """How many earlier attempts to stage each file crashed or failed (0 for files never tried)."""
+    rows = conn.execute("SELECT source_file, attempts FROM file_attempts WHERE source_file = ANY(%s)", (files,))
+    found = dict(rows.fetchall())
+    return {f: found.get(f, 0) for f in files}
+
+
+def count_attempt(conn: psycopg.Connection, files: list[str]) -> None:
+    """Count an attempt for each file before staging it; a successful staging clears the count."""
+    with conn.transaction():
+        conn.execute(
+            """
+            INSERT INTO file_attempts (source_file, attempts) SELECT unnest(%s::text[]), 1
+            ON CONFLICT (source_file) DO UPDATE SET attempts = file_attempts.attempts + 1, last_attempt_at = now()
+            """,
+            (files,),
+        )
+
+
+def clear_attempts(conn: psycopg.Connection, files: list[str]) -> None:
+    with conn.transaction():
+        conn.execute("DELETE FROM file_attempts WHERE source_file = ANY(%s)", (files,))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psycopg
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from include import faults
 from include.landing import archive_path, move_file
@@ -39,7 +40,10 @@ from include.retry import db_retrying, with_connection
 from include.settings import Settings, get_settings
 from include.warehouse import (
     STAGED_COLUMNS,
+    clear_attempts,
     copy_arrow_to_staging,
+    count_attempt,
+    file_attempts,
     prepare_staging,
     quarantined_in_batch,
     record_staged_batch,
@@ -76,16 +80,22 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started_at = datetime.now(UTC)
-        files = {
-            Path(local_path(row.path)): datetime.fromtimestamp(row.modificationTime.timestamp(), UTC)
+        uris = {
+            row.path: datetime.fromtimestamp(row.modificationTime.timestamp(), UTC)
             for row in batch.select("path", "modificationTime").collect()
         }
+        files = {Path(local_path(uri)): landed for uri, landed in uris.items()}
         if not files:
             return  # a replayed batch whose files were already moved: it is staged (see after_moves)
         query_id, settings = self.query_id, self.settings
         faults.reached("before_staging")
         if with_connection(settings, lambda conn: prepare_staging(conn, query_id, batch_id)):
-            quarantined = self._stage(batch, batch_id, query_id, started_at)
+            attempts = with_connection(settings, lambda conn: file_attempts(conn, [str(p) for p in files]))
+            if any(attempts.values()):
+                quarantined = self._stage_file_by_file(batch, batch_id, query_id, started_at, uris, attempts)
+            else:
+                with_connection(settings, lambda conn: count_attempt(conn, [str(p) for p in files]))
+                quarantined = self._stage(batch, batch_id, query_id, started_at)
             recorded = with_connection(settings, lambda conn: record_staged_batch(
                 conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
                 input_files=len(files), started_at=started_at, quarantined=quarantined,
@@ -102,7 +112,34 @@ class BatchWriter:
                  (datetime.now(UTC) - started_at).total_seconds())
         faults.reached("after_moves")
 
-    def _stage(self, batch: DataFrame, batch_id: int, query_id: str, started_at: datetime) -> list[tuple[str, str, str]]:
+    def _stage_file_by_file(self, batch, batch_id, query_id, started_at, uris, attempts) -> list[tuple[str, str, str]]:
+        """After a crash in this batch: stage its files one at a time, so the file that crashes the job is
+        the only one whose attempts grow, and quarantine a file once it has crashed POISON_FILE_MAX_ATTEMPTS
+        times, letting the rest of the batch (and every later file) go on."""
+        settings = self.settings
+        limit = settings.poison_file_max_attempts
+        quarantined = []
+        log.warning("batch %s failed before (attempts per file: %s); staging it file by file", batch_id,
+                    {Path(f).name: n for f, n in attempts.items() if n})
+        for index, uri in enumerate(sorted(uris)):
+            path = local_path(uri)
+            if attempts.get(path, 0) >= limit:
+                reason = (f"poison file: the ingest job crashed {attempts[path]} times while processing it "
+                          f"(POISON_FILE_MAX_ATTEMPTS={limit}); quarantined so that later files can go on")
+                quarantined.append((path, str(self._quarantine_path(path, started_at)), reason))
+                log.error("quarantining %s: %s", path, reason)
+                continue
+            with_connection(settings, lambda conn, path=path: count_attempt(conn, [path]))
+            quarantined += self._stage(batch.filter(F.col("path") == uri), batch_id, query_id, started_at,
+                                       partition_offset=(index + 1) * 100_000)
+            with_connection(settings, lambda conn, path=path: clear_attempts(conn, [path]))
+        return quarantined
+
+    def _quarantine_path(self, source: str, started_at: datetime) -> Path:
+        return self.settings.quarantine_dir / f"{started_at:%Y-%m-%d}" / Path(source).name
+
+    def _stage(self, batch: DataFrame, batch_id: int, query_id: str, started_at: datetime,
+               partition_offset: int = 0) -> list[tuple[str, str, str]]:
         """Parse, type and COPY the batch's rows into staging (from the executors); return rejected files."""
         parsed = batch.select("path", "content").mapInArrow(parse_landed_files, PARSED_SCHEMA).persist()
         try:
@@ -125,7 +162,7 @@ class BatchWriter:
 
                 from include import faults
 
-                partition = TaskContext.get().partitionId()
+                partition = partition_offset + TaskContext.get().partitionId()
                 rows = copy_arrow_to_staging(settings, query_id, batch_id, partition, batches)
                 faults.reached("mid_staging")
                 yield pa.RecordBatch.from_pylist([{"staged": rows}])
@@ -134,11 +171,7 @@ class BatchWriter:
         finally:
             parsed.unpersist()
         log.info("batch %s: %d rows staged", batch_id, staged)
-        quarantine_dir = self.settings.quarantine_dir
-        return [
-            (source, str(quarantine_dir / f"{started_at:%Y-%m-%d}" / Path(source).name), reason)
-            for source, reason in rejected.items()
-        ]
+        return [(source, str(self._quarantine_path(source, started_at)), reason) for source, reason in rejected.items()]
 
     def _move_files(self, files: dict[Path, datetime], quarantined: list[tuple[str, str, str]]) -> None:
         to_quarantine = {Path(source): Path(target) for source, target, _ in quarantined}

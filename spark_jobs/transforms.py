@@ -13,6 +13,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from include import faults
 from include.event_parser import PARSED_COLUMNS, FileRejected, parse_file
 
 PARSED_SCHEMA = T.StructType(
@@ -55,6 +56,7 @@ def parse_landed_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
         contents = batch.column("content").to_pylist()
         records: list[dict[str, object]] = []
         for uri, content in zip(paths, contents):
+            faults.poison(content)
             source_file = local_path(uri)
             try:
                 records.extend(parse_file(content or b"", source_file))

@@ -219,3 +219,11 @@ CREATE TABLE IF NOT EXISTS pipeline_circuit_breaker (
     last_error            TEXT,
     updated_at            TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- Attempts to stage each landed file that did not finish (the job crashed or failed). A file that keeps
+-- crashing the job is quarantined after POISON_FILE_MAX_ATTEMPTS attempts; a successful staging clears it.
+CREATE TABLE IF NOT EXISTS file_attempts (
+    source_file      TEXT        PRIMARY KEY,
+    attempts         INTEGER     NOT NULL,
+    last_attempt_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);

@@ -146,3 +146,46 @@ def test_two_runs_started_together_never_share_the_checkpoint(pipeline, tmp_path
     assert codes == [0, 0], logs[-4000:]
     assert "another ingest is using" in logs  # one of them waited for the other's query to finish
     assert_exactly_once(pipeline, expected)
+
+
+def test_a_poison_file_is_quarantined_after_bounded_attempts_and_the_rest_goes_on(pipeline, tmp_path):
+    pipeline.reset()
+    expected = land(pipeline, seed=10)
+    poison = pipeline.landing_dir / "events_poison.csv"
+    poison.write_text("event_id,user_id,event_type,product_id,price,event_time\n"
+                      "7e0d4c1e-0000-4000-8000-000000000001,1,view,1,1.00,2026-01-01T00:00:00 POISON-PILL\n")
+    # the marker makes the Python worker that parses the file SIGKILL itself, every time
+    run = pipeline.once(PIPELINE_FAULT_POISON_MARKER="POISON-PILL", POISON_FILE_MAX_ATTEMPTS="2")
+    output = run.stdout + run.stderr
+    # first try crashes, the retry stages file by file and crashes on the poison file only, the third try
+    # quarantines it: the run ends green and every other row is stored exactly once
+    assert run.returncode == 0, output[-4000:]
+    assert "staging it file by file" in output
+    [(reason, path)] = pipeline.query("SELECT reason, quarantine_path FROM quarantined_files")
+    assert "poison file: the ingest job crashed 2 times" in reason
+    assert Path(path).name == "events_poison.csv" and Path(path).exists()
+    assert pipeline.scalar("SELECT count(*) FROM file_attempts") == 0
+    assert_exactly_once(pipeline, expected)
+
+
+def test_circuit_breaker_opens_skips_spark_and_one_trial_closes_it(pipeline, tmp_path):
+    pipeline.reset()
+    expected = land(pipeline, seed=11)
+    breaking = {"PYSPARK_PYTHON": "/nonexistent/python", "CIRCUIT_BREAKER_THRESHOLD": "1",
+                "CIRCUIT_BREAKER_COOLDOWN_SECONDS": "20"}
+    failed = pipeline.once(**breaking)
+    assert failed.returncode == 1
+    assert pipeline.query("SELECT state, consecutive_failures FROM pipeline_circuit_breaker") == [("open", 1)]
+
+    skipped = pipeline.once(CIRCUIT_BREAKER_COOLDOWN_SECONDS="20")
+    output = skipped.stdout + skipped.stderr
+    assert skipped.returncode == 0
+    assert "circuit breaker OPEN since" in output and "skipping the ingest" in output
+    assert "Spark-Submit cmd" not in output and len(list(pipeline.landing_dir.glob("*.csv"))) == FILES
+
+    time.sleep(20)
+    trial = pipeline.once(CIRCUIT_BREAKER_COOLDOWN_SECONDS="20")
+    assert trial.returncode == 0, (trial.stdout + trial.stderr)[-3000:]
+    assert "this run is the trial" in trial.stdout + trial.stderr
+    assert pipeline.query("SELECT state, consecutive_failures FROM pipeline_circuit_breaker") == [("closed", 0)]
+    assert_exactly_once(pipeline, expected)
