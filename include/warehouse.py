@@ -103,6 +103,7 @@ def record_staged_batch(
     input_files: int,
     started_at: datetime,
     quarantined: list[tuple[str, str, str]],
+    source_files: list[str],
 ) -> bool:
     """Mark a batch completely staged, together with its quarantined files, in one transaction.
 
@@ -125,11 +126,8 @@ def record_staged_batch(
         ).fetchone()
         if row is None:
             return False
-        conn.execute(  # the batch is staged: its files (poison files included, now quarantined) are done
-            "DELETE FROM file_attempts WHERE source_file = ANY(%s) OR source_file IN (SELECT DISTINCT source_file"
-            " FROM staging_events WHERE spark_query_id = %s AND spark_batch_id = %s)",
-            ([source for source, _, _ in quarantined], query_id, batch_id),
-        )
+        # the batch is staged: its files (quarantined ones included) need no attempt count any more
+        conn.execute("DELETE FROM file_attempts WHERE source_file = ANY(%s)", (source_files,))
         with conn.cursor().copy(
             "COPY quarantined_files (source_file, quarantine_path, reason, airflow_run_id, spark_query_id,"
             " spark_batch_id) FROM STDIN"

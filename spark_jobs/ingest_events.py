@@ -99,6 +99,7 @@ class BatchWriter:
             recorded = with_connection(settings, lambda conn: record_staged_batch(
                 conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
                 input_files=len(files), started_at=started_at, quarantined=quarantined,
+                source_files=[str(p) for p in files],
             ))
             if not recorded:
                 log.warning("batch %s of query %s was recorded by another attempt", batch_id, query_id)
