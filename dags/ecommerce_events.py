@@ -153,7 +153,7 @@ def ecommerce_events():
         return {**summary, "table_checks": audit_result.get("table_checks", {}), "data_docs": audit_result.get("data_docs")}
 
     @task
-    def quality_gate(summary: dict) -> None:
+    def quality_gate(summary: dict, run_id: str | None = None) -> None:
         """Fail the run (the good rows are already published) when quality is below the threshold."""
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -172,8 +172,8 @@ def ecommerce_events():
                 "Data quality breach: " + "; ".join(problems)
                 + f". Counts: {summary['total']} total, {summary['valid']} valid, {summary['invalid']} invalid, "
                 f"{summary['duplicates']} duplicates. Top failing rules: {top or 'none'}. "
-                f"Data Docs: {summary.get('data_docs')}. Rows: SELECT * FROM dead_letter_events "
-                "WHERE spark_batch_id IS NOT NULL ORDER BY id DESC"
+                f"Data Docs: {summary.get('data_docs')}. Dead letters: SELECT * FROM dead_letter_events "
+                f"WHERE airflow_run_id = '{run_id}'"
             )
         print(f"quality ok: validity {summary['validity_rate']}% (threshold {threshold}%)")
 
