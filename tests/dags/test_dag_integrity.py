@@ -73,3 +73,11 @@ def test_no_secret_reaches_the_spark_command_line(dagbag):
     ingest = dagbag.dags["ecommerce_events"].get_task("ingest")
     assert "{{" in ingest.env_vars["POSTGRES_PASSWORD"]  # rendered from the connection at run time only
     assert not any("password" in str(arg).lower() for arg in ingest.application_args)
+
+
+def test_airflow_loads_the_project_plugin_without_errors():
+    from airflow import plugins_manager
+
+    names = {info["name"] for info in plugins_manager.get_plugin_info()}
+    assert "ecommerce_pipeline" in names
+    assert plugins_manager.get_import_errors() == {}
