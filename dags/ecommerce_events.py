@@ -96,10 +96,9 @@ def ecommerce_events():
             unpublished = conn.execute(
                 "SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL"
             ).fetchone()[0]
-            with conn.transaction():
-                decision = breaker.decide(circuit_breaker.load(conn, for_update=True), datetime.now(UTC))
-                circuit_breaker.save(conn, decision.state)
-            return moved, unpublished, decision
+            now = datetime.now(UTC)  # the decision is pure: the same state and time give the same answer
+            before, _ = circuit_breaker.transition(conn, lambda state: breaker.decide(state, now).state)
+            return moved, unpublished, breaker.decide(before, now)
 
         moved, unpublished, decision = with_connection(settings, look)
         for path in moved:

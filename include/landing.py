@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -23,6 +23,11 @@ EMPTY_FILE_GRACE_SECONDS = 30
 def archive_path(archive_dir: Path, source: Path, landed_at: datetime) -> Path:
     """Where a processed file goes: partitioned by landing hour so a time window maps to a few folders."""
     return archive_dir / f"{landed_at:%Y-%m-%d}" / f"{landed_at:%H}" / source.name
+
+
+def quarantine_path(quarantine_dir: Path, source: Path | str, at: datetime) -> Path:
+    """Where an unreadable file goes: a folder per day it was quarantined."""
+    return quarantine_dir / f"{at:%Y-%m-%d}" / Path(source).name
 
 
 def move_file(source: Path, target: Path) -> Path | None:
@@ -59,7 +64,7 @@ def quarantine_empty_files(
         stat = path.stat()
         if stat.st_size > 0 or now - stat.st_mtime < EMPTY_FILE_GRACE_SECONDS:
             continue
-        target = settings.quarantine_dir / time.strftime("%Y-%m-%d", time.gmtime(now)) / path.name
+        target = quarantine_path(settings.quarantine_dir, path, datetime.fromtimestamp(now, UTC))
         with conn.transaction():
             final = move_file(path, target)
             if final is None:

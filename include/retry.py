@@ -58,3 +58,12 @@ def with_connection(settings: Settings, work: Callable[[psycopg.Connection], T],
         with attempt, psycopg.connect(settings.postgres_conninfo, connect_timeout=10, autocommit=autocommit) as conn:
             return work(conn)
     raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def open_connection(settings: Settings, *, autocommit: bool = False,
+                    sleep: Callable[[float], None] = time.sleep) -> psycopg.Connection:
+    """A connection the caller keeps open and closes (e.g. to hold a session lock); connecting is retried."""
+    for attempt in db_retrying(settings, sleep):
+        with attempt:
+            return psycopg.connect(settings.postgres_conninfo, connect_timeout=10, autocommit=autocommit)
+    raise AssertionError("unreachable: tenacity re-raises the last error")

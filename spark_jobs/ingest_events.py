@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from include import faults
-from include.landing import archive_path, move_file
-from include.retry import db_retrying, with_connection
+from include.landing import archive_path, move_file, quarantine_path
+from include.retry import open_connection, with_connection
 from include.settings import Settings, get_settings
 from include.warehouse import (
     STAGED_COLUMNS,
@@ -127,7 +126,7 @@ class BatchWriter:
             if attempts.get(path, 0) >= limit:
                 reason = (f"poison file: the ingest job crashed {attempts[path]} times while processing it "
                           f"(POISON_FILE_MAX_ATTEMPTS={limit}); quarantined so that later files can go on")
-                quarantined.append((path, str(self._quarantine_path(path, started_at)), reason))
+                quarantined.append((path, str(quarantine_path(self.settings.quarantine_dir, path, started_at)), reason))
                 log.error("quarantining %s: %s", path, reason)
                 continue
             with_connection(settings, lambda conn, path=path: count_attempt(conn, [path]))
@@ -135,9 +134,6 @@ class BatchWriter:
                                        partition_offset=(index + 1) * 100_000)
             with_connection(settings, lambda conn, path=path: clear_attempts(conn, [path]))
         return quarantined
-
-    def _quarantine_path(self, source: str, started_at: datetime) -> Path:
-        return self.settings.quarantine_dir / f"{started_at:%Y-%m-%d}" / Path(source).name
 
     def _stage(self, batch: DataFrame, batch_id: int, query_id: str, started_at: datetime,
                partition_offset: int = 0) -> list[tuple[str, str, str]]:
@@ -172,7 +168,7 @@ class BatchWriter:
         finally:
             parsed.unpersist()
         log.info("batch %s: %d rows staged", batch_id, staged)
-        return [(source, str(self._quarantine_path(source, started_at)), reason) for source, reason in rejected.items()]
+        return [(source, str(quarantine_path(self.settings.quarantine_dir, source, started_at)), reason) for source, reason in rejected.items()]
 
     def _move_files(self, files: dict[Path, datetime], quarantined: list[tuple[str, str, str]]) -> None:
         to_quarantine = {Path(source): Path(target) for source, target, _ in quarantined}
@@ -207,7 +203,7 @@ def checkpoint_lock(settings: Settings) -> Iterator[None]:
     dies with its session, so a killed job never leaves it behind.
     """
     key = f"ecommerce_events ingest {settings.checkpoint_dir.resolve()}"
-    conn = with_connection_open(settings)
+    conn = open_connection(settings, autocommit=True)
     try:
         deadline = time.monotonic() + settings.ingest_lock_wait_seconds
         while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
@@ -221,14 +217,6 @@ def checkpoint_lock(settings: Settings) -> Iterator[None]:
         yield
     finally:
         conn.close()
-
-
-def with_connection_open(settings: Settings) -> psycopg.Connection:
-    """An autocommit connection kept open by the caller (retried like every database operation)."""
-    for attempt in db_retrying(settings):
-        with attempt:
-            return psycopg.connect(settings.postgres_conninfo, autocommit=True, connect_timeout=10)
-    raise AssertionError("unreachable")
 
 
 def run(settings: Settings, airflow_run_id: str | None) -> None:
