@@ -8,7 +8,7 @@ with every reason, or counted as a duplicate of an event already stored.
 | task | what it does |
 | --- | --- |
 | `detect_work` | files waiting in `LANDING_DIR`, or batches staged but not yet published? If neither, the run stops here and **no JVM is started** |
-| `package_code` | zips `include/` and `spark_jobs/` for `spark-submit --py-files` (reused while the code is unchanged) |
+| `package_code` | zips `include/` and `spark_jobs/` for `spark-submit --py-files` into `data/code`, which every Airflow worker shares (reused while the code is unchanged) |
 | `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch. Detects each file's schema version from its header, upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
 | `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/quality/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
 | `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch, ledger marked published |
@@ -19,7 +19,8 @@ with every reason, or counted as a duplicate of an event already stored.
 **Dead letters**: `SELECT source_file, source_line, validation_errors, raw_data FROM dead_letter_events
 WHERE airflow_run_id = '<run id>';`
 
-**Connections**: `spark_default` (master; `local[*]` unless it says otherwise) and `ecommerce_postgres`.
+**Connections**: `spark_default` (master; `local[*]` unless it says otherwise, e.g. `spark://host:7077` for a
+standalone cluster: see docs/scaling.md) and `ecommerce_postgres`.
 Only one run is active at a time (`max_active_runs=1`), so the Spark checkpoint is never shared.
 
 **Operating it**: trigger a run to process what has landed now. A failed run retries with exponential
@@ -54,7 +55,8 @@ SPARK_JOB_ENV = {
     "POSTGRES_USER": _conn.format("login"),
     "POSTGRES_PASSWORD": _conn.format("password"),
     "PIPELINE_HOME": str(PROJECT_ROOT),
-    # Executors run the job's Python code with the same interpreter as Airflow unless told otherwise.
+    # Executors run the job's Python code with this interpreter: Airflow's own unless told otherwise. On a
+    # cluster it must exist on every worker with the project's requirements (docker-compose: the same image).
     "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
 }
 

@@ -3,6 +3,10 @@
 spark-submit ships the zip to the driver and every executor, so the same DAG works for ``local[*]`` and for
 a standalone cluster. The zip is named by the hash of its content: building it again for unchanged code
 returns the same file, and two runs building at once never see a half-written archive.
+
+It is written under the project's ``data/code`` directory, not the machine's temp dir: with CeleryExecutor
+``package_code`` and ``ingest`` may run on different Airflow workers, which share the data directory (the
+``pipeline-data`` volume of docker-compose.yaml) but not their ``/tmp``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from include.settings import PROJECT_ROOT
 
 PACKAGES = ("include", "spark_jobs")
 _SUFFIXES = (".py", ".sql", ".json")
+CODE_ARCHIVE_DIR = PROJECT_ROOT / "data" / "code"
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry no build time, so equal code gives equal bytes
 
 
@@ -32,7 +37,7 @@ def _sources(root: Path) -> list[Path]:
 
 def build_code_archive(output_dir: Path | None = None, root: Path = PROJECT_ROOT) -> Path:
     """Build (or reuse) the code zip under ``output_dir`` and return its path."""
-    output_dir = Path(output_dir or Path(tempfile.gettempdir()) / "ecommerce_pipeline_code")
+    output_dir = Path(output_dir or CODE_ARCHIVE_DIR)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in _sources(root):

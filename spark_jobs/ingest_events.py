@@ -15,7 +15,9 @@ CHECKPOINT_DIR, and stops. For each batch (``foreachBatch``):
 
 The Airflow tasks after this job audit the staged rows with Great Expectations and publish them.
 
-Connection settings come from the environment (POSTGRES_*), never from the command line.
+Connection settings come from the driver's environment (POSTGRES_*), never from the command line; the
+executors receive them with their tasks. The job runs unchanged on ``local[*]`` and on a standalone cluster
+(``spark://host:7077``) as long as the executors see LANDING_DIR at the same path (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -151,6 +153,9 @@ class BatchWriter:
                 .transform(lambda df: with_late_arrival(df, started_at, self.settings.late_arrival_minutes))
                 .select(*STAGED_COLUMNS)
             )
+            # The executors get the database settings inside this closure, which Spark pickles with each
+            # task: nothing on the spark-submit command line, nothing in the Spark conf or UI, and no
+            # POSTGRES_* on the cluster's workers (docs/scaling.md). Only `settings` is captured, not `self`.
             settings = self.settings
 
             def stage_partition(batches):
