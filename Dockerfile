@@ -1,5 +1,8 @@
 # Image for docker-compose.yaml: the official Airflow image plus Java (for spark-submit) and the project's
 # pinned requirements. The project code is mounted, not baked in, exactly as in the local layout.
+# The Spark master and workers run this image too (`spark-class` comes with the pinned pyspark): executors
+# need the driver's Python minor version and the job's dependencies (psycopg, pyarrow), which only the same
+# environment guarantees; the Spark jars are those of the pinned pyspark, so no Spark version can drift.
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
