@@ -159,7 +159,8 @@ def test_the_same_dag_on_a_standalone_cluster_gives_the_same_results(pipeline, s
     cluster_seconds = timed_once(pipeline, AIRFLOW_CONN_SPARK_DEFAULT=connection, SPARK_LOCAL_IP="127.0.0.1")
     on_cluster = outcome(pipeline)
     print(f"\nsame input (6 files x 400 rows): local[*] {local_seconds:.1f} s, "
-          f"standalone cluster (1 worker, 1 core) {cluster_seconds:.1f} s")
+          f"standalone cluster (1 worker, 1 core) {cluster_seconds:.1f} s; "
+          f"load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores")
 
     # the input really exercised every fate, and both runs gave each row the same one
     assert len(local["events"]) > 2000 and local["dead_letters"] and len(local["metrics"]) == 2
