@@ -39,9 +39,10 @@ class StandaloneCluster:
         self.port, self.ui_port, self.worker_ui_port = free_port(), free_port(), free_port()
         self.work_dir = root / "spark-work"
         self.processes: list[subprocess.Popen] = []
-        # No database setting on the cluster: the executors must get them with their tasks, as on a real one.
+        # No database setting and no project path on the cluster: the executors must get the settings with
+        # their tasks and the code from the --py-files zip, as on a real one.
         self.env = {key: value for key, value in os.environ.items()
-                    if not key.startswith(("POSTGRES_", "AIRFLOW", "PIPELINE_"))}
+                    if not key.startswith(("POSTGRES_", "AIRFLOW", "PIPELINE_", "PYTHONPATH"))}
         self.env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(root / "spark-logs"))
 
     @property
