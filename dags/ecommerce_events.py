@@ -14,10 +14,12 @@ with every reason, or counted as a duplicate of an event already stored.
 | `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch, ledger marked published |
 | `quality_gate` | fails the run (after publishing) when the validity rate is below `MIN_VALIDITY_RATE` or a table-level check fails |
 
-**Data Docs**: `data/great_expectations/gx/uncommitted/data_docs/local_site/index.html` (`GREAT_EXPECTATIONS_DIR`).
+**Data Docs**: **Data Quality** in the navigation of this UI (`/ecommerce/data-docs/index.html`); on disk
+`data/great_expectations/gx/uncommitted/data_docs/local_site/index.html` (`GREAT_EXPECTATIONS_DIR`).
 
-**Dead letters**: `SELECT source_file, source_line, validation_errors, raw_data FROM dead_letter_events
-WHERE airflow_run_id = '<run id>';`
+**Dead letters**: **Dead letters** in the navigation of this UI: rows with reasons, counts per rule, filters
+by rule / reason / time / file / run, CSV export (`/ecommerce/dead-letters?run_id=<run id>`). In SQL:
+`SELECT source_file, source_line, validation_errors, raw_data FROM dead_letter_events WHERE airflow_run_id = '<run id>';`
 
 **Connections**: `spark_default` (master; `local[*]` unless it says otherwise, e.g. `spark://host:7077` for a
 standalone cluster: see docs/scaling.md) and `ecommerce_postgres`.

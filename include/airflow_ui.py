@@ -1,0 +1,178 @@
+"""The web pages the project plugin adds to the Airflow UI, as one FastAPI app mounted at ``/ecommerce``.
+
+* ``/ecommerce/data-docs/{path}`` serves the Great Expectations Data Docs site that every audit rebuilds
+  (``GREAT_EXPECTATIONS_DIR``/gx/uncommitted/data_docs/local_site); ``/ecommerce/data-docs/index.html``
+  is its home page.
+* ``/ecommerce/dead-letters`` lists the newest ``dead_letter_events`` rows with their reasons and counts
+  per rule; query parameters ``rule``, ``reason``, ``from``, ``to``, ``file``, ``run_id``, ``limit`` filter
+  it. ``/ecommerce/dead-letters.csv`` exports the same selection (formula-safe, see include/dead_letters).
+
+Airflow mounts plugin apps without any authentication of its own, so this app declares Airflow's own
+authorization dependency on every route: the caller must be logged in (the UI's ``_token`` JWT cookie, or
+an ``Authorization: Bearer`` token of the public API) and may read the runs of ``ecommerce_events``. A
+browser without a session is sent to Airflow's login page; any other caller gets 401.
+
+Only the api-server imports this module (the plugin builds the app on its first request), so task
+processes that load plugins never pay for FastAPI, Jinja or the auth manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from include import dead_letters
+from include.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "ecommerce_events"
+URL_PREFIX = "/ecommerce"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_MS = 15_000
+RAW_PREVIEW_CHARS = 300
+# Our own pages run no script and load nothing from elsewhere; the raw rows they show are attacker-controlled text.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                               "frame-ancestors 'self'; base-uri 'none'",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+DATA_DOCS_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Content-Type-Options": "nosniff",
+                     "Cache-Control": "no-cache"}
+
+
+def data_docs_dir(settings: Settings | None = None) -> Path:
+    from include.quality.audit import data_docs_index
+
+    return data_docs_index(settings or Settings.from_env()).parent
+
+
+def _airflow_authorization() -> Any:
+    """Airflow's own dependency: a valid Airflow session/token that may read the DAG's runs."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    return Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN, param_dag_id=DAG_ID))
+
+
+async def _login_or_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """An unauthenticated browser goes to Airflow's login page (and back here after it); others get the error."""
+    if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+    return await http_exception_handler(request, exc)
+
+
+def _connect():
+    """A read-only connection with short timeouts to the database of the ``ecommerce_postgres`` connection."""
+    import psycopg
+
+    from include.airflow_support import settings_from_connection
+
+    settings = settings_from_connection()
+    try:
+        return psycopg.connect(
+            settings.postgres_conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            application_name="airflow-ui-dead-letters",
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on -c TimeZone=UTC",
+        )
+    except psycopg.OperationalError as error:
+        log.warning("dead letters: database unreachable: %s", error)
+        raise HTTPException(503, "The analytics database (connection ecommerce_postgres) is unreachable; "
+                                 "try again in a moment.") from error
+
+
+def _templates():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    environment = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(default=True))
+    environment.filters["query"] = lambda params, **changes: urlencode(
+        {k: v for k, v in {**params, **changes}.items() if v not in (None, "")})
+    return environment
+
+
+def _rule_descriptions() -> dict[str, str]:
+    from include.quality.rules import RULES_BY_NAME, describe, suite_parameters
+
+    parameters = suite_parameters(Settings.from_env())
+    descriptions = {name: describe(rule, parameters) for name, rule in RULES_BY_NAME.items()}
+    descriptions[dead_letters.PARSE] = "the row could not be read or typed (see the reason)"
+    return descriptions
+
+
+def _html(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_templates().get_template(template).render(**context), status_code=status_code,
+                        headers=PAGE_HEADERS)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="E-commerce pipeline pages", dependencies=[_airflow_authorization()],
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(StarletteHTTPException, _login_or_error)
+
+    @app.get("/data-docs", include_in_schema=False)
+    def data_docs_home() -> RedirectResponse:
+        return RedirectResponse("data-docs/index.html", status_code=307)
+
+    @app.get("/data-docs/{path:path}", name="data_docs")
+    def data_docs(path: str) -> Response:
+        """A file of the Data Docs site; nothing outside the site's folder is ever served."""
+        if path in ("", "/"):
+            return RedirectResponse("index.html", status_code=307)
+        root = data_docs_dir().resolve()
+        target = (root / path).resolve()
+        if target.is_relative_to(root) and target.is_file():
+            return FileResponse(target, headers=DATA_DOCS_HEADERS)
+        if path == "index.html":
+            return _html("no_data_docs.html", 404, folder=str(root))
+        raise HTTPException(404, "Not found")
+
+    @app.get("/dead-letters", response_class=HTMLResponse)
+    def dead_letters_page(request: Request) -> HTMLResponse:
+        descriptions = _rule_descriptions()
+        try:
+            dead_filter = dead_letters.DeadLetterFilter.from_params(request.query_params)
+        except dead_letters.FilterError as error:
+            return _html("dead_letters.html", 400, error=str(error), params=dict(request.query_params),
+                         rows=[], counts=[], total=0, descriptions=descriptions, filter=None)
+        with _connect() as conn:
+            rows = dead_letters.recent(conn, dead_filter)
+            total = dead_letters.matching_count(conn, dead_filter)
+            counts = dead_letters.counts_per_rule(conn, dead_filter)
+        for row in rows:
+            raw = row["raw_data"] or ""
+            row["raw_preview"] = raw if len(raw) <= RAW_PREVIEW_CHARS else raw[:RAW_PREVIEW_CHARS] + "…"
+            row["raw_length"] = len(raw)
+        return _html("dead_letters.html", rows=rows, counts=counts, total=total, descriptions=descriptions,
+                     filter=dead_filter, params=dead_filter.query_params(), error=None,
+                     export_max=dead_letters.EXPORT_MAX_ROWS)
+
+    @app.get("/dead-letters.csv")
+    def dead_letters_export(request: Request) -> StreamingResponse:
+        try:
+            dead_filter = dead_letters.DeadLetterFilter.from_params(request.query_params)
+        except dead_letters.FilterError as error:
+            raise HTTPException(400, str(error)) from error
+
+        conn = _connect()  # before the response starts, so an outage is a clean 503
+
+        def body():
+            with conn:
+                yield from dead_letters.csv_lines(dead_letters.export_rows(conn, dead_filter))
+
+        return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": 'attachment; filename="dead_letter_events.csv"',
+            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+    return app

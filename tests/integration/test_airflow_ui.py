@@ -1,0 +1,301 @@
+"""The pipeline's pages in the real Airflow UI, seen through a real headless Chromium.
+
+One `make once` run publishes generated events with known bad rows; then the real `airflow api-server`
+serves the UI. A user logs in through Airflow's own login page and sees the DAG grid with the successful
+run, the Great Expectations Data Docs under "Data Quality", and the known rows under "Dead letters".
+A caller without an Airflow session gets none of it. Screenshots go to test-output/ui/.
+
+The browser is Debian's `chromium` with its `chromium-driver` (never a downloaded one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from include.generator import EventGenerator, write_raw_file
+from include.schema_registry import V3
+from scripts.airflow_env import ADMIN_USER, admin_password
+from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+OUTPUT_DIR = PROJECT_ROOT / "test-output" / "ui"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PASSWORD = "ui-test-Passw0rd"
+FORMULA_EVENT_ID = '=HYPERLINK("http://evil.example","click")'
+FORMULA_RAW_LINE = "@SUM(1+1)*cmd|' /C calc'!A0,short"
+MARKUP_EVENT_ID = "<img src=x onerror=alert(1)>"
+SUITE_NAME = "ecommerce_events.contract"
+TASK_IDS = ("detect_work", "package_code", "ingest", "audit", "publish", "quality_gate")
+SUCCESS_MARK = "M20 6 9 17l-5-5"  # the check mark of a successful task in Airflow 3.3's grid
+# generator defect -> the rule that dead-letters it (a defect that leaves the event_id intact)
+RULE_OF_DEFECT = {"negative_price": "price_in_range", "price_above_max": "price_in_range",
+                  "zero_quantity": "quantity_at_least_one", "unknown_event_type": "event_type_known",
+                  "purchase_without_user": "user_required_for_action", "zero_product_id": "product_id_positive"}
+
+
+def land_events(landing: Path) -> dict[str, str]:
+    """Mostly valid generated files (well above MIN_VALIDITY_RATE) plus known dead letters; event_id -> rule."""
+    generator = EventGenerator(5, invalid_ratio=0.02)
+    known: dict[str, str] = {}
+    for _ in range(2):
+        rows = generator.generate_batch(150, "v3")
+        for values, tag in zip(rows, generator.last_report.tags):
+            defect = tag.removeprefix("invalid:")
+            if defect in RULE_OF_DEFECT and values["event_id"] not in known:
+                known[values["event_id"]] = RULE_OF_DEFECT[defect]
+        generator.write_batch(rows, "v3", landing)
+    # formula-like text, as an event_id (a rule failure) and as a line that cannot be parsed at all
+    # and markup, which the page must show as text
+    crafted = [dict(row, event_id=event_id) for row, event_id in
+               zip(generator.generate_batch(2, "v3"), (FORMULA_EVENT_ID, MARKUP_EVENT_ID))]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([V3.columns, *([r[c] for c in V3.columns] for r in crafted)])
+    write_raw_file((buffer.getvalue() + FORMULA_RAW_LINE + "\n").encode(), landing)
+    known.update({FORMULA_EVENT_ID: "event_id_is_uuid", MARKUP_EVENT_ID: "event_id_is_uuid"})
+    return known
+
+
+def request(base: str, path: str, headers: dict[str, str] | None = None,
+            method: str = "GET", body: str | None = None) -> tuple[int, dict[str, str], str]:
+    """One raw HTTP request (no redirects followed, the path sent byte for byte as given)."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ui(pipeline, tmp_path_factory):
+    """A published run and the real api-server on a free port: (base url, known dead letters, run id)."""
+    pipeline.reset()
+    known = land_events(pipeline.landing_dir)
+    done = pipeline.once()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    run_id = pipeline.scalar("SELECT DISTINCT airflow_run_id FROM ecommerce_events")
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE event_id = ANY(%s)", (list(known),)) == len(known)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**pipeline.env, "AIRFLOW_ADMIN_PASSWORD": PASSWORD, "AIRFLOW_API_PORT": str(port),
+           "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": base,
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/"}
+    admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
+    log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [str(PROJECT_ROOT / ".venv" / "bin" / "airflow"), "api-server", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log_path.read_text()[-4000:]
+            with contextlib.suppress(OSError):
+                if request(base, "/api/v2/monitor/health")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(1)
+        yield base, known, run_id
+    finally:
+        stop_process_group(server)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="ecom-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1500,1300", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def api_token(base: str) -> str:
+    status, _, body = request(base, "/auth/token", {"Content-Type": "application/json"}, "POST",
+                              json.dumps({"username": ADMIN_USER, "password": PASSWORD}))
+    assert status == 201, body
+    return json.loads(body)["access_token"]
+
+
+def test_without_an_airflow_session_the_pages_give_nothing_away(ui):
+    base, known, run_id = ui
+    pages = ["/ecommerce/dead-letters", f"/ecommerce/dead-letters?run_id={quote(run_id)}",
+             "/ecommerce/dead-letters.csv", "/ecommerce/data-docs/index.html"]
+    for path in pages:
+        for headers in ({}, {"Cookie": "_token=forged.jwt.value"}, {"Authorization": "Bearer forged.jwt.value"}):
+            status, _, body = request(base, path, headers)
+            assert status in (401, 403), (path, headers, status)
+            assert not any(event_id in body for event_id in known) and SUITE_NAME not in body, (path, body[:300])
+        # a browser without a session is sent to Airflow's login page, and back afterwards
+        status, headers, _ = request(base, path, {"Accept": "text/html"})
+        assert status == 303 and headers["location"].startswith("/auth/login?next="), (path, status, headers)
+
+
+def test_the_data_docs_route_serves_nothing_outside_the_site(ui, pipeline):
+    base, _, _ = ui
+    auth = {"Authorization": f"Bearer {api_token(base)}"}
+    status, _, body = request(base, "/ecommerce/data-docs/index.html", auth)
+    assert status == 200 and SUITE_NAME in body
+    gx_config = pipeline.settings.great_expectations_dir / "gx" / "great_expectations.yml"
+    assert "config_version" in gx_config.read_text()  # a file just outside the site, which must stay unreachable
+    for path in ("/ecommerce/data-docs/..%2F..%2F..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+                 "/ecommerce/data-docs/%2Fetc%2Fpasswd", "/ecommerce/data-docs/..%2f..%2f..%2fgreat_expectations.yml",
+                 "/ecommerce/data-docs/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
+                 f"/ecommerce/data-docs/{quote(str(gx_config), safe='')}"):
+        status, _, body = request(base, path, auth)
+        assert status == 404 and "root:" not in body and "config_version" not in body, (path, status, body[:200])
+
+
+def test_the_csv_export_lists_the_known_rows_and_is_formula_safe(ui):
+    base, known, run_id = ui
+    auth = {"Authorization": f"Bearer {api_token(base)}"}
+    status, headers, body = request(base, "/ecommerce/dead-letters.csv?" + urlencode({"run_id": run_id}), auth)
+    assert status == 200 and headers["content-type"].startswith("text/csv"), body[:300]
+    records = list(csv.DictReader(io.StringIO(body)))
+    by_event = {record["event_id"]: record for record in records}
+    assert "'" + FORMULA_EVENT_ID in by_event and FORMULA_EVENT_ID not in by_event
+    assert by_event["'" + FORMULA_EVENT_ID]["failed_rules"] == "event_id_is_uuid"
+    unparsable = [r for r in records if r["raw_data"].endswith(FORMULA_RAW_LINE)]
+    assert [(r["raw_data"], r["error_kind"]) for r in unparsable] == [("'" + FORMULA_RAW_LINE, "parse")]
+    for event_id, rule in known.items():
+        if event_id != FORMULA_EVENT_ID:
+            assert rule in by_event[event_id]["failed_rules"].split(";")
+    for record in records:
+        for column in ("event_id", "validation_errors", "source_file", "raw_data", "airflow_run_id"):
+            assert not record[column].lstrip().startswith(("=", "+", "-", "@", "\t", "\r")), record
+    # the rule filter narrows the export to that rule
+    status, _, body = request(base, "/ecommerce/dead-letters.csv?rule=event_id_is_uuid", auth)
+    assert status == 200 and {r["failed_rules"] for r in csv.DictReader(io.StringIO(body))} == {"event_id_is_uuid"}
+
+
+def test_the_page_filters_by_rule_and_run_and_shows_markup_as_text(ui):
+    base, known, run_id = ui
+    auth = {"Authorization": f"Bearer {api_token(base)}"}
+    status, headers, body = request(base, "/ecommerce/dead-letters?" + urlencode(
+        {"rule": "event_id_is_uuid", "run_id": run_id}), auth)
+    assert status == 200 and "default-src 'none'" in headers["content-security-policy"]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in body and MARKUP_EVENT_ID not in body
+    assert "=HYPERLINK(&#34;http://evil.example&#34;,&#34;click&#34;)" in body
+    others = [event_id for event_id, rule in known.items() if rule != "event_id_is_uuid"]
+    assert others and not any(event_id in body for event_id in others)
+    status, _, body = request(base, "/ecommerce/dead-letters?" + urlencode({"run_id": "no-such-run"}), auth)
+    assert status == 200 and "No dead letters match these filters." in body
+    status, _, body = request(base, "/ecommerce/dead-letters?from=yesterday", auth)
+    assert status == 400 and "is not an ISO-8601 date or time" in body
+
+
+def test_a_logged_in_user_sees_the_run_the_data_docs_and_the_dead_letters(ui, browser, pipeline):
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        walk_through_the_ui(ui, browser, pipeline)
+    except Exception:
+        # what the browser showed when it went wrong, for whoever reads the CI log
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(OUTPUT_DIR / "failure.png"))
+        (OUTPUT_DIR / "failure.html").write_text(browser.page_source)
+        raise
+
+
+def walk_through_the_ui(ui, browser, pipeline) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, known, run_id = ui
+    wait = WebDriverWait(browser, 60)
+
+    # log in through Airflow's own login page
+    browser.get(f"{base}/dags/ecommerce_events")
+    wait.until(EC.presence_of_element_located((By.NAME, "username"))).send_keys(ADMIN_USER)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(lambda d: "/auth/login" not in d.current_url)
+    assert any(cookie["name"] == "_token" for cookie in browser.get_cookies())
+
+    # the DAG grid shows the run: a cell per task, each with the success mark, and the run's state is success
+    browser.get(f"{base}/dags/ecommerce_events")
+    for task_id in TASK_IDS:
+        cell = wait.until(EC.presence_of_element_located(
+            (By.CSS_SELECTOR, f'a[data-testid="grid-{run_id}-{task_id}"] [data-testid="task-state-badge"]')))
+        assert cell.find_element(By.CSS_SELECTOR, "path").get_attribute("d") == SUCCESS_MARK, task_id
+    latest = browser.find_element(By.CSS_SELECTOR, f'a[href$="/runs/{run_id}"] [data-testid="state-badge"]')
+    assert latest.get_attribute("aria-label") == "success"
+    time.sleep(1)
+    browser.save_screenshot(str(OUTPUT_DIR / "dag_grid.png"))
+
+    # "Data Quality" in the navigation shows the Data Docs inside the UI: their home page, then this
+    # run's validation result (the index lists runs with scripts from public CDNs, which CI may not reach)
+    wait.until(EC.element_to_be_clickable((By.XPATH, "//*[normalize-space(text())='Data Quality']"))).click()
+    frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Data Quality']")))
+    browser.switch_to.frame(frame)
+    wait.until(lambda d: "Data Docs" in d.find_element(By.TAG_NAME, "body").text)
+    assert browser.execute_script("return location.pathname") == "/ecommerce/data-docs/index.html"
+    site = pipeline.settings.great_expectations_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+    [result] = (site / "validations" / "ecommerce_events" / "contract" / run_id).glob("*/*.html")
+    browser.execute_script("location.assign(arguments[0])", quote(result.relative_to(site).as_posix()))
+    wait.until(EC.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{run_id}')]")))
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert SUITE_NAME in body and "Expectation Validation Result" in body, body[:1000]
+    browser.switch_to.default_content()
+    wait.until(lambda d: "/plugin/data-quality/ecommerce/data-docs/validations/" in d.current_url)  # UI follows
+    time.sleep(1)
+    browser.save_screenshot(str(OUTPUT_DIR / "data_quality.png"))
+
+    # "Dead letters" lists the known rows with their rules
+    browser.find_element(By.XPATH, "//*[normalize-space(text())='Dead letters']").click()
+    frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Dead letters']")))
+    browser.switch_to.frame(frame)
+    table = wait.until(EC.presence_of_element_located((By.ID, "dead-letters")))
+    shown = {}
+    for entry in table.find_elements(By.CSS_SELECTOR, "tbody.entry"):
+        cells = entry.find_elements(By.CSS_SELECTOR, "tr:first-child td")
+        shown[cells[1].text.strip()] = cells[2].text  # event_id -> kind and rules
+    for event_id, rule in known.items():
+        assert rule in shown.get(event_id, ""), (event_id, rule, shown.get(event_id))
+    counts = browser.find_element(By.XPATH, "//h2[normalize-space(.)='Counts per rule']/following-sibling::table[1]").text
+    assert "event_id_is_uuid" in counts
+    browser.switch_to.default_content()
+    browser.save_screenshot(str(OUTPUT_DIR / "dead_letters.png"))
