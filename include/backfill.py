@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from include.publish import PUBLISH_LOCK_SQL, RoutingMismatch
 from include.quality.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
@@ -355,7 +356,7 @@ def publish_backfill(conn: psycopg.Connection, audit: dict[str, Any], settings: 
         summary.update(moved_to_events=moved_in, moved_to_dead_letter=moved_out, events_added=inserted - moved_in)
         conn.execute(
             "UPDATE pipeline_backfill_ledger SET published_at = now(), summary = %s WHERE backfill_batch_id = ANY(%s::uuid[])",
-            (psycopg.types.json.Jsonb(summary), ids),
+            (Jsonb(summary), ids),
         )
         conn.execute("DELETE FROM staging_events WHERE spark_query_id = ANY(%s::uuid[])", (ids,))
         conn.execute(f"TRUNCATE {REVALIDATION_TABLE}")
@@ -403,7 +404,8 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _HOUR = re.compile(r"^\d{2}$")
 
 
-def delete_expired_archive(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+def delete_expired_archive(settings: Settings, now: datetime | None = None,
+                           lock_wait_seconds: float = 60) -> dict[str, Any]:
     """Delete archived files older than ARCHIVE_RETENTION_DAYS (0 keeps everything).
 
     Safe by construction: only whole ``YYYY-MM-DD/HH`` hour folders of the archive layout whose hour ended
@@ -417,7 +419,7 @@ def delete_expired_archive(settings: Settings, now: datetime | None = None) -> d
         return {"retention_days": days, "deleted_files": 0, "deleted_folders": 0, "skipped": "retention disabled"}
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     files = folders = 0
-    with revalidation_lock(settings, wait_seconds=60) as acquired:
+    with revalidation_lock(settings, wait_seconds=lock_wait_seconds) as acquired:
         if not acquired:
             return {"retention_days": days, "deleted_files": 0, "deleted_folders": 0,
                     "skipped": "a backfill or replay is running"}
