@@ -281,3 +281,4 @@ CREATE INDEX IF NOT EXISTS ix_dead_letter_moves_source ON dead_letter_moves (sou
 -- What a backfill or a replay validates with the same suite (a table of its own, so neither ever touches
 -- the every-minute runs' audit_candidates). Used under the advisory lock "ecommerce_events revalidation".
 CREATE UNLOGGED TABLE IF NOT EXISTS revalidation_candidates (LIKE staging_events);
+CREATE INDEX IF NOT EXISTS ix_revalidation_candidates_row ON revalidation_candidates (staging_row_id);

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from include.generator import EventGenerator
-from scripts.pipeline import Supervisor
+from scripts.pipeline import Supervisor, _wait_for_http
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -74,8 +74,9 @@ def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[int, float]:
             runs = conn.execute(
                 "SELECT run_type, state, data_interval_start, data_interval_end FROM dag_run "
                 "WHERE backfill_id = %s", (backfill_id,)).fetchall()
-            if runs and all(state in ("success", "failed") for _, state, _, _ in runs):
-                break
+            completed = conn.execute("SELECT completed_at FROM backfill WHERE id = %s", (backfill_id,)).fetchone()[0]
+            if runs and all(state in ("success", "failed") for _, state, _, _ in runs) and completed:
+                break  # the scheduler marks the backfill complete; only then may another one be created
             time.sleep(2)
     assert len(runs) == 1, runs
     run_type, state, interval_start, interval_end = runs[0]
@@ -116,7 +117,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     # what MAX_PRICE=150 must change in the window, computed from the rows as stored
     expected_in = pipeline.scalar(
         "SELECT count(*) FROM dead_letter_events WHERE source_file = %s AND failed_rules = '{price_in_range}' "
-        "AND (typed_row->>'price')::numeric <= 150", (window_low,))
+        "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 150", (window_low,))
     expected_out = pipeline.scalar(
         "SELECT count(*) FROM ecommerce_events WHERE source_file = %s AND price > 150", (window_high,))
     assert expected_in > 0 and expected_out > 0
@@ -138,6 +139,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     try:
         supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)])
         supervisor.start("scheduler", [AIRFLOW, "scheduler"])
+        _wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 180, supervisor)
         first_id, timings["backfill 1"] = backfill(pipeline, env, window_end)
         after_first = tables(pipeline)
         second_id, timings["backfill 2 (identical)"] = backfill(pipeline, env, window_end)
@@ -184,10 +186,10 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     replay_env = {**pipeline.env, **QUALITY_OFF}
     passing_now = pipeline.scalar(
         "SELECT count(*) FROM dead_letter_events WHERE status = 'open' AND failed_rules = '{price_in_range}' "
-        "AND (typed_row->>'price')::numeric <= 10000")
-    still_failing = pipeline.scalar(
-        "SELECT count(*) FROM dead_letter_events WHERE status = 'open' AND 'price_in_range' = ANY(failed_rules)"
-    ) - passing_now
+        "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 10000")
+    selected = [i for (i,) in pipeline.query(
+        "SELECT id FROM dead_letter_events WHERE status = 'open' AND 'price_in_range' = ANY(failed_rules)")]
+    still_failing = len(selected) - passing_now
     assert passing_now > 0 and still_failing > 0
     started = time.monotonic()
     dry = replay(replay_env, rule="price_in_range", dry_run=True)
@@ -200,13 +202,13 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     timings["replay"] = time.monotonic() - started
     assert f"{passing_now} now pass" in done
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == events_before + passing_now
-    assert pipeline.query("SELECT status, replay_attempts, count(*) FROM dead_letter_events "
-                          "WHERE 'price_in_range' = ANY(failed_rules) AND status <> 'resolved' GROUP BY 1, 2 "
-                          "ORDER BY 1") == [("open", 1, still_failing), ("replayed", 1, passing_now)]
+    assert pipeline.query("SELECT status, replay_attempts, count(*) FROM dead_letter_events WHERE id = ANY(%s) "
+                          "GROUP BY 1, 2 ORDER BY 1", (selected,)) == [("open", 1, still_failing),
+                                                                      ("replayed", 1, passing_now)]
     assert pipeline.scalar("SELECT count(*) FROM dead_letter_moves WHERE cause = 'replay' AND direction = 'to_events'"
                            ) == passing_now
-    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE status = 'open' "
-                           "AND NOT 'price_in_range' = ANY(failed_rules) AND replay_attempts > 0") == 0
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE NOT id = ANY(%s) AND replay_attempts > 0",
+                           (selected,)) == 0  # dead letters outside the selection were not touched
     assert pipeline.scalar(
         "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
         "WHERE d.status = 'open'") == 0
@@ -215,3 +217,34 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
               "moved_to_dead_letter": expected_out, "replay_published": passing_now,
               "replay_still_failing": still_failing, "seconds": {k: round(v, 1) for k, v in timings.items()}}
     print(f"\nBACKFILL/REPLAY MEASURED: {json.dumps(report)}", file=sys.stderr)
+
+
+def test_archive_retention_deletes_only_expired_hour_folders_and_waits_for_backfills(pipeline):
+    from dataclasses import replace
+
+    from include.backfill import delete_expired_archive, revalidation_lock
+    from include.landing import archive_path
+
+    pipeline.reset()
+    settings = replace(pipeline.settings, archive_retention_days=2)
+    now = datetime.now(UTC)
+
+    def archived(name: str, landed: datetime):
+        path = archive_path(settings.archive_dir, settings.landing_dir / name, landed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("event_id\n")
+        return path
+
+    old, fresh = archived("old.csv", now - timedelta(days=3)), archived("fresh.csv", now - timedelta(days=1))
+    stray = settings.archive_dir / "notes" / "keep.csv"  # not the archive layout: never touched
+    stray.parent.mkdir(parents=True)
+    stray.write_text("x")
+
+    with revalidation_lock(settings):  # a backfill is running: retention skips rather than pull its files
+        skipped = delete_expired_archive(settings, now, lock_wait_seconds=1)
+    assert skipped["deleted_files"] == 0 and old.exists()
+
+    done = delete_expired_archive(settings, now)
+    assert (done["deleted_files"], old.exists(), fresh.exists(), stray.exists()) == (1, False, True, True)
+    assert not old.parent.parent.exists()  # the emptied day folder is gone too
+    assert delete_expired_archive(replace(settings, archive_retention_days=0), now)["deleted_files"] == 0
