@@ -158,7 +158,9 @@ def ecommerce_events():
         from include.retry import with_connection
 
         if audit_result.get("backfill"):  # published by the backfill's audit task, under its lock
-            print(f"backfill: {audit_result}")
+            print(f"backfill re-read {audit_result.get('input_files', 0)} file(s), {audit_result['total']} rows: "
+                  f"{audit_result.get('moved_to_events', 0)} moved into ecommerce_events, "
+                  f"{audit_result.get('moved_to_dead_letter', 0)} into dead_letter_events (see dead_letter_moves)")
             return audit_result
         settings = settings_from_connection()
         summary = with_connection(settings, lambda conn: publish_batches(conn, audit_result, settings, run_id))
