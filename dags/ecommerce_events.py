@@ -25,6 +25,14 @@ by rule / reason / time / file / run, CSV export (`/ecommerce/dead-letters?run_i
 standalone cluster: see docs/scaling.md) and `ecommerce_postgres`.
 Only one run is active at a time (`max_active_runs=1`), so the Spark checkpoint is never shared.
 
+**Backfills** (`airflow backfill create --dag-id ecommerce_events --from-date … --to-date …
+--reprocess-behavior completed`, or *Trigger → Backfill* in the UI): each backfill run re-reads, from
+`ARCHIVE_DIR`, exactly the files that landed in its data interval (one minute) in batch mode (no streaming
+checkpoint, no file moves), validates them with the same suite and re-derives their rows: rows that now
+pass move from `dead_letter_events` into `ecommerce_events` and back, each move recorded in
+`dead_letter_moves`; an identical second backfill changes nothing. Dead letters are re-validated by the
+`ecommerce_dlq_replay` DAG. See README "Backfills and replays".
+
 **Operating it**: trigger a run to process what has landed now. A failed run retries with exponential
 backoff; a retry or the next run publishes whatever an earlier run staged, and never twice.
 """
@@ -37,7 +45,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import dag, task
+from airflow.sdk import CronTriggerTimetable, dag, task
 
 from include.airflow_support import record_pipeline_failure
 
@@ -65,7 +73,8 @@ SPARK_JOB_ENV = {
 
 @dag(
     dag_id="ecommerce_events",
-    schedule="* * * * *",
+    # every minute; each run's data interval is the minute before it, which is what a backfill run re-reads
+    schedule=CronTriggerTimetable("* * * * *", timezone="UTC", interval=timedelta(minutes=1)),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -83,16 +92,18 @@ SPARK_JOB_ENV = {
 )
 def ecommerce_events():
     @task.short_circuit
-    def detect_work(run_id: str | None = None) -> bool:
+    def detect_work(run_id: str | None = None, dag_run=None, data_interval_start=None, data_interval_end=None) -> bool:
         """Anything to do? CSV files waiting in `LANDING_DIR`, or batches staged by an earlier run but not
         published. If not, the run ends here: no JVM for an empty minute. Zero-byte files (which Spark's
         scan skips) are quarantined here once they are 30 s old."""
-        from include import circuit_breaker
+        from include import backfill, circuit_breaker
         from include.airflow_support import settings_from_connection
         from include.landing import quarantine_empty_files, waiting_files
         from include.retry import with_connection
 
         settings = settings_from_connection()
+        if dag_run is not None and backfill.is_backfill_run(dag_run.run_type):
+            return backfill.detect_window(settings, data_interval_start, data_interval_end)
         breaker = circuit_breaker.breaker_from_settings(settings)
 
         def look(conn):
@@ -120,13 +131,17 @@ def ecommerce_events():
         return str(build_code_archive())
 
     @task(on_failure_callback=record_pipeline_failure)
-    def audit(run_id: str | None = None) -> dict:
-        """Validate every staged, unpublished row with the Great Expectations suite; rebuild the Data Docs."""
+    def audit(run_id: str | None = None, dag_run=None) -> dict:
+        """Validate every staged, unpublished row with the Great Expectations suite; rebuild the Data Docs.
+        In a backfill run: validate the run's re-read rows and re-derive them (`include/backfill.py`)."""
+        from include import backfill
         from include.airflow_support import settings_from_connection
         from include.quality.audit import prepare_candidates, validate
         from include.retry import with_connection
 
         settings = settings_from_connection()
+        if dag_run is not None and backfill.is_backfill_run(dag_run.run_type):
+            return backfill.audit_and_publish(settings, run_id)
         pinned = with_connection(settings, prepare_candidates)
         if not pinned["batches"]:
             print("no staged batch waits for publishing")
@@ -146,6 +161,11 @@ def ecommerce_events():
         from include.publish import publish as publish_batches
         from include.retry import with_connection
 
+        if audit_result.get("backfill"):  # published by the backfill's audit task, under its lock
+            print(f"backfill re-read {audit_result.get('input_files', 0)} file(s), {audit_result['total']} rows: "
+                  f"{audit_result.get('moved_to_events', 0)} moved into ecommerce_events, "
+                  f"{audit_result.get('moved_to_dead_letter', 0)} into dead_letter_events (see dead_letter_moves)")
+            return audit_result
         settings = settings_from_connection()
         summary = with_connection(settings, lambda conn: publish_batches(conn, audit_result, settings, run_id))
         breaker = circuit_breaker.breaker_from_settings(settings)
@@ -187,7 +207,13 @@ def ecommerce_events():
         application=str(SPARK_JOB),
         py_files=code_archive,
         name="ecommerce_events_ingest",
-        application_args=["--airflow-run-id", "{{ run_id }}"],
+        application_args=[
+            "--airflow-run-id", "{{ run_id }}",
+            # a backfill run re-reads its data interval's archived files in batch mode (include/backfill.py)
+            "--run-type", "{{ 'backfill' if dag_run.run_type == 'backfill' else 'stream' }}",
+            "--window-start", "{{ data_interval_start.isoformat() if data_interval_start else '' }}",
+            "--window-end", "{{ data_interval_end.isoformat() if data_interval_end else '' }}",
+        ],
         env_vars=SPARK_JOB_ENV,
         execution_timeout=timedelta(minutes=20),
         on_failure_callback=record_pipeline_failure,

@@ -35,6 +35,10 @@ class AuditOutOfDate(RuntimeError):
 
 _PENDING = "(spark_query_id, spark_batch_id) IN (SELECT * FROM pinned_batches)"
 
+# Every path that writes ecommerce_events / dead_letter_events (this publish, backfills, dead-letter replays)
+# takes this transaction-level lock first, so their transactions never interleave.
+PUBLISH_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('ecommerce_events publish'))"
+
 
 def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings, airflow_run_id: str) -> dict[str, Any]:
     """Publish the batches of ``audit`` (the output of ``prepare_candidates`` merged with ``validate``)."""
@@ -43,6 +47,7 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
         return _summary([], {})
     parameters = suite_parameters(settings)
     with conn.transaction():
+        conn.execute(PUBLISH_LOCK_SQL)
         conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
         with conn.cursor().copy("COPY pinned_batches FROM STDIN") as copy:
             for batch in batches:
@@ -84,9 +89,11 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
         )
         conn.execute(
             f"""
-            INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, failed_rules, {lineage})
+            INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, failed_rules,
+                                            typed_row, {lineage})
             SELECT c.event_id, c.raw_data, string_agg(f.reason, '; ' ORDER BY f.rule), 'rule',
-                   array_agg(f.rule ORDER BY f.rule), c.schema_version, c.source_file, c.source_line,
+                   array_agg(f.rule ORDER BY f.rule), (array_agg(to_jsonb(c) - 'raw_data'))[1],
+                   c.schema_version, c.source_file, c.source_line,
                    l.airflow_run_id, c.spark_query_id, c.spark_batch_id
               FROM audit_candidates c
               JOIN rule_failures f USING (staging_row_id)

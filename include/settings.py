@@ -58,6 +58,9 @@ class Settings:
     archive_dir: Path = PROJECT_ROOT / "data" / "archive"
     checkpoint_dir: Path = PROJECT_ROOT / "data" / "checkpoints" / "ecommerce_events"
     quarantine_dir: Path = PROJECT_ROOT / "data" / "quarantine"
+    # archived files older than this many days are deleted by the ecommerce_archive_retention DAG (0 = keep all);
+    # a backfill can only re-read windows still in the archive
+    archive_retention_days: int = 30
     # Great Expectations project (suite store, validation results, Data Docs under gx/uncommitted/data_docs)
     great_expectations_dir: Path = PROJECT_ROOT / "data" / "great_expectations"
     # validation results kept for the Data Docs (older ones are pruned; the database keeps every count)
@@ -103,6 +106,8 @@ class Settings:
             problems.append("MAX_RETRIES >= 0, INITIAL_RETRY_DELAY >= 0 and RETRY_BACKOFF_FACTOR >= 1")
         if self.circuit_breaker_threshold < 1:
             problems.append("CIRCUIT_BREAKER_THRESHOLD must be at least 1")
+        if self.archive_retention_days < 0:
+            problems.append("ARCHIVE_RETENTION_DAYS must not be negative (0 keeps the archive forever)")
         if problems:
             raise SettingsError("; ".join(problems))
 

@@ -248,11 +248,24 @@ def run(settings: Settings, airflow_run_id: str | None) -> None:
             spark.stop()
 
 
+def _optional_time(text: str) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--airflow-run-id", default=None, help="run id recorded as lineage on every row")
+    # A backfill run re-reads the archived files of its data interval in batch mode (spark_jobs/backfill_batch.py).
+    parser.add_argument("--run-type", default="stream", choices=["stream", "backfill"])
+    parser.add_argument("--window-start", type=_optional_time, help="backfill: data interval start (ISO-8601)")
+    parser.add_argument("--window-end", type=_optional_time, help="backfill: data interval end (ISO-8601)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.run_type == "backfill":
+        from spark_jobs.backfill_batch import run_backfill
+
+        run_backfill(get_settings(), args.airflow_run_id, args.window_start, args.window_end)
+        return
     run(get_settings(), args.airflow_run_id)
 
 

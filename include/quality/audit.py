@@ -77,29 +77,35 @@ def _sqlalchemy_url(settings: Settings) -> str:
     ).render_as_string(hide_password=False)
 
 
-def _checkpoint(context, settings: Settings):
-    """Register (or update) datasource, asset, suite, validation definition and checkpoint; return it."""
+def _checkpoint(context, settings: Settings, table: str = ASSET):
+    """Register (or update) datasource, asset, suite, validation definition and checkpoint; return it.
+
+    ``table`` is the table validated: ``audit_candidates`` for the every-minute runs, another table of the
+    same shape for backfills and replays (``include.backfill``), each with its own asset and checkpoint.
+    """
     import great_expectations as gx
+
+    suffix = "" if table == ASSET else f"__{table}"
 
     try:
         datasource = context.data_sources.get(DATASOURCE)
     except (KeyError, ValueError):
         datasource = context.data_sources.add_postgres(DATASOURCE, connection_string="${%s}" % _DB_URL_VARIABLE)  # noqa: UP031
     try:
-        asset = datasource.get_asset(ASSET)
+        asset = datasource.get_asset(table)
     except LookupError:
-        asset = datasource.add_table_asset(ASSET, table_name="audit_candidates")
+        asset = datasource.add_table_asset(table, table_name=table)
     try:
         batch_definition = asset.get_batch_definition(BATCH_DEFINITION)
     except (KeyError, ValueError, LookupError):
         batch_definition = asset.add_batch_definition_whole_table(BATCH_DEFINITION)
     suite = context.suites.add_or_update(build_suite(suite_parameters(settings)))
     validation = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=VALIDATION, data=batch_definition, suite=suite)
+        gx.ValidationDefinition(name=VALIDATION + suffix, data=batch_definition, suite=suite)
     )
     return context.checkpoints.add_or_update(
         gx.Checkpoint(
-            name=CHECKPOINT,
+            name=CHECKPOINT + suffix,
             validation_definitions=[validation],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
             result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["event_id"],
@@ -122,14 +128,14 @@ def data_docs_index(settings: Settings) -> Path:
     return settings.great_expectations_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
-def validate(settings: Settings, airflow_run_id: str) -> dict[str, Any]:
-    """Run the suite over ``audit_candidates``; return per-rule failing-row counts and the table checks."""
+def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> dict[str, Any]:
+    """Run the suite over ``table`` (``audit_candidates``); return per-rule failing-row counts and table checks."""
     import great_expectations as gx
 
     started = time.monotonic()
     os.environ[_DB_URL_VARIABLE] = _sqlalchemy_url(settings)
     context = _context(settings)
-    checkpoint = _checkpoint(context, settings)
+    checkpoint = _checkpoint(context, settings, table)
     prune_validation_results(settings)
     result = checkpoint.run(
         expectation_parameters=suite_parameters(settings),

@@ -227,3 +227,58 @@ CREATE TABLE IF NOT EXISTS file_attempts (
     attempts         INTEGER     NOT NULL,
     last_attempt_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- ---------------------------------------------------------------------------------------------------------
+-- Backfills from the archive and dead-letter replay (include/backfill.py, include/replay.py,
+-- docs/operations.md "Backfills and replays").
+
+-- Where a dead-lettered row stands: 'open' (waiting), 'replayed' (the replay DAG re-validated it and it is
+-- now in ecommerce_events), 'resolved' (a backfill re-derived it into ecommerce_events, or its event_id was
+-- stored meanwhile). Only 'open' rows are live dead letters; the others are their history.
+ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS status TEXT NOT NULL DEFAULT 'open'
+    CHECK (status IN ('open', 'replayed', 'resolved'));
+ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS replay_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS last_replayed_at TIMESTAMPTZ;
+ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS status_changed_at TIMESTAMPTZ;
+-- The row as Spark typed it (the audit's view of it), kept for rule-kind dead letters so a replay can
+-- re-validate it with the current suite without re-reading the file.
+ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS typed_row JSONB;
+CREATE INDEX IF NOT EXISTS ix_dead_letter_events_source ON dead_letter_events (source_file, source_line);
+CREATE INDEX IF NOT EXISTS ix_dead_letter_events_open ON dead_letter_events (failed_at) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS ix_ecommerce_events_source ON ecommerce_events (source_file, source_line);
+
+-- One row per backfill batch: the archived files of one DAG run's data interval, re-read in batch mode.
+CREATE TABLE IF NOT EXISTS pipeline_backfill_ledger (
+    backfill_batch_id  UUID        PRIMARY KEY,    -- also staging_events.spark_query_id of its rows
+    airflow_run_id     TEXT        NOT NULL,
+    window_start       TIMESTAMPTZ NOT NULL,
+    window_end         TIMESTAMPTZ NOT NULL,
+    input_files        INTEGER     NOT NULL,
+    input_rows         INTEGER     NOT NULL,
+    source_files       TEXT[]      NOT NULL,       -- lineage names (landing paths) of the re-read files
+    started_at         TIMESTAMPTZ NOT NULL,
+    staged_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    published_at       TIMESTAMPTZ,
+    summary            JSONB                        -- counts of the publish: kept, moved, inserted, duplicates
+);
+CREATE INDEX IF NOT EXISTS ix_pipeline_backfill_ledger_run ON pipeline_backfill_ledger (airflow_run_id);
+
+-- Every move of a row between ecommerce_events and dead_letter_events after its first publish.
+CREATE TABLE IF NOT EXISTS dead_letter_moves (
+    id              BIGSERIAL   PRIMARY KEY,
+    moved_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    direction       TEXT        NOT NULL CHECK (direction IN ('to_events', 'to_dead_letter')),
+    cause           TEXT        NOT NULL CHECK (cause IN ('backfill', 'replay')),
+    event_id        TEXT,
+    source_file     TEXT,
+    source_line     INTEGER,
+    dead_letter_id  BIGINT,
+    failed_rules    TEXT[]      NOT NULL DEFAULT '{}',   -- the rules broken now ('to_dead_letter') or before
+    airflow_run_id  TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_dead_letter_moves_source ON dead_letter_moves (source_file, source_line);
+
+-- What a backfill or a replay validates with the same suite (a table of its own, so neither ever touches
+-- the every-minute runs' audit_candidates). Used under the advisory lock "ecommerce_events revalidation".
+CREATE UNLOGGED TABLE IF NOT EXISTS revalidation_candidates (LIKE staging_events);
+CREATE INDEX IF NOT EXISTS ix_revalidation_candidates_row ON revalidation_candidates (staging_row_id);

@@ -1,0 +1,45 @@
+"""
+### Archive retention: delete archived landing files older than `ARCHIVE_RETENTION_DAYS`
+
+Processed files wait in `ARCHIVE_DIR/YYYY-MM-DD/HH/` (landing date and hour) so that backfills can re-read
+them. Once a day this DAG deletes the hour folders that ended more than `ARCHIVE_RETENTION_DAYS` (default
+30; `0` keeps everything) ago. It only ever deletes whole `YYYY-MM-DD/HH` folders of that layout, and it
+holds the same PostgreSQL lock as backfills and dead-letter replays, so it never deletes a file a running
+backfill is reading (if one runs, it skips and tries again the next day).
+
+A backfill of a window older than the retention finds no file and changes nothing: the rows stored for that
+window stay as they are (`detect_work` of the backfill run says so in its log).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id="ecommerce_archive_retention",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["ecommerce", "archive", "maintenance"],
+    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(minutes=5)},
+)
+def ecommerce_archive_retention():
+    @task
+    def delete_expired_archive() -> dict:
+        """Delete archive hour folders older than ARCHIVE_RETENTION_DAYS; report what was deleted."""
+        from include.airflow_support import settings_from_connection
+        from include.backfill import delete_expired_archive as delete
+
+        result = delete(settings_from_connection())
+        print(f"archive retention: {result}")
+        return result
+
+    delete_expired_archive()
+
+
+ecommerce_archive_retention()

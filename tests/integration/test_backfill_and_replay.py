@@ -1,0 +1,250 @@
+"""Backfills and dead-letter replay as an operator runs them, against real PostgreSQL, Spark and Airflow.
+
+Files land across three minutes (their landing times, i.e. mtimes, are set so the windows are known) and go
+through the every-minute path (`make once`) under two MAX_PRICE values. Then the real CLI: an api-server and
+a scheduler are started and `airflow backfill create` re-reads one minute under a third MAX_PRICE: exactly
+that minute's files are re-read, rows move both ways between the dead-letter table and the events table,
+each move is recorded, nothing else changes, and a second identical backfill changes no row. Finally the
+replay DAG (`airflow dags test ecommerce_dlq_replay` with its params): a dry run changes nothing, a real
+one publishes exactly the dead letters that pass the current rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from include.generator import EventGenerator
+from scripts.pipeline import Supervisor, _wait_for_http
+from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+AIRFLOW = str(PROJECT_ROOT / ".venv" / "bin" / "airflow") if (PROJECT_ROOT / ".venv").exists() else "airflow"
+QUALITY_OFF = {"MIN_VALIDITY_RATE": "0"}  # thresholds are changed on purpose here; the gate is tested elsewhere
+
+
+def land(pipeline, generator: EventGenerator, landed_at: datetime) -> str:
+    """Write one generated file into the landing dir with ``landed_at`` as its landing time (mtime)."""
+    path = generator.write_batch(generator.generate_batch(120, "v3"), "v3", pipeline.landing_dir)
+    os.utime(path, (landed_at.timestamp(), landed_at.timestamp()))
+    return str(path)
+
+
+def airflow(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run([AIRFLOW, *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"airflow {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def tables(pipeline) -> dict[str, list[tuple]]:
+    """Everything a backfill may change, row by row (processed_at and status times included)."""
+    return {
+        "events": pipeline.query("SELECT * FROM ecommerce_events ORDER BY event_id"),
+        "dead_letters": pipeline.query(
+            "SELECT id, event_id, source_file, source_line, status, error_kind, failed_rules, validation_errors, "
+            "replay_attempts, status_changed_at, airflow_run_id FROM dead_letter_events ORDER BY id"),
+        "moves": pipeline.query("SELECT * FROM dead_letter_moves ORDER BY id"),
+    }
+
+
+def files_under(directory) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+
+
+def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[int, float]:
+    """`airflow backfill create` for one schedule slot; wait for its run; return (backfill id, seconds)."""
+    airflow_db = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")
+    stamp = logical_date.isoformat()
+    started = time.monotonic()
+    airflow(env, "backfill", "create", "--dag-id", "ecommerce_events", "--from-date", stamp, "--to-date", stamp,
+            "--reprocess-behavior", "completed", "--max-active-runs", "1")
+    with psycopg.connect(airflow_db, autocommit=True) as conn:
+        backfill_id = conn.execute("SELECT max(id) FROM backfill WHERE dag_id = 'ecommerce_events'").fetchone()[0]
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            runs = conn.execute(
+                "SELECT run_type, state, data_interval_start, data_interval_end FROM dag_run "
+                "WHERE backfill_id = %s", (backfill_id,)).fetchall()
+            completed = conn.execute("SELECT completed_at FROM backfill WHERE id = %s", (backfill_id,)).fetchone()[0]
+            if runs and all(state in ("success", "failed") for _, state, _, _ in runs) and completed:
+                break  # the scheduler marks the backfill complete; only then may another one be created
+            time.sleep(2)
+    assert len(runs) == 1, runs
+    run_type, state, interval_start, interval_end = runs[0]
+    assert (run_type, state) == ("backfill", "success"), runs
+    assert (interval_start, interval_end) == (logical_date - timedelta(minutes=1), logical_date)
+    return backfill_id, time.monotonic() - started
+
+
+def replay(env: dict, **conf) -> dict:
+    done = airflow(env, "dags", "test", "ecommerce_dlq_replay", "--conf", json.dumps(conf))
+    output = done.stdout + done.stderr
+    assert "open dead letter(s) selected" in output, output[-3000:]
+    return output
+
+
+def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_what_passes(pipeline, tmp_path):
+    pipeline.reset()
+    timings: dict[str, float] = {}
+    # three landing minutes, two hours ago; the backfilled window is the middle one
+    minute = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
+    window_end = minute + timedelta(minutes=2)
+    generator = EventGenerator(61, invalid_ratio=0.05, max_price=10000)
+
+    # Every-minute path, first under MAX_PRICE=40 (many rows dead-lettered), then under the default 10000.
+    before_a = land(pipeline, generator, minute + timedelta(seconds=10))
+    window_low = land(pipeline, generator, minute + timedelta(minutes=1, seconds=5))
+    started = time.monotonic()
+    assert pipeline.once(MAX_PRICE="40", **QUALITY_OFF).returncode == 0
+    window_high = land(pipeline, generator, minute + timedelta(minutes=1, seconds=40))
+    after_c = land(pipeline, generator, minute + timedelta(minutes=2, seconds=1))
+    assert pipeline.once(**QUALITY_OFF).returncode == 0
+    timings["two every-minute runs"] = time.monotonic() - started
+    window_files = [window_low, window_high]
+    outside = [before_a, after_c]
+    stored_lines = pipeline.scalar(
+        "SELECT (SELECT count(*) FROM ecommerce_events WHERE source_file = ANY(%s)) "
+        "+ (SELECT count(*) FROM dead_letter_events WHERE source_file = ANY(%s))", (window_files, window_files))
+    # what MAX_PRICE=150 must change in the window, computed from the rows as stored
+    expected_in = pipeline.scalar(
+        "SELECT count(*) FROM dead_letter_events WHERE source_file = %s AND failed_rules = '{price_in_range}' "
+        "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 150", (window_low,))
+    expected_out = pipeline.scalar(
+        "SELECT count(*) FROM ecommerce_events WHERE source_file = %s AND price > 150", (window_high,))
+    assert expected_in > 0 and expected_out > 0
+    outside_before = {k: [r for r in v if any(f in map(str, r) for f in outside)] for k, v in tables(pipeline).items()}
+    archive_before = files_under(pipeline.archive_dir)
+    checkpoint_before = files_under(pipeline.settings.checkpoint_dir)
+
+    # The real CLI path: api-server + scheduler, `airflow backfill create`, under MAX_PRICE=150.
+    port = free_port()
+    env = {
+        **pipeline.env, **QUALITY_OFF, "MAX_PRICE": "150",
+        "AIRFLOW_API_PORT": str(port), "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+    }
+    airflow(env, "dags", "reserialize")
+    airflow(env, "dags", "unpause", "ecommerce_events")
+    supervisor = Supervisor(env)
+    try:
+        supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)])
+        supervisor.start("scheduler", [AIRFLOW, "scheduler"])
+        _wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 180, supervisor)
+        first_id, timings["backfill 1"] = backfill(pipeline, env, window_end)
+        after_first = tables(pipeline)
+        second_id, timings["backfill 2 (identical)"] = backfill(pipeline, env, window_end)
+        after_second = tables(pipeline)
+    finally:
+        airflow(env, "dags", "pause", "ecommerce_events")
+        supervisor.stop()
+
+    ledger = pipeline.query(
+        "SELECT input_files, input_rows, source_files, summary FROM pipeline_backfill_ledger ORDER BY staged_at")
+    assert len(ledger) == 2
+    for files, rows, sources, _ in ledger:  # exactly the window's files, every line of them
+        assert (files, sorted(sources), rows) == (2, sorted(window_files), stored_lines)
+    first, second = ledger[0][3], ledger[1][3]
+    assert (first["moved_to_events"], first["moved_to_dead_letter"]) == (expected_in, expected_out)
+    moves = pipeline.query("SELECT direction, cause, source_file, count(*) FROM dead_letter_moves GROUP BY 1, 2, 3")
+    assert sorted(moves) == sorted([("to_events", "backfill", window_low, expected_in),
+                                    ("to_dead_letter", "backfill", window_high, expected_out)])
+    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events WHERE source_file = %s AND price > 150",
+                           (window_high,)) == 0
+    assert pipeline.scalar(
+        "SELECT count(*) FROM dead_letter_events WHERE source_file = %s AND status = 'resolved'", (window_low,)
+    ) == expected_in
+    # never both: no line is stored and an open dead letter at once; no event stored twice
+    assert pipeline.scalar(
+        "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
+        "WHERE d.status = 'open'") == 0
+    assert pipeline.scalar(
+        "SELECT count(*) FROM (SELECT source_file, source_line FROM dead_letter_events "
+        "GROUP BY 1, 2 HAVING count(*) > 1) t") == 0
+    # the other minutes were not re-read: their rows are exactly as before (some would move under 150)
+    assert {k: [r for r in v if any(f in map(str, r) for f in outside)] for k, v in after_first.items()
+            if k != "moves"} == {k: v for k, v in outside_before.items() if k != "moves"}
+    # batch mode: no file moved, the streaming checkpoint untouched
+    assert files_under(pipeline.archive_dir) == archive_before
+    assert files_under(pipeline.settings.checkpoint_dir) == checkpoint_before
+    assert list(pipeline.landing_dir.glob("*.csv")) == []
+    # the identical second backfill changed no row
+    assert after_second == after_first
+    assert (second["moved_to_events"], second["moved_to_dead_letter"], second["events_added"],
+            second["dead_letters_added"], second["dead_letters_updated"]) == (0, 0, 0, 0, 0)
+
+    # Dead-letter replay under the default MAX_PRICE (10000): dry run first, then for real.
+    replay_env = {**pipeline.env, **QUALITY_OFF}
+    passing_now = pipeline.scalar(
+        "SELECT count(*) FROM dead_letter_events WHERE status = 'open' AND failed_rules = '{price_in_range}' "
+        "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 10000")
+    selected = [i for (i,) in pipeline.query(
+        "SELECT id FROM dead_letter_events WHERE status = 'open' AND 'price_in_range' = ANY(failed_rules)")]
+    still_failing = len(selected) - passing_now
+    assert passing_now > 0 and still_failing > 0
+    started = time.monotonic()
+    dry = replay(replay_env, rule="price_in_range", dry_run=True)
+    timings["replay dry run"] = time.monotonic() - started
+    assert f"{passing_now} now pass" in dry and f"{still_failing} still fail" in dry
+    assert tables(pipeline) == after_second
+    events_before = pipeline.scalar("SELECT count(*) FROM ecommerce_events")
+    started = time.monotonic()
+    done = replay(replay_env, rule="price_in_range", dry_run=False)
+    timings["replay"] = time.monotonic() - started
+    assert f"{passing_now} now pass" in done
+    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == events_before + passing_now
+    assert pipeline.query("SELECT status, replay_attempts, count(*) FROM dead_letter_events WHERE id = ANY(%s) "
+                          "GROUP BY 1, 2 ORDER BY 1", (selected,)) == [("open", 1, still_failing),
+                                                                      ("replayed", 1, passing_now)]
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_moves WHERE cause = 'replay' AND direction = 'to_events'"
+                           ) == passing_now
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE NOT id = ANY(%s) AND replay_attempts > 0",
+                           (selected,)) == 0  # dead letters outside the selection were not touched
+    assert pipeline.scalar(
+        "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
+        "WHERE d.status = 'open'") == 0
+
+    report = {"window_files": len(window_files), "rows_reread": stored_lines, "moved_to_events": expected_in,
+              "moved_to_dead_letter": expected_out, "replay_published": passing_now,
+              "replay_still_failing": still_failing, "seconds": {k: round(v, 1) for k, v in timings.items()}}
+    print(f"\nBACKFILL/REPLAY MEASURED: {json.dumps(report)}", file=sys.stderr)
+
+
+def test_archive_retention_deletes_only_expired_hour_folders_and_waits_for_backfills(pipeline):
+    from dataclasses import replace
+
+    from include.backfill import delete_expired_archive, revalidation_lock
+    from include.landing import archive_path
+
+    pipeline.reset()
+    settings = replace(pipeline.settings, archive_retention_days=2)
+    now = datetime.now(UTC)
+
+    def archived(name: str, landed: datetime):
+        path = archive_path(settings.archive_dir, settings.landing_dir / name, landed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("event_id\n")
+        return path
+
+    old, fresh = archived("old.csv", now - timedelta(days=3)), archived("fresh.csv", now - timedelta(days=1))
+    stray = settings.archive_dir / "notes" / "keep.csv"  # not the archive layout: never touched
+    stray.parent.mkdir(parents=True)
+    stray.write_text("x")
+
+    with revalidation_lock(settings):  # a backfill is running: retention skips rather than pull its files
+        skipped = delete_expired_archive(settings, now, lock_wait_seconds=1)
+    assert skipped["deleted_files"] == 0 and old.exists()
+
+    done = delete_expired_archive(settings, now)
+    assert (done["deleted_files"], old.exists(), fresh.exists(), stray.exists()) == (1, False, True, True)
+    assert not old.parent.parent.exists()  # the emptied day folder is gone too
+    assert delete_expired_archive(replace(settings, archive_retention_days=0), now)["deleted_files"] == 0
