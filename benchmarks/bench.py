@@ -391,7 +391,10 @@ def _wait_drained(bench: Bench, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         waiting, unpublished = backlog_left(bench)
-        if not waiting and not unpublished:
+        with bench.connect("airflow") as conn:
+            active = conn.execute("SELECT count(*) FROM dag_run WHERE dag_id = %s AND state IN ('queued', 'running')",
+                                  (DAG_ID,)).fetchone()[0]
+        if not waiting and not unpublished and not active:
             return
         time.sleep(2)
     say("backlog not drained in time; freshness counts only published files")
@@ -470,7 +473,7 @@ def measure_scheduler(bench: Bench, minutes: float) -> dict:
             generator = supervisor.processes.pop(f"generator-{label}")
             generator.terminate()
             generator.wait()
-            _wait_drained(bench, 240)
+            _wait_drained(bench, float(knob("BENCH_DRAIN_SECONDS", "420")))
             values = _freshness(bench, phase_since)
             runs = [r for r in run_times(bench, since=phase_since) if r["seconds"] is not None]
             result[f"freshness_{label}"] = {
