@@ -29,6 +29,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -426,8 +427,8 @@ def _freshness(bench: Bench, since: datetime) -> list[float]:
 def p95(values: list[float]) -> float | None:
     if not values:
         return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)
+    ordered = sorted(values)  # nearest rank: the smallest value with at least 95 % of the values at or below it
+    return round(ordered[math.ceil(0.95 * len(ordered)) - 1], 1)
 
 
 def measure_scheduler(bench: Bench, minutes: float) -> dict:
