@@ -2,6 +2,7 @@
 #   make run    fresh machine -> running pipeline (Airflow UI on http://127.0.0.1:8080), Ctrl+C stops it all
 #   make test   the whole test suite (unit + integration against a real PostgreSQL, Spark and Airflow)
 #   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
+#   make bench  throughput vs raw COPY, empty minute, freshness, memory (own PostgreSQL; see docs/performance.md)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-12)
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: venv run once test test-unit test-integration lint clean env
+.PHONY: venv run once test test-unit test-integration lint clean env bench
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ test-unit: venv
 
 test-integration: venv
 	@$(BIN)/python -m pytest -m integration
+
+# Own PostgreSQL and Airflow home in a temp dir; knobs: BENCH_ROWS, BENCH_SCHEDULER_MINUTES, ... (docs/performance.md)
+bench: venv
+	@$(BIN)/python -m benchmarks.bench
 
 lint: venv
 	@$(BIN)/ruff check .

@@ -91,7 +91,7 @@ def with_typed_columns(records: DataFrame) -> DataFrame:
     errors = F.col("parse_errors")
     for column in REQUIRED_COLUMNS:
         errors = _append_reason(errors, structurally_ok & F.col(column).isNull(), F.lit(f"{column} is empty"))
-    typed = records
+    typed: dict[str, Column] = {}
     for column, data_type in TYPED_COLUMNS.items():
         raw = F.col(column)
         cast = F.expr(f"try_cast({column} AS {data_type.simpleString()})")
@@ -99,11 +99,11 @@ def with_typed_columns(records: DataFrame) -> DataFrame:
             F.lit(f"{column} '"), F.substring(raw, 1, 80), F.lit(f"' is not a valid {_type_name(data_type)}")
         )
         errors = _append_reason(errors, structurally_ok & raw.isNotNull() & cast.isNull(), reason)
-        typed = typed.withColumn(f"__typed_{column}", cast)
-    typed = typed.withColumn("parse_errors", errors)
-    for column in TYPED_COLUMNS:
-        typed = typed.withColumn(column, F.col(f"__typed_{column}")).drop(f"__typed_{column}")
-    return typed
+        typed[column] = cast
+    typed["parse_errors"] = errors
+    # One select, not a withColumn per column: every withColumn re-analyses the whole plan on the driver,
+    # which cost seconds per micro-batch (docs/performance.md). Columns keep their order.
+    return records.select(*[typed[c].alias(c) if c in typed else F.col(c) for c in records.columns])
 
 
 def _type_name(data_type: T.DataType) -> str:

@@ -1,0 +1,554 @@
+"""`make bench`: the pipeline's throughput next to raw COPY, the empty minute, freshness and memory.
+
+Everything runs in a throw-away root (its own PostgreSQL on a free port, its own Airflow home and
+directories), like the integration tests' ``pipeline`` fixture. The phases:
+
+1. **data**: ``BENCH_ROWS`` rows (default 1,000,000) in files of ``BENCH_FILE_ROWS`` (5,000) rows from
+   ``include.generator`` with ~2 % invalid rows (``BENCH_INVALID_RATIO``) and the default version mix.
+2. **copy**: the baseline. The same files are parsed in Python (not timed) and their storable rows (typed,
+   one per event_id) are COPYed by psycopg into ``bench_copy_events``, a table shaped like
+   ``ecommerce_events`` with its primary key; one transaction per file, one session. Timed: the COPYs.
+3. **pipeline**: the files are hard-linked into LANDING_DIR and the DAG is run with ``airflow dags test``
+   (what ``make once`` does) until nothing waits and nothing is unpublished; timed: every run, CLI start
+   included. Task durations come from the metadata database; RSS of the spark-submit process tree (JVM,
+   Python driver, Python workers) is sampled every ``BENCH_RSS_INTERVAL`` s.
+4. **empty**: one more ``airflow dags test`` with nothing to do: its DAG-run duration and whether a JVM
+   appeared.
+5. **scheduler** (``BENCH_SCHEDULER_MINUTES`` > 0, default 3): a real scheduler, dag-processor and
+   api-server; first empty minutes (their DAG-run durations, JVMs), then the generator at its default rate
+   (100 rows / 5 s) and at 100x (10,000 rows / 5 s), each for that many minutes. Freshness of a file = end
+   of the ``publish`` task of the DAG run that published it - the file's modification time (the generator
+   renames a complete file into place, so that is its landing time).
+
+The last line of output is one JSON object; it is also written to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import psutil
+import psycopg
+
+from include.settings import PROJECT_ROOT, Settings
+
+DAG_ID = "ecommerce_events"
+RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+EMPTY_RUNS = 3  # scheduled runs with nothing to do; the first one is a cold start
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def knob(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+# ----------------------------------------------------------------------------------------- environment
+@dataclass
+class Bench:
+    root: Path
+    env: dict[str, str]
+    cluster: object
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def connect(self, dbname: str | None = None) -> psycopg.Connection:
+        info = self.settings.postgres_conninfo
+        if dbname:
+            info = psycopg.conninfo.make_conninfo(info, dbname=dbname)
+        return psycopg.connect(info, autocommit=True)
+
+    def scalar(self, sql: str, params: tuple = ()):
+        with self.connect() as conn:
+            return conn.execute(sql, params).fetchone()[0]
+
+
+def start_environment() -> Bench:
+    from scripts.airflow_env import airflow_environment
+    from scripts.local_postgres import LocalPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="ecom-bench-"))
+    root.chmod(0o755)  # the postgres system user must reach its data directory
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "POSTGRES_"))}
+    env.update(
+        POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=str(port), POSTGRES_DB="ecommerce", POSTGRES_USER="spark",
+        POSTGRES_PASSWORD="bench-pass", PGDATA_DIR=str(root / "postgres"),
+        LANDING_DIR=str(root / "landing"), ARCHIVE_DIR=str(root / "archive"),
+        CHECKPOINT_DIR=str(root / "checkpoints" / "ecommerce_events"), QUARANTINE_DIR=str(root / "quarantine"),
+        GREAT_EXPECTATIONS_DIR=str(root / "great_expectations"),
+        AIRFLOW_HOME=str(root / "airflow"), AIRFLOW_API_PORT=str(free_port()), PIPELINE_LOG_DIR=str(root / "logs"),
+    )
+    settings = Settings.from_env(env)
+    cluster = LocalPostgres(root / "postgres", port, settings.postgres_user, settings.postgres_password)
+    cluster.ensure()
+    env.update(airflow_environment(settings, env))
+    started = time.monotonic()
+    init = subprocess.run([sys.executable, "-m", "scripts.pipeline", "init"], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=900)
+    if init.returncode != 0:
+        raise SystemExit(init.stdout + init.stderr)
+    say(f"PostgreSQL on port {port}, Airflow metadata ready in {time.monotonic() - started:.0f} s; root {root}")
+    return Bench(root, env, cluster)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def generate(directory: Path, rows: int, file_rows: int, invalid_ratio: float, seed: int) -> list[Path]:
+    from include.generator import EventGenerator
+
+    directory.mkdir(parents=True, exist_ok=True)
+    generator = EventGenerator(seed, invalid_ratio=invalid_ratio)
+    mix = {"v1": 0.1, "v2": 0.3, "v3": 0.6}
+    files = []
+    for _ in range((rows + file_rows - 1) // file_rows):
+        version = generator.pick_version(mix)
+        batch = generator.generate_batch(min(file_rows, rows - len(files) * file_rows), version)
+        files.append(generator.write_batch(batch, version, directory))
+    return files
+
+
+# ------------------------------------------------------------------------------------------- raw COPY
+_TYPES = {"user_id": int, "product_id": int, "quantity": int, "price": Decimal}
+
+
+def storable_csv(files: list[Path]) -> tuple[list[bytes], int]:
+    """Per file, CSV text of its storable rows in ``EVENT_COLUMNS`` order (typed, first per event_id)."""
+    from include.event_parser import FileRejected, parse_file
+    from include.warehouse import EVENT_COLUMNS
+
+    seen: set[str] = set()
+    chunks, total = [], 0
+    for path in files:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        try:
+            records = list(parse_file(path.read_bytes(), str(path)))
+        except FileRejected:
+            continue
+        for record in records:
+            if record["parse_errors"] or not record["event_id"] or record["event_id"] in seen:
+                continue
+            try:
+                for column, kind in _TYPES.items():
+                    if record[column] is not None:
+                        record[column] = kind(record[column])
+                datetime.fromisoformat(str(record["event_time"]))
+            except (ValueError, InvalidOperation, TypeError):
+                continue
+            if abs(record["price"] or 0) >= 10**10 or not record["event_type"]:
+                continue
+            seen.add(record["event_id"])
+            price, quantity = record["price"], record["quantity"]
+            record["total_amount"] = price * quantity if price is not None and quantity is not None else None
+            record["is_late_arrival"] = False
+            writer.writerow(["" if record[c] is None else record[c] for c in EVENT_COLUMNS])
+            total += 1
+        chunks.append(buffer.getvalue().encode())
+    return chunks, total
+
+
+def log_slow_statements(bench: Bench, milliseconds: int) -> None:
+    """Profiling aid (BENCH_PG_LOG_MS): PostgreSQL logs every statement slower than this, with its time."""
+    with bench.connect() as conn:
+        conn.execute(f"ALTER SYSTEM SET log_min_duration_statement = {int(milliseconds)}")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def slow_statements(bench: Bench, top: int = 12) -> list[tuple[float, str]]:
+    """The slowest statements of the pipeline phase from the server log: (seconds, first 160 characters)."""
+    found = []
+    text = bench.cluster.log_file.read_text(errors="replace")
+    for match in re.finditer(r"duration: ([0-9.]+) ms\s+(?:statement|execute [^:]*): (.*?)(?=\n\S|\Z)", text, re.S):
+        found.append((round(float(match[1]) / 1000, 2), " ".join(match[2].split())[:160]))
+    return sorted(found, reverse=True)[:top]
+
+
+def measure_copy(bench: Bench, files: list[Path]) -> dict:
+    from include.warehouse import EVENT_COLUMNS
+
+    chunks, rows = storable_csv(files)
+    with bench.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy_events")
+        conn.execute("CREATE TABLE bench_copy_events (LIKE ecommerce_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        conn.execute("ALTER TABLE bench_copy_events ADD PRIMARY KEY (event_id)")
+        conn.execute("CHECKPOINT")
+        statement = f"COPY bench_copy_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+        started = time.monotonic()
+        for chunk in chunks:
+            with conn.transaction(), conn.cursor().copy(statement) as copy:
+                copy.write(chunk)
+        seconds = time.monotonic() - started
+        stored = conn.execute("SELECT count(*) FROM bench_copy_events").fetchone()[0]
+        conn.execute("DROP TABLE bench_copy_events")
+        conn.execute("CHECKPOINT")
+    assert stored == rows, (stored, rows)
+    return {"copy_rows": rows, "copy_seconds": round(seconds, 2), "copy_rows_per_s": round(rows / seconds)}
+
+
+# ------------------------------------------------------------------------------------- process sampling
+def _kind(process: psutil.Process) -> str | None:
+    try:
+        cmdline = " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    if "java" in process.name() or cmdline.startswith(("/usr/lib/jvm", "java ")):
+        return "jvm"
+    if "ingest_events.py" in cmdline:
+        return "python_driver"
+    if "pyspark" in cmdline and ("daemon" in cmdline or "worker" in cmdline):
+        return "python_workers"
+    return None
+
+
+@dataclass
+class TreeSampler:
+    """Samples RSS of the JVM / Python driver / Python workers below some root processes, in a thread."""
+
+    interval: float = 0.25
+    roots: list[int] = field(default_factory=list)
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    jvm_seen_at: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> TreeSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sums: dict[str, float] = {}
+            for root in list(self.roots):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    for child in psutil.Process(root).children(recursive=True):
+                        kind = _kind(child)
+                        if kind is None:
+                            continue
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            sums[kind] = sums.get(kind, 0.0) + child.memory_info().rss / 2**20
+            now = time.time()
+            if sums:
+                self.samples.append((now, sums))
+            if "jvm" in sums:
+                self.jvm_seen_at.append(now)
+            self._stop.wait(self.interval)
+
+    def peaks(self, since: float = 0.0, until: float = float("inf")) -> dict[str, float]:
+        window = [s for t, s in self.samples if since <= t <= until]
+        kinds = ("jvm", "python_driver", "python_workers")
+        peak = {f"peak_rss_{k}_mb": round(max((s.get(k, 0.0) for s in window), default=0.0)) for k in kinds}
+        peak["peak_rss_mb"] = round(max((sum(s.values()) for s in window), default=0.0))
+        return peak
+
+
+# ---------------------------------------------------------------------------------------- DAG runs
+def run_times(bench: Bench, run_id: str | None = None, since: datetime | None = None) -> list[dict]:
+    """DAG runs (newest last) with their duration and each task's duration, from the metadata database."""
+    with bench.connect("airflow") as conn:
+        where, params = "dag_id = %s", [DAG_ID]
+        if run_id:
+            where += " AND run_id = %s"
+            params.append(run_id)
+        if since:
+            where += " AND start_date >= %s"
+            params.append(since)
+        runs = conn.execute(
+            f"SELECT run_id, run_type, state, start_date, end_date, run_after FROM dag_run WHERE {where} "
+            "ORDER BY start_date",
+            params,
+        ).fetchall()
+        result = []
+        for rid, run_type, state, start, end, run_after in runs:
+            tasks = conn.execute(
+                "SELECT task_id, state, start_date, end_date FROM task_instance WHERE dag_id = %s AND run_id = %s",
+                (DAG_ID, rid),
+            ).fetchall()
+            result.append({
+                "run_id": rid, "run_type": run_type, "state": state, "start": start, "end": end,
+                "seconds": (end - start).total_seconds() if start and end else None,
+                "since_tick": (end - run_after).total_seconds() if run_after and end else None,
+                "tasks": {t: {"state": s, "seconds": round((e - b).total_seconds(), 2) if b and e else None,
+                              "end": e} for t, s, b, e in tasks},
+            })
+    return result
+
+
+def dags_test(bench: Bench, sampler: TreeSampler, log_name: str) -> tuple[float, int]:
+    log = bench.root / "logs" / f"{log_name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(log, "wb") as out:
+        process = subprocess.Popen([AIRFLOW, "dags", "test", DAG_ID], env=bench.env, cwd=PROJECT_ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT)
+        sampler.roots.append(process.pid)
+        code = process.wait(timeout=3600)
+        sampler.roots.remove(process.pid)
+    return time.monotonic() - started, code
+
+
+def backlog_left(bench: Bench) -> tuple[int, int]:
+    from include.landing import waiting_files
+
+    unpublished = bench.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL")
+    return len(waiting_files(bench.settings.landing_dir)), unpublished
+
+
+def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: TreeSampler) -> dict:
+    landing = bench.settings.landing_dir
+    landing.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        os.link(path, landing / path.name)
+    since = datetime.now(UTC)
+    started, walls = time.time(), []
+    for attempt in range(int(knob("BENCH_MAX_RUNS", "20"))):
+        wall, code = dags_test(bench, sampler, f"pipeline-{attempt}")
+        walls.append(round(wall, 2))
+        waiting, unpublished = backlog_left(bench)
+        say(f"pipeline run {attempt + 1}: {wall:.1f} s, exit {code}; {waiting} files waiting, {unpublished} unpublished")
+        if not waiting and not unpublished:
+            break
+    seconds = time.time() - started
+    runs = run_times(bench, since=since)
+    tasks: dict[str, float] = {}
+    for run in runs:
+        for task, info in run["tasks"].items():
+            tasks[task] = round(tasks.get(task, 0.0) + (info["seconds"] or 0.0), 2)
+    with bench.connect() as conn:
+        stored, dlq, metrics, quarantined = conn.execute(
+            "SELECT (SELECT count(*) FROM ecommerce_events), (SELECT count(*) FROM dead_letter_events), "
+            "(SELECT coalesce(sum(total_records), 0) FROM data_quality_metrics), "
+            "(SELECT count(*) FROM quarantined_files)"
+        ).fetchone()
+        batches = conn.execute("SELECT count(*) FROM pipeline_batch_ledger").fetchone()[0]
+    return {
+        "rows": input_rows, "files": len(files), "pipeline_seconds": round(seconds, 2),
+        "pipeline_rows_per_s": round(input_rows / seconds), "dag_runs": len(walls), "dag_run_walls_s": walls,
+        "dag_runs_ok": all(r["state"] == "success" for r in runs), "task_seconds": tasks,
+        "stored_rows": stored, "dlq_rows": dlq, "metric_rows": int(metrics), "quarantined_files": quarantined,
+        "spark_batches": batches, "window": (started, started + seconds),
+    }
+
+
+def rss_flatness(sampler: TreeSampler, window: tuple[float, float]) -> dict:
+    """Peak RSS in the first and the last third of the pipeline phase (batches are bounded, so: similar)."""
+    start, end = window
+    third = (end - start) / 3
+    first, last = sampler.peaks(start, start + third), sampler.peaks(end - third, end)
+    return {"peak_rss_first_third_mb": first["peak_rss_mb"], "peak_rss_last_third_mb": last["peak_rss_mb"]}
+
+
+def measure_empty(bench: Bench, sampler: TreeSampler) -> dict:
+    jvms_before = len(sampler.jvm_seen_at)
+    since = datetime.now(UTC)
+    wall, code = dags_test(bench, sampler, "empty")
+    run = run_times(bench, since=since)[-1]
+    return {"empty_run_s": round(run["seconds"], 2), "empty_dags_test_run_s": round(run["seconds"], 2),
+            "empty_run_cli_wall_s": round(wall, 2),
+            "empty_run_tasks_s": {t: i["seconds"] for t, i in run["tasks"].items()},
+            "empty_run_jvm": len(sampler.jvm_seen_at) > jvms_before, "empty_run_ok": code == 0}
+
+
+# ----------------------------------------------------------------------------------------- scheduler
+def _airflow(bench: Bench, *args: str) -> None:
+    subprocess.run([AIRFLOW, *args], env=bench.env, cwd=PROJECT_ROOT, check=True, capture_output=True)
+
+
+def _wait_drained(bench: Bench, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting, unpublished = backlog_left(bench)
+        with bench.connect("airflow") as conn:
+            active = conn.execute("SELECT count(*) FROM dag_run WHERE dag_id = %s AND state IN ('queued', 'running')",
+                                  (DAG_ID,)).fetchone()[0]
+        if not waiting and not unpublished and not active:
+            return
+        time.sleep(2)
+    say("backlog not drained in time; freshness counts only published files")
+
+
+def _landing_times(bench: Bench) -> dict[str, float]:
+    return {path.name: path.stat().st_mtime for path in bench.settings.archive_dir.rglob("*.csv")}
+
+
+def _freshness(bench: Bench, since: datetime) -> list[float]:
+    """Seconds from landing to the end of the publish task that made each file's rows queryable."""
+    publish_end = {run["run_id"]: run["tasks"].get("publish", {}).get("end")
+                   for run in run_times(bench, since=since)}
+    landed = _landing_times(bench)
+    with bench.connect() as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT e.source_file, l.published_by_run_id FROM ecommerce_events e "
+            "JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id) WHERE l.published_at >= %s",
+            (since,),
+        ).fetchall()
+    values = []
+    for source, run_id in rows:
+        end, name = publish_end.get(run_id), Path(source).name
+        if end is not None and name in landed:
+            values.append(end.timestamp() - landed[name])
+    return values
+
+
+def p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)  # nearest rank: the smallest value with at least 95 % of the values at or below it
+    return round(ordered[math.ceil(0.95 * len(ordered)) - 1], 1)
+
+
+def measure_scheduler(bench: Bench, minutes: float) -> dict:
+    import scripts.pipeline
+    from scripts.pipeline import Supervisor
+
+    scripts.pipeline.LOG_DIR = bench.root / "logs"
+    _airflow(bench, "dags", "reserialize")
+    supervisor = Supervisor(bench.env)
+    sampler = TreeSampler(interval=0.2).start()
+    result: dict = {}
+    try:
+        supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1",
+                                        "--port", bench.env["AIRFLOW__API__PORT"]])
+        for component in ("scheduler", "dag-processor"):
+            supervisor.start(component, [AIRFLOW, component])
+        sampler.roots += [p.pid for p in supervisor.processes.values()]
+        time.sleep(20)
+        since = datetime.now(UTC)
+        _airflow(bench, "dags", "unpause", DAG_ID)
+        # empty minutes: the runs the scheduler makes while nothing lands
+        deadline = time.monotonic() + 60 * (EMPTY_RUNS + 2)
+        empty: list[dict] = []
+        while time.monotonic() < deadline and len(empty) < EMPTY_RUNS:
+            time.sleep(5)
+            empty = [r for r in run_times(bench, since=since) if r["state"] == "success"]
+        # the first run after unpausing pays the scheduler's and the task process's cold start
+        result["scheduled_empty_runs_s"] = [round(r["seconds"], 2) for r in empty]
+        result["scheduled_empty_since_tick_s"] = [round(r["since_tick"], 2) for r in empty]
+        result["scheduled_empty_tasks_s"] = [{t: i["seconds"] for t, i in r["tasks"].items()} for r in empty]
+        result["scheduled_empty_jvm"] = bool(sampler.jvm_seen_at)
+        steady = result["scheduled_empty_runs_s"][1:] or result["scheduled_empty_runs_s"]
+        result["empty_run_s"] = max(steady) if steady else None
+        say(f"scheduled empty runs: {result['scheduled_empty_runs_s']} s (from the cron tick: "
+            f"{result['scheduled_empty_since_tick_s']} s), JVM started: {result['scheduled_empty_jvm']}")
+        for label, batch_size in (("default", 100), ("x100", 10_000)):
+            phase_since = datetime.now(UTC)
+            supervisor.start(f"generator-{label}", [
+                sys.executable, "-m", "include.generator", "--output-dir", str(bench.settings.landing_dir),
+                "--rate-seconds", "5", "--batch-size", str(batch_size), "--invalid-ratio", "0.02",
+            ])
+            time.sleep(minutes * 60)
+            generator = supervisor.processes.pop(f"generator-{label}")
+            generator.terminate()
+            generator.wait()
+            _wait_drained(bench, float(knob("BENCH_DRAIN_SECONDS", "420")))
+            values = _freshness(bench, phase_since)
+            runs = [r for r in run_times(bench, since=phase_since) if r["seconds"] is not None]
+            result[f"freshness_{label}"] = {
+                "files": len(values), "p50_s": round(statistics.median(values), 1) if values else None,
+                "p95_s": p95(values), "max_s": round(max(values), 1) if values else None,
+                "dag_runs": len(runs), "dag_run_s_max": round(max((r["seconds"] for r in runs), default=0), 1),
+            }
+            say(f"freshness at {label} rate: {result[f'freshness_{label}']}")
+    finally:
+        sampler.stop()
+        supervisor.stop()
+    result["freshness_p95_s"] = max((result[k]["p95_s"] or 0) for k in ("freshness_default", "freshness_x100")
+                                    if k in result) if "freshness_default" in result else None
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- main
+def machine() -> dict:
+    load = os.getloadavg()
+    others = sorted({" ".join(p.info["cmdline"][:3])[:80] for p in psutil.process_iter(["cmdline", "cpu_percent"])
+                     if p.info["cmdline"] and "java" in p.info["cmdline"][0]})
+    return {"cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_avg_1_5_15": [round(x, 2) for x in load], "other_jvms_at_start": len(others)}
+
+
+def main() -> int:
+    rows = int(knob("BENCH_ROWS", "1000000"))
+    file_rows = int(knob("BENCH_FILE_ROWS", "5000"))
+    invalid = float(knob("BENCH_INVALID_RATIO", "0.02"))
+    scheduler_minutes = float(knob("BENCH_SCHEDULER_MINUTES", "3"))
+    result: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    bench = start_environment()
+    if os.environ.get("MAX_FILES_PER_TRIGGER"):
+        bench.env["MAX_FILES_PER_TRIGGER"] = os.environ["MAX_FILES_PER_TRIGGER"]
+    result["max_files_per_trigger"] = bench.settings.max_files_per_trigger
+    sampler = TreeSampler(interval=float(knob("BENCH_RSS_INTERVAL", "0.25"))).start()
+    try:
+        started = time.monotonic()
+        files = generate(bench.root / "source", rows, file_rows, invalid, int(knob("BENCH_SEED", "8")))
+        say(f"generated {rows} rows in {len(files)} files in {time.monotonic() - started:.0f} s")
+        result.update(measure_copy(bench, files))
+        say(f"raw COPY: {result['copy_rows']} rows in {result['copy_seconds']} s = {result['copy_rows_per_s']} rows/s")
+        if os.environ.get("BENCH_PG_LOG_MS"):
+            log_slow_statements(bench, int(os.environ["BENCH_PG_LOG_MS"]))
+        pipeline = measure_pipeline(bench, files, rows, sampler)
+        if os.environ.get("BENCH_PG_LOG_MS"):
+            result["pg_slow_statements"] = slow_statements(bench)
+        window = pipeline.pop("window")
+        result.update(pipeline)
+        result.update(sampler.peaks(*window))
+        result.update(rss_flatness(sampler, window))
+        result["ratio_to_copy"] = round(result["pipeline_rows_per_s"] / result["copy_rows_per_s"], 3)
+        say(f"pipeline: {rows} rows in {result['pipeline_seconds']} s = {result['pipeline_rows_per_s']} rows/s "
+            f"({result['ratio_to_copy']} x COPY); tasks {result['task_seconds']}")
+        result.update(measure_empty(bench, sampler))
+        say(f"empty run: {result['empty_run_s']} s (CLI {result['empty_run_cli_wall_s']} s), "
+            f"JVM started: {result['empty_run_jvm']}")
+        if scheduler_minutes > 0:
+            result.update(measure_scheduler(bench, scheduler_minutes))
+        else:
+            result["freshness_p95_s"] = None
+    finally:
+        sampler.stop()
+        bench.cluster.stop(mode="immediate")
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(bench.root, ignore_errors=True)
+    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(result, default=str, separators=(",", ":"))
+    (RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(line + "\n")
+    (RESULTS_DIR / "latest.json").write_text(line + "\n")
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
