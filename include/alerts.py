@@ -166,11 +166,17 @@ def quality_breach_alert(summary: dict, problems: list[str], threshold: float, r
     )
 
 
+def shorten(text: str, limit: int = 300) -> str:
+    """An error as a chat line: the start of it (the log has the rest)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def task_failed_alert(task_id: str, error: str, tries: int | None, run_id: str | None, base_url: str,
                       breaker_note: str | None = None) -> Alert:
     after = f" after {tries} tries" if tries else ""
     return Alert(ERROR, TASK_FAILED, task_id, f"task `{task_id}` failed{after}", run_id=run_id,
-                 details=tuple(d for d in (f"error: {error}", breaker_note,
+                 details=tuple(d for d in (f"error: {shorten(error)}", breaker_note,
                                            "the task log in the Airflow UI has the full trace") if d),
                  links=links(base_url, run_id))
 
@@ -179,7 +185,7 @@ def breaker_open_alert(failures: int, last_error: str, cooldown_seconds: int, ru
                        base_url: str) -> Alert:
     return Alert(CRITICAL, BREAKER_OPEN, "open", f"circuit breaker OPENED after {failures} consecutive failed run(s)",
                  run_id=run_id,
-                 details=(f"last error: {last_error}",
+                 details=(f"last error: {shorten(last_error)}",
                           f"runs skip the ingest; one trial run after {cooldown_seconds} s "
                           "(CIRCUIT_BREAKER_COOLDOWN_SECONDS); landed files wait, nothing is lost",
                           "state: SELECT * FROM pipeline_circuit_breaker; what to do: docs/operations.md"),

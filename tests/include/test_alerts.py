@@ -122,3 +122,20 @@ def test_an_unreachable_slack_is_logged_and_never_raises(tmp_path, monkeypatch):
     record = alerts.deliver(breach(), settings)
     assert record["slack"].startswith("failed")
     assert json.loads((tmp_path / "alerts.jsonl").read_text())["slack"].startswith("failed")
+
+
+def test_the_dag_raises_alerts_from_its_callbacks():
+    """The wiring the integration tests exercise: every task alerts on failure, the tasks the circuit breaker
+    counts also record the failure, the run alerts as a safety net, and a finished run checks freshness."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include import airflow_support
+    from tests.fixtures.pipeline import PROJECT_ROOT
+
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["ecommerce_events"]
+    assert dag.on_failure_callback == airflow_support.alert_run_failure
+    assert dag.on_success_callback == airflow_support.check_feed_freshness
+    callbacks = {task.task_id: task.on_failure_callback for task in dag.tasks}
+    assert all(callbacks[t] == [airflow_support.record_pipeline_failure] for t in ("ingest", "audit", "publish"))
+    assert all(callbacks[t] == [airflow_support.alert_task_failure] for t in ("detect_work", "package_code",
+                                                                              "quality_gate"))
