@@ -122,11 +122,11 @@ _URL_CREDENTIALS = re.compile(r"(://)[^/\s:@]+:[^/\s@]+@")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove known secrets and credentials embedded in URLs; cut to a size a chat message can carry."""
+    """Remove known secrets (the database password) and credentials embedded in URLs."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return _URL_CREDENTIALS.sub(r"\1***:***@", text)[:600]
+    return _URL_CREDENTIALS.sub(r"\1***:***@", text)
 
 
 def render_text(alert: Alert) -> str:
@@ -240,7 +240,7 @@ def _post_to_slack(alert: Alert) -> str:
                              timeout=SLACK_TIMEOUT_SECONDS, unfurl_links=False).notify({})
     except Exception as error:  # noqa: BLE001 - a failing post must not hide the pipeline's outcome
         log.warning("posting the %s alert to Slack failed (%s: %s); it is in the log and the alert file",
-                    alert.level, type(error).__name__, redact(str(error))[:200])
+                    alert.level, type(error).__name__, shorten(redact(str(error)), 200))
         return f"failed: {type(error).__name__}"
     return "sent"
 
