@@ -86,6 +86,19 @@ def test_a_quality_breach_message_says_what_where_and_how_to_look():
     assert f"WHERE airflow_run_id = '{RUN_ID}'" in text
 
 
+def test_a_breach_with_other_counts_and_rules_is_the_same_condition():
+    """A per-minute DAG over steadily bad input must not alert every minute: the fingerprint is the broken
+    threshold (and failed table checks), not the counts or which rows failed."""
+    problem = ["validity rate below MIN_VALIDITY_RATE"]
+    other = {**summary(), "total": 900, "valid": 700, "invalid": 200, "validity_rate": 77.78,
+             "failing_rules": summary()["failing_rules"][::-1]}
+    first, second = (alerts.quality_breach_alert(s, problem, 95.0, RUN_ID, BASE) for s in (summary(), other))
+    assert first.key == second.key and first.fingerprint == second.fingerprint == "validity<95.0"
+    failed_check = {**other, "table_checks": {"row_count": {"success": False, "observed_value": 0}}}
+    assert alerts.quality_breach_alert(failed_check, problem, 95.0, RUN_ID, BASE).fingerprint == \
+        "validity<95.0;table_check:row_count"
+
+
 def test_the_dead_letter_query_cannot_be_broken_out_of_by_a_run_id():
     assert alerts.dead_letter_sql("manual__x'; DROP TABLE t; --").count("'") % 2 == 0
     assert "'manual__x''; DROP TABLE t; --'" in alerts.dead_letter_sql("manual__x'; DROP TABLE t; --")

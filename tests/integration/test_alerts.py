@@ -116,11 +116,8 @@ def test_quality_breach_is_said_once_and_its_recovery_once(pipeline, slack, tmp_
     [line] = (tmp_path / "alerts.jsonl").read_text().splitlines()
     assert json.loads(line)["level"] == "WARNING" and json.loads(line)["slack"] == "sent"
 
-    land(pipeline, seed=32, invalid_ratio=0.3)
-    done, output = run(pipeline, slack, tmp_path)
-    assert done.returncode == 1, output[-4000:]
-    assert slack.take() == [] and "repeat suppressed" in output  # the same breach again: no message
-
+    # (a repeat of a condition is said not at all: the failure test below runs one for real; the unit tests
+    # show a breach's fingerprint does not depend on its counts)
     land(pipeline, seed=33)
     done, output = run(pipeline, slack, tmp_path)
     assert done.returncode == 0, output[-4000:]
