@@ -223,10 +223,10 @@ def deliver(alert: Alert, settings: Settings, reason: str = "new") -> dict[str, 
 def _post_to_slack(alert: Alert) -> str:
     """Post through the provider's notifier. Returns what happened; never raises."""
     try:
-        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
         from airflow.sdk import BaseHook
 
         BaseHook.get_connection(SLACK_CONN_ID)  # not configured -> not found; file and log still have it
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
     except Exception as error:  # noqa: BLE001 - a missing channel must not fail the pipeline
         if type(error).__name__ == "AirflowNotFoundException":
             log.info("no %r connection (AIRFLOW_CONN_SLACK_ALERTS): alert kept in the log and %s", SLACK_CONN_ID,
