@@ -33,6 +33,10 @@ pass move from `dead_letter_events` into `ecommerce_events` and back, each move 
 `dead_letter_moves`; an identical second backfill changes nothing. Dead letters are re-validated by the
 `ecommerce_dlq_replay` DAG. See README "Backfills and replays".
 
+**Alerts** (WARNING quality breach, ERROR task failed after retries, CRITICAL breaker open / no fresh data while
+`FEED_EXPECTED` / dead letters growing): task log, `ALERT_FILE` and Slack connection `slack_alerts`, once per
+condition until it changes, `ALERT_COOLDOWN_MINUTES` pass, or it recovers. See README "Alerts".
+
 **Operating it**: trigger a run to process what has landed now. A failed run retries with exponential
 backoff; a retry or the next run publishes whatever an earlier run staged, and never twice.
 """
@@ -47,7 +51,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from include.airflow_support import record_pipeline_failure
+from include.airflow_support import alert_run_failure, alert_task_failure, check_feed_freshness, record_pipeline_failure
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPARK_JOB = PROJECT_ROOT / "spark_jobs" / "ingest_events.py"
@@ -81,6 +85,8 @@ SPARK_JOB_ENV = {
     dagrun_timeout=timedelta(minutes=30),
     doc_md=__doc__,
     tags=["ecommerce", "spark", "ingest"],
+    on_failure_callback=alert_run_failure,  # alerts: README "Alerts"
+    on_success_callback=check_feed_freshness,
     default_args={
         "owner": "data-engineering",
         "retries": 2,
@@ -88,6 +94,7 @@ SPARK_JOB_ENV = {
         "retry_delay": timedelta(seconds=float(os.environ.get("TASK_RETRY_DELAY_SECONDS", "20"))),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=5),
+        "on_failure_callback": alert_task_failure,
     },
 )
 def ecommerce_events():
@@ -177,17 +184,21 @@ def ecommerce_events():
 
     @task
     def quality_gate(summary: dict, run_id: str | None = None) -> None:
-        """Fail the run (the good rows are already published) when quality is below the threshold."""
+        """Fail the run (the good rows are already published) when quality is below the threshold; alert
+        (WARNING on a breach, a recovery when it clears, CRITICAL when dead letters grow too fast)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.settings import get_settings
+        from include.airflow_support import settings_from_connection
+        from include.alerts import after_quality_gate
 
-        threshold = get_settings().min_validity_rate
+        settings = settings_from_connection()
+        threshold = settings.min_validity_rate
         problems = []
         if summary["total"] and summary["validity_rate"] < threshold:
             problems.append(f"validity rate {summary['validity_rate']}% is below MIN_VALIDITY_RATE {threshold}%")
         problems += [f"table check {name} failed (observed {check['observed_value']})"
                      for name, check in summary.get("table_checks", {}).items() if not check["success"]]
+        after_quality_gate(settings, summary, problems, run_id)
         if problems:
             top = "; ".join(f"{r['rule']}: {r['rows']} rows (e.g. {', '.join(r['sample_event_ids'][:3]) or 'n/a'})"
                             for r in summary["failing_rules"][:3])

@@ -65,6 +65,15 @@ class Settings:
     great_expectations_dir: Path = PROJECT_ROOT / "data" / "great_expectations"
     # validation results kept for the Data Docs (older ones are pruned; the database keeps every count)
     data_docs_keep_runs: int = 200
+    # alerts (include/alerts.py): JSON-lines file of every WARNING and above; a condition already alerted is
+    # repeated only after the cool-down; CRITICAL when no data arrived for ALERT_NO_DATA_MINUTES while
+    # FEED_EXPECTED (make run: true), or dead letters grow faster than ALERT_DEAD_LETTERS_PER_MINUTE
+    alert_file: Path = PROJECT_ROOT / "data" / "logs" / "alerts.jsonl"
+    alert_cooldown_minutes: int = 60
+    feed_expected: bool = False
+    alert_no_data_minutes: int = 10
+    alert_dead_letters_per_minute: float = 100.0
+    alert_dead_letter_window_minutes: int = 5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +117,8 @@ class Settings:
             problems.append("CIRCUIT_BREAKER_THRESHOLD must be at least 1")
         if self.archive_retention_days < 0:
             problems.append("ARCHIVE_RETENTION_DAYS must not be negative (0 keeps the archive forever)")
+        if self.alert_cooldown_minutes < 0 or self.alert_no_data_minutes < 1 or self.alert_dead_letter_window_minutes < 1:
+            problems.append("ALERT_COOLDOWN_MINUTES >= 0, ALERT_NO_DATA_MINUTES >= 1, ALERT_DEAD_LETTER_WINDOW_MINUTES >= 1")
         if problems:
             raise SettingsError("; ".join(problems))
 

@@ -282,3 +282,19 @@ CREATE INDEX IF NOT EXISTS ix_dead_letter_moves_source ON dead_letter_moves (sou
 -- the every-minute runs' audit_candidates). Used under the advisory lock "ecommerce_events revalidation".
 CREATE UNLOGGED TABLE IF NOT EXISTS revalidation_candidates (LIKE staging_events);
 CREATE INDEX IF NOT EXISTS ix_revalidation_candidates_row ON revalidation_candidates (staging_row_id);
+
+-- ===== Alerts (include/alerts.py) =====
+-- One row per alert condition (quality_breach, task_failed, circuit_breaker_open, no_fresh_data,
+-- dead_letter_growth): what was last said about it, so a per-minute DAG alerts once per condition, again only
+-- when it changes or after ALERT_COOLDOWN_MINUTES, and once more when it recovers.
+CREATE TABLE IF NOT EXISTS pipeline_alerts (
+    alert_key     TEXT        PRIMARY KEY,
+    level         TEXT        NOT NULL,
+    fingerprint   TEXT        NOT NULL,
+    active        BOOLEAN     NOT NULL DEFAULT false,
+    last_sent_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    suppressed    INTEGER     NOT NULL DEFAULT 0,
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- the freshness check reads the newest staged batch
+CREATE INDEX IF NOT EXISTS ix_pipeline_batch_ledger_staged_at ON pipeline_batch_ledger (staged_at);
