@@ -37,13 +37,15 @@ def apply_schema(conn: psycopg.Connection) -> None:
 
 def copy_arrow_to_staging(
     settings: Settings, query_id: str, batch_id: int, partition: int, batches: Iterator
-) -> int:
+) -> tuple[int, float]:
     """COPY Arrow record batches (``STAGED_COLUMNS``) into ``staging_events`` for one Spark partition.
 
     The partition's earlier rows for this batch are deleted in the same transaction, so a retried Spark
     task (or a retried transaction after PostgreSQL restarted) replaces its rows instead of doubling them.
-    Returns the number of rows staged.
+    Returns the number of rows staged and the seconds the COPY transaction took (retries included).
     """
+    import time
+
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
@@ -75,8 +77,9 @@ def copy_arrow_to_staging(
                 for chunk in chunks:
                     copy.write(chunk)
 
+    started = time.perf_counter()
     with_connection(settings, copy_partition)
-    return staged
+    return staged, time.perf_counter() - started
 
 
 def prepare_staging(conn: psycopg.Connection, query_id: str, batch_id: int) -> bool:

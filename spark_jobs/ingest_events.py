@@ -81,11 +81,13 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started_at = datetime.now(UTC)
+        clock = _PhaseClock()
         uris = {
             row.path: datetime.fromtimestamp(row.modificationTime.timestamp(), UTC)
             for row in batch.select("path", "modificationTime").collect()
         }
         files = {Path(local_path(uri)): landed for uri, landed in uris.items()}
+        clock.lap("list files")
         if not files:
             return  # a replayed batch whose files were already moved: it is staged (see after_moves)
         query_id, settings = self.query_id, self.settings
@@ -96,7 +98,8 @@ class BatchWriter:
                 quarantined = self._stage_file_by_file(batch, batch_id, query_id, started_at, uris, attempts)
             else:
                 with_connection(settings, lambda conn: count_attempt(conn, [str(p) for p in files]))
-                quarantined = self._stage(batch, batch_id, query_id, started_at)
+                clock.lap("ledger checks")
+                quarantined = self._stage(batch, batch_id, query_id, started_at, clock=clock)
             recorded = with_connection(settings, lambda conn: record_staged_batch(
                 conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
                 input_files=len(files), started_at=started_at, quarantined=quarantined,
@@ -108,10 +111,12 @@ class BatchWriter:
         else:
             log.warning("batch %s of query %s was staged before a restart; only moving its files", batch_id, query_id)
             quarantined = with_connection(settings, lambda conn: quarantined_in_batch(conn, query_id, batch_id))
+        clock.lap("ledger record")
         faults.reached("after_ledger")
         self._move_files(files, quarantined)
-        log.info("batch %s: %d files staged (%d quarantined) in %.1f s", batch_id, len(files), len(quarantined),
-                 (datetime.now(UTC) - started_at).total_seconds())
+        clock.lap("move files")
+        log.info("batch %s: %d files staged (%d quarantined) in %.1f s (%s)", batch_id, len(files),
+                 len(quarantined), (datetime.now(UTC) - started_at).total_seconds(), clock)
         faults.reached("after_moves")
 
     def _stage_file_by_file(self, batch, batch_id, query_id, started_at, uris, attempts) -> list[tuple[str, str, str]]:
@@ -138,14 +143,16 @@ class BatchWriter:
         return quarantined
 
     def _stage(self, batch: DataFrame, batch_id: int, query_id: str, started_at: datetime,
-               partition_offset: int = 0) -> list[tuple[str, str, str]]:
+               partition_offset: int = 0, clock: _PhaseClock | None = None) -> list[tuple[str, str, str]]:
         """Parse, type and COPY the batch's rows into staging (from the executors); return rejected files."""
+        clock = clock or _PhaseClock()
         parsed = batch.select("path", "content").mapInArrow(parse_landed_files, PARSED_SCHEMA).persist()
         try:
             rejected = {
                 row.source_file: row.file_error
                 for row in parsed.filter("file_error IS NOT NULL").select("source_file", "file_error").collect()
             }
+            clock.lap("parse")
             events = (
                 parsed.transform(filter_file_errors)
                 .transform(with_typed_columns)
@@ -165,14 +172,20 @@ class BatchWriter:
                 from include import faults
 
                 partition = partition_offset + TaskContext.get().partitionId()
-                rows = copy_arrow_to_staging(settings, query_id, batch_id, partition, batches)
+                started = time.perf_counter()
+                rows, copy_seconds = copy_arrow_to_staging(settings, query_id, batch_id, partition, batches)
                 faults.reached("mid_staging")
-                yield pa.RecordBatch.from_pylist([{"staged": rows}])
+                yield pa.RecordBatch.from_pylist([{"partition": partition, "staged": rows, "copy_s": copy_seconds,
+                                                   "task_s": time.perf_counter() - started}])
 
-            staged = sum(r.staged for r in events.mapInArrow(stage_partition, "staged long").collect())
+            results = events.mapInArrow(stage_partition, "partition long, staged long, copy_s double, task_s double").collect()
+            staged = sum(r.staged for r in results)
+            clock.lap("type + stage")
         finally:
             parsed.unpersist()
-        log.info("batch %s: %d rows staged", batch_id, staged)
+        log.info("batch %s: %d rows staged by %d partitions (%s)", batch_id, staged, len(results),
+                 ", ".join(f"#{r.partition} {r.staged} rows, task {r.task_s:.2f} s of which COPY {r.copy_s:.2f} s"
+                           for r in results))
         return [(source, str(quarantine_path(self.settings.quarantine_dir, source, started_at)), reason) for source, reason in rejected.items()]
 
     def _move_files(self, files: dict[Path, datetime], quarantined: list[tuple[str, str, str]]) -> None:
@@ -180,6 +193,22 @@ class BatchWriter:
         for source, landed_at in files.items():
             target = to_quarantine.get(source) or archive_path(self.settings.archive_dir, source, landed_at)
             move_file(source, target)
+
+
+class _PhaseClock:
+    """Wall time of each phase of a micro-batch, for the batch's log line (docs/performance.md)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._laps: list[tuple[str, float]] = []
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._laps.append((phase, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self._laps)
 
 
 def build_spark(app_name: str = "ecommerce_events_ingest") -> SparkSession:
