@@ -44,8 +44,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from include.publish import PUBLISH_LOCK_SQL, RoutingMismatch
-from include.quality.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
+from include import publish
+from include.publish import PUBLISH_LOCK_SQL
 from include.retry import open_connection, with_connection
 from include.settings import Settings
 from include.warehouse import EVENT_COLUMNS
@@ -213,22 +213,8 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> dict[st
 
 
 def route_rule_failures(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings) -> None:
-    """Fill the temp table ``rule_failures`` (row id, rule, reason) from ``revalidation_candidates`` with each
-    rule's routing predicate, refusing (``RoutingMismatch``) where it disagrees with Great Expectations."""
-    parameters = suite_parameters(settings)
-    conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
-    for rule in ROW_RULES:
-        routed = conn.execute(
-            f"INSERT INTO rule_failures SELECT staging_row_id, %s, {reason_sql(rule, parameters)} "
-            f"FROM {REVALIDATION_TABLE} WHERE {routing_predicate(rule, parameters)}",
-            (rule.name,),
-        ).rowcount
-        expected = audit["rules"][rule.name]["unexpected_count"]
-        if routed != expected:
-            raise RoutingMismatch(
-                f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
-                "nothing was changed (fix routing_predicate for this expectation type)"
-            )
+    """The publish's rule routing (``include.publish.route_rule_failures``) over ``revalidation_candidates``."""
+    publish.route_rule_failures(conn, audit, settings, REVALIDATION_TABLE)
     conn.execute("CREATE INDEX ON rule_failures (staging_row_id)")
 
 

@@ -45,7 +45,6 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
     batches = [tuple(b) for b in audit["batches"]]
     if not batches:
         return _summary([], {})
-    parameters = suite_parameters(settings)
     with conn.transaction():
         conn.execute(PUBLISH_LOCK_SQL)
         conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
@@ -63,19 +62,7 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
         if candidates != audit["candidate_rows"]:
             raise AuditOutOfDate(f"audit_candidates holds {candidates} rows, the audit saw {audit['candidate_rows']}")
 
-        conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
-        for rule in ROW_RULES:
-            routed = conn.execute(
-                f"INSERT INTO rule_failures SELECT staging_row_id, %s, {reason_sql(rule, parameters)} "
-                f"FROM audit_candidates WHERE {routing_predicate(rule, parameters)}",
-                (rule.name,),
-            ).rowcount
-            expected = audit["rules"][rule.name]["unexpected_count"]
-            if routed != expected:
-                raise RoutingMismatch(
-                    f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
-                    "nothing was published (fix routing_predicate for this expectation type)"
-                )
+        route_rule_failures(conn, audit, settings, "audit_candidates")
 
         lineage = "schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id"
         conn.execute(
@@ -163,6 +150,26 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
         faults.reached("publish_in_transaction")
     return _summary(rows, audit["rules"])
 
+
+
+def route_rule_failures(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings, table: str) -> None:
+    """Fill the temp table ``rule_failures`` (row id, rule, reason) from the validated ``table`` with each rule's
+    routing predicate, refusing (``RoutingMismatch``) where it disagrees with Great Expectations' count.
+    Shared by the every-minute publish (``audit_candidates``) and backfills/replays (``revalidation_candidates``)."""
+    parameters = suite_parameters(settings)
+    conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
+    for rule in ROW_RULES:
+        routed = conn.execute(
+            f"INSERT INTO rule_failures SELECT staging_row_id, %s, {reason_sql(rule, parameters)} "
+            f"FROM {table} WHERE {routing_predicate(rule, parameters)}",
+            (rule.name,),
+        ).rowcount
+        expected = audit["rules"][rule.name]["unexpected_count"]
+        if routed != expected:
+            raise RoutingMismatch(
+                f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
+                "nothing was written (fix routing_predicate for this expectation type)"
+            )
 
 def validity_rate(valid: int, invalid: int) -> float:
     """Share of the distinct rows of a batch that passed, in percent (duplicates are neither)."""
