@@ -30,8 +30,12 @@ EVENT_COLUMNS = tuple(c for c in STAGED_COLUMNS if c not in ("raw_data", "parse_
 
 
 def apply_schema(conn: psycopg.Connection) -> None:
-    """Create every table, index and view that is missing (idempotent)."""
+    """Create every table, index and view that is missing (idempotent).
+
+    Every `make once` / `make run` applies it. Two of them starting together would take the tables' locks in
+    different orders (ALTER TABLE, CREATE OR REPLACE VIEW) and deadlock, so one waits for the other."""
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('ecommerce_events schema'))")
         conn.execute(SCHEMA_SQL.read_text())
 
 
