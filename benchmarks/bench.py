@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -102,7 +103,7 @@ def start_environment() -> Bench:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "POSTGRES_"))}
     env.update(
         POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=str(port), POSTGRES_DB="ecommerce", POSTGRES_USER="spark",
-        POSTGRES_PASSWORD="bench-pass", PGDATA_DIR=str(root / "postgres"),
+        POSTGRES_PASSWORD=secrets.token_hex(12), PGDATA_DIR=str(root / "postgres"),
         LANDING_DIR=str(root / "landing"), ARCHIVE_DIR=str(root / "archive"),
         CHECKPOINT_DIR=str(root / "checkpoints" / "ecommerce_events"), QUARANTINE_DIR=str(root / "quarantine"),
         GREAT_EXPECTATIONS_DIR=str(root / "great_expectations"),
