@@ -27,6 +27,8 @@ STAGED_COLUMNS: tuple[str, ...] = (
     "raw_data", "parse_errors",
 )
 EVENT_COLUMNS = tuple(c for c in STAGED_COLUMNS if c not in ("raw_data", "parse_errors"))
+# Columns of audit_candidates: a staged row without its raw line and parse errors (the candidates all parsed).
+CANDIDATE_COLUMNS = ("staging_row_id", "spark_query_id", "spark_batch_id", "spark_partition") + EVENT_COLUMNS
 
 
 def apply_schema(conn: psycopg.Connection) -> None:

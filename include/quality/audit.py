@@ -21,6 +21,7 @@ import psycopg
 
 from include.quality.rules import SUITE_NAME, build_suite, suite_parameters
 from include.settings import Settings
+from include.warehouse import CANDIDATE_COLUMNS
 
 DATASOURCE = "ecommerce_postgres"
 ASSET = "audit_candidates"
@@ -28,26 +29,35 @@ BATCH_DEFINITION = "whole_table"
 VALIDATION = "ecommerce_events_contract"
 CHECKPOINT = "ecommerce_events_audit"
 SAMPLE_IDS = 5
+# NULL for rows with an event_id; the row's own id otherwise, so rows without one never collapse into one
+_MISSING_ID = "CASE WHEN s.event_id IS NULL THEN s.staging_row_id END"
 _DB_URL_VARIABLE = "ECOMMERCE_GX_DATABASE_URL"  # referenced as ${...} so no password lands in GX's config
 
 
 def prepare_candidates(conn: psycopg.Connection) -> dict[str, Any]:
-    """Pin the unpublished batches and rebuild ``audit_candidates`` from them (one transaction)."""
+    """Pin the unpublished batches and rebuild ``audit_candidates`` from them (one transaction).
+
+    One per event_id: the first occurrence (earliest batch, file, line). Rows without an event_id are not
+    copies of each other, so each one stays a candidate (and is dead-lettered by ``event_id_present``)."""
+    columns = ", ".join("s." + c for c in CANDIDATE_COLUMNS)
     with conn.transaction():
         batches = conn.execute(
             "SELECT spark_query_id::text, spark_batch_id, input_files FROM pipeline_batch_ledger "
             "WHERE published_at IS NULL ORDER BY staged_at, spark_batch_id FOR UPDATE"
         ).fetchall()
+        # The publish empties staging_events with TRUNCATE, so its statistics describe an empty table until
+        # autovacuum looks again; the planner needs the real size for the statements below (a few ms).
+        conn.execute("ANALYZE staging_events")
         conn.execute("TRUNCATE audit_candidates")
         candidates = conn.execute(
-            """
-            INSERT INTO audit_candidates
-            SELECT DISTINCT ON (s.event_id) s.*
+            f"""
+            INSERT INTO audit_candidates ({", ".join(CANDIDATE_COLUMNS)})
+            SELECT DISTINCT ON (s.event_id, {_MISSING_ID}) {columns}
               FROM staging_events s
               JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
              WHERE l.published_at IS NULL AND s.parse_errors IS NULL
                AND NOT EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = s.event_id)
-             ORDER BY s.event_id, s.spark_batch_id, s.source_file, s.source_line
+             ORDER BY s.event_id, {_MISSING_ID}, s.spark_batch_id, s.source_file, s.source_line
             """
         ).rowcount
         conn.execute("ANALYZE audit_candidates")

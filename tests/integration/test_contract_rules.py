@@ -128,3 +128,23 @@ def test_a_routing_that_disagrees_with_great_expectations_publishes_nothing(audi
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 0
     assert pipeline.scalar("SELECT count(*) FROM dead_letter_events") == 0
     assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL") == 1
+
+
+def test_rows_without_an_event_id_are_each_dead_lettered_not_counted_as_duplicates(pipeline, tmp_path):
+    """Rows that share no id cannot be copies of each other: every row missing its event_id is dead-lettered
+    with its own reason; only a real repeat of an event_id (here line 6 of line 5) counts as a duplicate."""
+    pipeline.reset()
+    settings = replace(pipeline.settings, great_expectations_dir=tmp_path / "gx")
+    repeated = str(uuid.uuid4())
+    ids = {2: None, 3: None, 4: None, 5: repeated, 6: repeated}
+    rows = [{**BASE, "event_id": event_id, "is_late_arrival": False, "schema_version": "v3",
+             "source_file": "/landing/ids.csv", "source_line": line, "raw_data": f"line {line}"}
+            for line, event_id in ids.items()]
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        stage(conn, rows)
+        result = {**prepare_candidates(conn), **validate(settings, "ids_test")}
+        summary = publish(conn, result, settings, "ids_test")
+    assert (summary["total"], summary["valid"], summary["invalid"], summary["duplicates"]) == (5, 1, 3, 1)
+    assert pipeline.query("SELECT source_line, failed_rules FROM dead_letter_events ORDER BY source_line") == [
+        (2, ["event_id_present"]), (3, ["event_id_present"]), (4, ["event_id_present"])]
+    assert pipeline.query("SELECT source_line FROM ecommerce_events") == [(5,)]
