@@ -1,0 +1,78 @@
+"""How the publish clears the staged rows it published, against a real PostgreSQL.
+
+TRUNCATE when the published batches are all that ``staging_events`` holds; otherwise (rows of other batches,
+or another session writing to it right now) a DELETE of exactly the published batches, without waiting."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from include.publish import clear_staged_rows
+
+pytestmark = pytest.mark.integration
+
+PUBLISHED = uuid.UUID("00000000-0000-4000-8000-00000000000a")
+OTHER = uuid.UUID("00000000-0000-4000-8000-00000000000b")
+
+
+def _stage(conn: psycopg.Connection, query_id: uuid.UUID, batch_id: int, rows: int) -> None:
+    conn.execute(
+        "INSERT INTO staging_events (spark_query_id, spark_batch_id, spark_partition, event_id, source_file, "
+        "source_line, raw_data) SELECT %s, %s, 0, gen_random_uuid()::text, 'f.csv', g, 'raw' "
+        "FROM generate_series(1, %s) g",
+        (query_id, batch_id, rows),
+    )
+
+
+def _publish_clear(pipeline, pinned: list[tuple[uuid.UUID, int]]) -> str:
+    """What the publish transaction does around ``clear_staged_rows``: pin the batches, clear, commit."""
+    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn, conn.transaction():
+        conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
+        for batch in pinned:
+            conn.execute("INSERT INTO pinned_batches VALUES (%s, %s)", batch)
+        return clear_staged_rows(conn)
+
+
+def _staged(pipeline) -> dict[tuple[str, int], int]:
+    return {(str(q), b): n for q, b, n in pipeline.query(
+        "SELECT spark_query_id, spark_batch_id, count(*) FROM staging_events GROUP BY 1, 2")}
+
+
+def test_published_batches_alone_are_truncated(pipeline):
+    pipeline.reset()
+    with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
+        _stage(conn, PUBLISHED, 0, 300)
+        _stage(conn, PUBLISHED, 1, 200)
+    assert _publish_clear(pipeline, [(PUBLISHED, 0), (PUBLISHED, 1)]) == "truncate"
+    assert _staged(pipeline) == {}
+
+
+def test_rows_of_other_batches_are_kept(pipeline):
+    pipeline.reset()
+    with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
+        _stage(conn, PUBLISHED, 0, 300)
+        _stage(conn, OTHER, 0, 50)  # e.g. a backfill's batch, or one staged after the audit pinned its batches
+    assert _publish_clear(pipeline, [(PUBLISHED, 0)]) == "delete"
+    assert _staged(pipeline) == {(str(OTHER), 0): 50}
+
+
+def test_a_session_staging_right_now_is_neither_waited_for_nor_lost(pipeline):
+    """An ingest (or backfill) COPYing into staging holds its lock until it commits: the publish does not wait
+    for it, and the rows it commits afterwards are all there."""
+    pipeline.reset()
+    with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
+        _stage(conn, PUBLISHED, 0, 300)
+    with psycopg.connect(pipeline.settings.postgres_conninfo) as writer:
+        _stage(writer, OTHER, 7, 40)  # uncommitted: holds ROW EXCLUSIVE on staging_events
+        with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
+            conn.execute("SET lock_timeout = '10s'")  # a wait for the writer would fail here instead of hanging
+            with conn.transaction():
+                conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) "
+                             "ON COMMIT DROP")
+                conn.execute("INSERT INTO pinned_batches VALUES (%s, 0)", (PUBLISHED,))
+                assert clear_staged_rows(conn) == "delete"
+        writer.commit()
+    assert _staged(pipeline) == {(str(OTHER), 7): 40}
