@@ -1,13 +1,15 @@
-"""The raw-COPY baseline of `make bench` copies exactly the rows a table like ecommerce_events can hold."""
+"""Helpers of `make bench`: the raw-COPY baseline copies exactly the rows a table like ecommerce_events can hold;
+the percentile and the per-task profile it reports."""
 
 from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime, timedelta
 
 import pytest
 
-from benchmarks.bench import p95, storable_csv
+from benchmarks.bench import _task_profile, p95, storable_csv
 from include.generator import EventGenerator
 from include.warehouse import EVENT_COLUMNS
 
@@ -37,3 +39,21 @@ def test_p95_is_the_value_below_which_95_percent_fall():
     assert p95([]) is None
     assert p95([float(n) for n in range(1, 101)]) == 95.0
     assert p95([3.0]) == 3.0
+
+
+def test_task_profile_gives_median_task_seconds_and_the_waits_between_tasks():
+    def run(start: datetime, spans: dict[str, tuple[float, float]]) -> dict:
+        return {"start": start, "tasks": {
+            task: {"seconds": b - a, "start": start + timedelta(seconds=a), "end": start + timedelta(seconds=b)}
+            for task, (a, b) in spans.items()}}
+
+    t0 = datetime(2026, 1, 1)
+    runs = [
+        run(t0, {"detect_work": (1, 2), "ingest": (3, 23), "audit": (24, 29)}),   # waits 1 + 1 + 1
+        run(t0, {"detect_work": (2, 3), "ingest": (5, 35), "audit": (37, 41)}),   # waits 2 + 2 + 2
+        run(t0, {"detect_work": (1, 2), "ingest": (2, 12), "audit": (12, 15)}),   # waits 1 + 0 + 0
+    ]
+    profile = _task_profile(runs)
+    assert profile["task_s_p50"] == {"audit": 4, "detect_work": 1, "ingest": 20}
+    assert profile["waits_between_tasks_s_p50"] == 3
+    assert _task_profile([]) == {}
