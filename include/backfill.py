@@ -46,6 +46,7 @@ from psycopg.types.json import Jsonb
 
 from include import publish
 from include.publish import PUBLISH_LOCK_SQL
+from include.quality.audit import MISSING_ID_KEY
 from include.retry import open_connection, with_connection
 from include.settings import Settings
 from include.warehouse import EVENT_COLUMNS
@@ -195,12 +196,12 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> dict[st
         candidates = conn.execute(
             f"""
             INSERT INTO {REVALIDATION_TABLE}
-            SELECT DISTINCT ON (s.event_id) s.*
+            SELECT DISTINCT ON (s.event_id, {MISSING_ID_KEY}) s.*
               FROM staging_events s
              WHERE s.spark_query_id = ANY(%(ids)s) AND s.parse_errors IS NULL
                AND NOT EXISTS (SELECT 1 FROM ecommerce_events e
                                 WHERE e.event_id = s.event_id AND NOT e.source_file = ANY(%(owned)s))
-             ORDER BY s.event_id,
+             ORDER BY s.event_id, {MISSING_ID_KEY},
                       EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = s.event_id
                                  AND e.source_file = s.source_file AND e.source_line = s.source_line) DESC,
                       s.source_file, s.source_line

@@ -29,8 +29,9 @@ BATCH_DEFINITION = "whole_table"
 VALIDATION = "ecommerce_events_contract"
 CHECKPOINT = "ecommerce_events_audit"
 SAMPLE_IDS = 5
-# NULL for rows with an event_id; the row's own id otherwise, so rows without one never collapse into one
-_MISSING_ID = "CASE WHEN s.event_id IS NULL THEN s.staging_row_id END"
+# Second DISTINCT ON key over staging_events s: NULL for rows with an event_id, the row's own id otherwise,
+# so rows without an event_id never collapse into one (the backfill uses it too)
+MISSING_ID_KEY = "CASE WHEN s.event_id IS NULL THEN s.staging_row_id END"
 _DB_URL_VARIABLE = "ECOMMERCE_GX_DATABASE_URL"  # referenced as ${...} so no password lands in GX's config
 
 
@@ -52,12 +53,12 @@ def prepare_candidates(conn: psycopg.Connection) -> dict[str, Any]:
         candidates = conn.execute(
             f"""
             INSERT INTO audit_candidates ({", ".join(CANDIDATE_COLUMNS)})
-            SELECT DISTINCT ON (s.event_id, {_MISSING_ID}) {columns}
+            SELECT DISTINCT ON (s.event_id, {MISSING_ID_KEY}) {columns}
               FROM staging_events s
               JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
              WHERE l.published_at IS NULL AND s.parse_errors IS NULL
                AND NOT EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = s.event_id)
-             ORDER BY s.event_id, {_MISSING_ID}, s.spark_batch_id, s.source_file, s.source_line
+             ORDER BY s.event_id, {MISSING_ID_KEY}, s.spark_batch_id, s.source_file, s.source_line
             """
         ).rowcount
         conn.execute("ANALYZE audit_candidates")
