@@ -369,8 +369,11 @@ def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: 
 
 
 def rss_flatness(sampler: TreeSampler, window: tuple[float, float]) -> dict:
-    """Peak RSS in the first and the last third of the pipeline phase (batches are bounded, so: similar)."""
-    start, end = window
+    """Peak RSS in the first and the last third of the time the Spark job ran within the pipeline phase
+    (batches are bounded, so: similar). Audit and publish run no Spark, so the phase's own end would
+    measure nothing."""
+    running = [t for t, sums in sampler.samples if window[0] <= t <= window[1] and sum(sums.values()) > 0]
+    start, end = (running[0], running[-1]) if running else window
     third = (end - start) / 3
     first, last = sampler.peaks(start, start + third), sampler.peaks(end - third, end)
     return {"peak_rss_first_third_mb": first["peak_rss_mb"], "peak_rss_last_third_mb": last["peak_rss_mb"]}
