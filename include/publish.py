@@ -151,7 +151,6 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
     return _summary(rows, audit["rules"])
 
 
-
 def clear_staged_rows(conn: psycopg.Connection) -> str:
     """Remove the published batches' rows from ``staging_events`` (inside the publish transaction).
 
@@ -163,13 +162,10 @@ def clear_staged_rows(conn: psycopg.Connection) -> str:
     try:
         with conn.transaction():
             conn.execute("LOCK TABLE staging_events IN ACCESS EXCLUSIVE MODE NOWAIT")
+        alone = not conn.execute(f"SELECT EXISTS (SELECT 1 FROM staging_events WHERE NOT {_PENDING})").fetchone()[0]
     except psycopg.errors.LockNotAvailable:
-        locked = False
-    else:
-        locked = True
-    if locked and not conn.execute(
-        f"SELECT EXISTS (SELECT 1 FROM staging_events WHERE NOT {_PENDING})"
-    ).fetchone()[0]:
+        alone = False
+    if alone:
         conn.execute("TRUNCATE staging_events")
         return "truncate"
     conn.execute(f"DELETE FROM staging_events WHERE {_PENDING}")
@@ -201,6 +197,7 @@ def route_rule_failures(conn: psycopg.Connection, audit: dict[str, Any], setting
                 f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
                 "nothing was written (fix routing_predicate for this expectation type)"
             )
+
 
 def validity_rate(valid: int, invalid: int) -> float:
     """Share of the distinct rows of a batch that passed, in percent (duplicates are neither)."""

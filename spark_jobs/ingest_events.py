@@ -210,7 +210,7 @@ _WARM_UP_CSV = (
 ).encode()
 
 
-def warm_up(spark: SparkSession, settings: Settings) -> float:
+def warm_up(spark: SparkSession, settings: Settings) -> None:
     """Run a tiny in-memory file through the batch path (parse in the Python workers, typing, the Arrow
     round trips), writing nothing, before the stream starts.
 
@@ -226,9 +226,8 @@ def warm_up(spark: SparkSession, settings: Settings) -> float:
     parsed = files.mapInArrow(parse_landed_files, PARSED_SCHEMA)
     events = typed_events(parsed, datetime.now(UTC), settings.late_arrival_minutes)
     rows = events.mapInArrow(_count_rows, "rows long").collect()
-    seconds = time.perf_counter() - started
-    log.info("warm-up: %d rows through %d Python worker(s) in %.2f s", sum(r.rows for r in rows), workers, seconds)
-    return seconds
+    log.info("warm-up: %d rows through %d Python worker(s) in %.2f s", sum(r.rows for r in rows), workers,
+             time.perf_counter() - started)
 
 
 def _count_rows(batches):

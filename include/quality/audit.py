@@ -47,7 +47,7 @@ def prepare_candidates(conn: psycopg.Connection) -> dict[str, Any]:
             "WHERE published_at IS NULL ORDER BY staged_at, spark_batch_id FOR UPDATE"
         ).fetchall()
         # The publish empties staging_events with TRUNCATE, so its statistics describe an empty table until
-        # autovacuum looks again; the planner needs the real size for the statements below (a few ms).
+        # autovacuum looks again; the planner needs the real size for the statements below (~0.5 s per 1M rows).
         conn.execute("ANALYZE staging_events")
         conn.execute("TRUNCATE audit_candidates")
         candidates = conn.execute(

@@ -5,6 +5,7 @@ or another session writing to it right now) a DELETE of exactly the published ba
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import psycopg
@@ -29,11 +30,13 @@ def _stage(conn: psycopg.Connection, query_id: uuid.UUID, batch_id: int, rows: i
 
 def _publish_clear(pipeline, pinned: list[tuple[uuid.UUID, int]]) -> str:
     """What the publish transaction does around ``clear_staged_rows``: pin the batches, clear, commit."""
-    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn, conn.transaction():
-        conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
-        for batch in pinned:
-            conn.execute("INSERT INTO pinned_batches VALUES (%s, %s)", batch)
-        return clear_staged_rows(conn)
+    with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")  # a wait for another session would fail here instead of hanging
+        with conn.transaction():
+            conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
+            for batch in pinned:
+                conn.execute("INSERT INTO pinned_batches VALUES (%s, %s)", batch)
+            return clear_staged_rows(conn)
 
 
 def _staged(pipeline) -> dict[tuple[str, int], int]:
@@ -67,12 +70,9 @@ def test_a_session_staging_right_now_is_neither_waited_for_nor_lost(pipeline):
         _stage(conn, PUBLISHED, 0, 300)
     with psycopg.connect(pipeline.settings.postgres_conninfo) as writer:
         _stage(writer, OTHER, 7, 40)  # uncommitted: holds ROW EXCLUSIVE on staging_events
-        with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
-            conn.execute("SET lock_timeout = '10s'")  # a wait for the writer would fail here instead of hanging
-            with conn.transaction():
-                conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) "
-                             "ON COMMIT DROP")
-                conn.execute("INSERT INTO pinned_batches VALUES (%s, 0)", (PUBLISHED,))
-                assert clear_staged_rows(conn) == "delete"
+        started = time.monotonic()
+        assert _publish_clear(pipeline, [(PUBLISHED, 0)]) == "delete"
+        # a publish that waited for the lock would give up only at its 10 s lock_timeout (and then delete too)
+        assert time.monotonic() - started < 5
         writer.commit()
     assert _staged(pipeline) == {(str(OTHER), 7): 40}
