@@ -4,7 +4,7 @@ Everything runs in a throw-away root (its own PostgreSQL on a free port, its own
 directories), like the integration tests' ``pipeline`` fixture. The phases:
 
 1. **data**: ``BENCH_ROWS`` rows (default 1,000,000) in files of ``BENCH_FILE_ROWS`` (5,000) rows from
-   ``include.generator`` with ~2 % invalid rows (``BENCH_INVALID_RATIO``) and the default version mix.
+   ``scripts.generator`` with ~2 % invalid rows (``BENCH_INVALID_RATIO``) and the default version mix.
 2. **copy**: the baseline. The same files are parsed in Python (not timed) and their storable rows (typed,
    one per event_id) are COPYed by psycopg into ``bench_copy_events``, a table shaped like
    ``ecommerce_events`` with its primary key; one transaction per file, one session. Timed: the COPYs.
@@ -127,7 +127,7 @@ def start_environment() -> Bench:
 
 # ------------------------------------------------------------------------------------------------ data
 def generate(directory: Path, rows: int, file_rows: int, invalid_ratio: float, seed: int) -> list[Path]:
-    from include.generator import EventGenerator
+    from scripts.generator import EventGenerator
 
     directory.mkdir(parents=True, exist_ok=True)
     generator = EventGenerator(seed, invalid_ratio=invalid_ratio)
@@ -146,8 +146,8 @@ _TYPES = {"user_id": int, "product_id": int, "quantity": int, "price": Decimal}
 
 def storable_csv(files: list[Path]) -> tuple[list[bytes], int]:
     """Per file, CSV text of its storable rows in ``EVENT_COLUMNS`` order (typed, first per event_id)."""
-    from include.event_parser import FileRejected, parse_file
-    from include.warehouse import EVENT_COLUMNS
+    from include.contract.parser import FileRejected, parse_file
+    from include.storage.staging import EVENT_COLUMNS
 
     seen: set[str] = set()
     chunks, total = [], 0
@@ -197,7 +197,7 @@ def slow_statements(bench: Bench, top: int = 12) -> list[tuple[float, str]]:
 
 
 def measure_copy(bench: Bench, files: list[Path]) -> dict:
-    from include.warehouse import EVENT_COLUMNS
+    from include.storage.staging import EVENT_COLUMNS
 
     chunks, rows = storable_csv(files)
     with bench.connect() as conn:
@@ -326,7 +326,7 @@ def dags_test(bench: Bench, sampler: TreeSampler, log_name: str) -> tuple[float,
 
 
 def backlog_left(bench: Bench) -> tuple[int, int]:
-    from include.landing import waiting_files
+    from include.storage.landing import waiting_files
 
     unpublished = bench.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL")
     return len(waiting_files(bench.settings.landing_dir)), unpublished
@@ -498,7 +498,7 @@ def measure_scheduler(bench: Bench, minutes: float) -> dict:
             batch_size = rates[label]
             phase_since = datetime.now(UTC)
             supervisor.start(f"generator-{label}", [
-                sys.executable, "-m", "include.generator", "--output-dir", str(bench.settings.landing_dir),
+                sys.executable, "-m", "scripts.generator", "--output-dir", str(bench.settings.landing_dir),
                 "--rate-seconds", "5", "--batch-size", str(batch_size), "--invalid-ratio", "0.02",
             ])
             # The first minute is the feed starting after idle minutes: its files wait for the next run's

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from include.quality.rules import RULES_BY_NAME
+from include.contract.rules import RULES_BY_NAME
 
 
 @dag(
@@ -63,8 +63,8 @@ def ecommerce_dlq_replay():
     @task
     def replay(params: dict | None = None, run_id: str | None = None) -> dict:
         """Re-validate the selected open dead letters with the current suite; publish those that now pass."""
-        from include.airflow_support import settings_from_connection
-        from include.replay import replay as replay_dead_letters
+        from include.airflow.callbacks import settings_from_connection
+        from include.publish.replay import replay as replay_dead_letters
 
         def moment(value):
             return datetime.fromisoformat(value) if value else None

@@ -10,7 +10,7 @@ with every reason, or counted as a duplicate of an event already stored.
 | `detect_work` | files waiting in `LANDING_DIR`, or batches staged but not yet published? If neither, the run stops here and **no JVM is started** |
 | `package_code` | zips `include/` and `spark_jobs/` for `spark-submit --py-files` into `data/code`, which every Airflow worker shares (reused while the code is unchanged) |
 | `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch. Detects each file's schema version from its header, upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
-| `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/quality/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
+| `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/contract/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
 | `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch, ledger marked published |
 | `quality_gate` | fails the run (after publishing) when the validity rate is below `MIN_VALIDITY_RATE` or a table-level check fails |
 
@@ -51,7 +51,12 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from include.airflow_support import alert_run_failure, alert_task_failure, check_feed_freshness, record_pipeline_failure
+from include.airflow.callbacks import (
+    alert_run_failure,
+    alert_task_failure,
+    check_feed_freshness,
+    record_pipeline_failure,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPARK_JOB = PROJECT_ROOT / "spark_jobs" / "ingest_events.py"
@@ -103,10 +108,11 @@ def ecommerce_events():
         """Anything to do? CSV files waiting in `LANDING_DIR`, or batches staged by an earlier run but not
         published. If not, the run ends here: no JVM for an empty minute. Zero-byte files (which Spark's
         scan skips) are quarantined here once they are 30 s old."""
-        from include import backfill, circuit_breaker
-        from include.airflow_support import settings_from_connection
-        from include.landing import quarantine_empty_files, waiting_files
-        from include.retry import with_connection
+        from include.airflow.callbacks import settings_from_connection
+        from include.ops import circuit_breaker
+        from include.publish.every_minute import backfill
+        from include.storage.connections import with_connection
+        from include.storage.landing import quarantine_empty_files, waiting_files
 
         settings = settings_from_connection()
         if dag_run is not None and backfill.is_backfill_run(dag_run.run_type):
@@ -133,18 +139,18 @@ def ecommerce_events():
     @task
     def package_code() -> str:
         """Zip `include/` and `spark_jobs/` for `--py-files`; the same code gives the same zip."""
-        from include.packaging import build_code_archive
+        from include.airflow.packaging import build_code_archive
 
         return str(build_code_archive())
 
     @task(on_failure_callback=record_pipeline_failure)
     def audit(run_id: str | None = None, dag_run=None) -> dict:
         """Validate every staged, unpublished row with the Great Expectations suite; rebuild the Data Docs.
-        In a backfill run: validate the run's re-read rows and re-derive them (`include/backfill.py`)."""
-        from include import backfill
-        from include.airflow_support import settings_from_connection
+        In a backfill run: validate the run's re-read rows and re-derive them (`include/publish/backfill.py`)."""
+        from include.airflow.callbacks import settings_from_connection
+        from include.publish.every_minute import backfill
         from include.quality.audit import prepare_candidates, validate
-        from include.retry import with_connection
+        from include.storage.connections import with_connection
 
         settings = settings_from_connection()
         if dag_run is not None and backfill.is_backfill_run(dag_run.run_type):
@@ -163,10 +169,10 @@ def ecommerce_events():
     @task(on_failure_callback=record_pipeline_failure)
     def publish(audit_result: dict, run_id: str | None = None) -> dict:
         """One transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events`, metrics."""
-        from include import circuit_breaker
-        from include.airflow_support import settings_from_connection
-        from include.publish import publish as publish_batches
-        from include.retry import with_connection
+        from include.airflow.callbacks import settings_from_connection
+        from include.ops import circuit_breaker
+        from include.publish.every_minute import publish as publish_batches
+        from include.storage.connections import with_connection
 
         if audit_result.get("backfill"):  # published by the backfill's audit task, under its lock
             print(f"backfill re-read {audit_result.get('input_files', 0)} file(s), {audit_result['total']} rows: "
@@ -188,8 +194,8 @@ def ecommerce_events():
         (WARNING on a breach, a recovery when it clears, CRITICAL when dead letters grow too fast)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.airflow_support import settings_from_connection
-        from include.alerts import after_quality_gate
+        from include.airflow.callbacks import settings_from_connection
+        from include.ops.alerts import after_quality_gate
 
         settings = settings_from_connection()
         threshold = settings.min_validity_rate
@@ -220,7 +226,7 @@ def ecommerce_events():
         name="ecommerce_events_ingest",
         application_args=[
             "--airflow-run-id", "{{ run_id }}",
-            # a backfill run re-reads its data interval's archived files in batch mode (include/backfill.py)
+            # a backfill run re-reads its data interval's archived files in batch mode (include/publish/backfill.py)
             "--run-type", "{{ 'backfill' if dag_run.run_type == 'backfill' else 'stream' }}",
             "--window-start", "{{ data_interval_start.isoformat() if data_interval_start else '' }}",
             "--window-end", "{{ data_interval_end.isoformat() if data_interval_end else '' }}",

@@ -1,6 +1,6 @@
 """Airflow plugin of the e-commerce pipeline: the "Data Quality" and "Dead letters" pages of the Airflow UI.
 
-Airflow 3 way: a FastAPI app (``include/airflow_ui.py``) mounted by the api-server at ``/ecommerce``, and
+Airflow 3 way: a FastAPI app (``include/airflow/ui.py``) mounted by the api-server at ``/ecommerce``, and
 two navigation entries (``external_views`` with destination ``nav``) that show its pages inside the UI:
 
 * Data Quality -> ``/ecommerce/data-docs/index.html``, the Great Expectations Data Docs
@@ -8,7 +8,7 @@ two navigation entries (``external_views`` with destination ``nav``) that show i
 
 Every Airflow process loads plugins (each task run does, for macros), so this module imports nothing
 heavy: the app is built on its first request, which only ever reaches the api-server. Its routes are
-protected by Airflow's own authorization dependency (see include/airflow_ui.py).
+protected by Airflow's own authorization dependency (see include/airflow/ui.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class _AppOnFirstRequest:
     def _get(self):
         with self._lock:
             if self._app is None:
-                from include.airflow_ui import create_app
+                from include.airflow.ui import create_app
 
                 self._app = create_app()
         return self._app

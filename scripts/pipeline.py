@@ -25,7 +25,7 @@ import psutil
 import psycopg
 
 from include.settings import PROJECT_ROOT, Settings
-from include.warehouse import apply_schema
+from include.storage.staging import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
 from scripts.local_postgres import LocalPostgres, ensure_database
 
@@ -172,7 +172,7 @@ def run() -> int:
         supervisor.start(
             "generator",
             [
-                sys.executable, "-m", "include.generator",
+                sys.executable, "-m", "scripts.generator",
                 "--output-dir", str(settings.landing_dir),
                 "--rate-seconds", os.environ.get("GENERATOR_RATE_SECONDS", "5"),
                 "--batch-size", os.environ.get("GENERATOR_BATCH_SIZE", "100"),

@@ -3,7 +3,7 @@
     spark-submit ... spark_jobs/ingest_events.py --airflow-run-id RUN_ID --run-type backfill \\
         --window-start 2026-11-24T02:02:00+00:00 --window-end 2026-11-24T02:03:00+00:00
 
-The driver lists the files of the window from ARCHIVE_DIR (``include.backfill.archived_files``: the hour
+The driver lists the files of the window from ARCHIVE_DIR (``include.publish.backfill.archived_files``: the hour
 folders of the window, each file's landing time is its mtime), reads that explicit list with a batch
 ``binaryFile`` read, and stages the rows with the streaming job's own parse and transforms
 (``BatchWriter._stage``) under a new backfill batch id. Each row keeps the lineage name of its file (the
@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 from pyspark.sql import functions as F
 
-from include.backfill import archived_files, discard_unpublished, record_backfill_batch, window
-from include.retry import with_connection
+from include.publish.backfill import archived_files, discard_unpublished, record_backfill_batch, window
 from include.settings import Settings
+from include.storage.connections import with_connection
 from spark_jobs.ingest_events import BatchWriter, build_spark
 
 log = logging.getLogger("backfill_batch")

@@ -36,11 +36,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from include import faults
-from include.landing import archive_path, move_file, quarantine_path
-from include.retry import open_connection, with_connection
-from include.schema_registry import CANONICAL
+from include.contract.versions import CANONICAL
 from include.settings import Settings, get_settings
-from include.warehouse import (
+from include.storage.connections import open_connection, with_connection
+from include.storage.landing import archive_path, move_file, quarantine_path
+from include.storage.staging import (
     STAGED_COLUMNS,
     clear_attempts,
     copy_arrow_to_staging,

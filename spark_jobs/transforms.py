@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from include import faults
-from include.event_parser import PARSED_COLUMNS, FileRejected, parse_file
+from include.contract.parser import PARSED_COLUMNS, FileRejected, parse_file
 
 PARSED_SCHEMA = T.StructType(
     [

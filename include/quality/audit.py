@@ -7,7 +7,7 @@
    checkpoint's UpdateDataDocsAction) and returns a JSON-able summary: per rule the number of failing rows,
    whether it passed, and a few sample event_ids; the table-level checks; the Data Docs address.
 
-The publish step (``include.publish``) routes rows with that summary.
+The publish step (``include.publish.every_minute``) routes rows with that summary.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import psycopg
 
-from include.quality.rules import SUITE_NAME, build_suite, suite_parameters
+from include.contract.rules import SUITE_NAME, build_suite, suite_parameters
 from include.settings import Settings
-from include.warehouse import CANDIDATE_COLUMNS
+from include.storage.staging import CANDIDATE_COLUMNS
 
 DATASOURCE = "ecommerce_postgres"
 ASSET = "audit_candidates"
@@ -92,7 +92,7 @@ def _checkpoint(context, settings: Settings, table: str = ASSET):
     """Register (or update) datasource, asset, suite, validation definition and checkpoint; return it.
 
     ``table`` is the table validated: ``audit_candidates`` for the every-minute runs, another table of the
-    same shape for backfills and replays (``include.backfill``), each with its own asset and checkpoint.
+    same shape for backfills and replays (``include.publish.backfill``), each with its own asset and checkpoint.
     """
     import great_expectations as gx
 

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from benchmarks.bench import _task_profile, p95, storable_csv
-from include.generator import EventGenerator
-from include.warehouse import EVENT_COLUMNS
+from include.storage.staging import EVENT_COLUMNS
+from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ import pyspark
 import pytest
 import yaml
 
-from include.packaging import CODE_ARCHIVE_DIR
+from include.airflow.packaging import CODE_ARCHIVE_DIR
 from include.settings import PROJECT_ROOT as SETTINGS_ROOT
 from include.settings import Settings
 
@@ -80,7 +80,7 @@ def test_every_component_is_a_service():
     assert commands["airflow-triggerer"] == "triggerer"
     assert commands["airflow-worker"] == "celery worker"
     assert commands["airflow-init"][-3:] == ["-m", "scripts.pipeline", "init"]
-    assert commands["generator"][:3] == ["python", "-m", "include.generator"]
+    assert commands["generator"][:3] == ["python", "-m", "scripts.generator"]
     assert DOCKERFILE.startswith("#")
 
 
@@ -164,7 +164,7 @@ def test_celery_executor_with_redis_broker_and_metadata_on_postgres():
     assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("@postgres:5432/airflow")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow")
-    assert "CREATE DATABASE airflow" in (ROOT / "include" / "sql" / "create_airflow_database.sql").read_text()
+    assert "CREATE DATABASE airflow" in (ROOT / "include" / "storage" / "sql" / "create_airflow_database.sql").read_text()
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:8080/")
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include import alerts
+from include.ops import alerts
 from include.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -144,7 +144,7 @@ def test_the_dag_raises_alerts_from_its_callbacks():
     counts also record the failure, the run alerts as a safety net, and a finished run checks freshness."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from include import airflow_support
+    from include.airflow import callbacks as airflow_support
     from tests.fixtures.pipeline import PROJECT_ROOT
 
     dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["ecommerce_events"]

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.backfill import archived_files, is_backfill_run, lineage_name, window
-from include.landing import archive_path
+from include.publish.backfill import archived_files, is_backfill_run, lineage_name, window
 from include.settings import Settings
+from include.storage.landing import archive_path
 
 pytestmark = pytest.mark.unit
 

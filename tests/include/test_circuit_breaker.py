@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.circuit_breaker import CLOSED, HALF_OPEN, OPEN, BreakerState, CircuitBreaker
+from include.ops.circuit_breaker import CLOSED, HALF_OPEN, OPEN, BreakerState, CircuitBreaker
 
 pytestmark = pytest.mark.unit
 

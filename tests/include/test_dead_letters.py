@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include import dead_letters
-from include.dead_letters import DeadLetterFilter, FilterError, csv_lines, csv_safe
+from include.airflow import dead_letters
+from include.airflow.dead_letters import DeadLetterFilter, FilterError, csv_lines, csv_safe
 
 pytestmark = pytest.mark.unit
 

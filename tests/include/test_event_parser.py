@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from include.event_parser import MAX_FIELD_CHARS, FileRejected, parse_file
-from include.schema_registry import V1, V2, V3
+from include.contract.parser import MAX_FIELD_CHARS, FileRejected, parse_file
+from include.contract.versions import V1, V2, V3
 
 pytestmark = pytest.mark.unit
 

@@ -16,9 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from include import generator as gen_module
-from include.event_parser import MAX_FIELD_CHARS, FileRejected, parse_file
-from include.generator import (
+from include.contract.parser import MAX_FIELD_CHARS, FileRejected, parse_file
+from include.contract.versions import (
+    BROWSERS,
+    CATEGORIES,
+    DEVICE_TYPES,
+    EVENT_TYPES,
+    LOGIN_REQUIRED_EVENT_TYPES,
+    REFERRERS,
+    USER_SEGMENTS,
+    VERSIONS,
+    detect_version,
+    migrate,
+)
+from scripts import generator as gen_module
+from scripts.generator import (
     AWKWARD_CITIES,
     BAD_FILE_KINDS,
     INJECTION_STRINGS,
@@ -31,18 +43,6 @@ from include.generator import (
     parse_version_mix,
     write_batch_file,
     write_events_csv,
-)
-from include.schema_registry import (
-    BROWSERS,
-    CATEGORIES,
-    DEVICE_TYPES,
-    EVENT_TYPES,
-    LOGIN_REQUIRED_EVENT_TYPES,
-    REFERRERS,
-    USER_SEGMENTS,
-    VERSIONS,
-    detect_version,
-    migrate,
 )
 
 pytestmark = pytest.mark.unit
@@ -274,7 +274,7 @@ def test_version_mix_is_respected():
 
 
 def test_cli_writes_the_requested_number_of_files(tmp_path, caplog):
-    caplog.set_level("INFO", logger="include.generator")
+    caplog.set_level("INFO", logger="scripts.generator")
     args = ["--output-dir", str(tmp_path), "--batches", "2", "--rate-seconds", "0", "--batch-size", "10",
             "--seed", "1"]
     assert main(args) == 0
@@ -300,7 +300,7 @@ def test_cli_defaults_to_the_landing_dir_and_rejects_bad_ratios(tmp_path, monkey
 
 def test_sigterm_stops_cleanly_after_the_current_file(tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "include.generator", "--output-dir", str(tmp_path), "--rate-seconds", "0.2",
+        [sys.executable, "-m", "scripts.generator", "--output-dir", str(tmp_path), "--rate-seconds", "0.2",
          "--batch-size", "50", "--seed", "9"],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -517,7 +517,7 @@ def test_new_ratios_are_validated():
 
 
 def test_cli_takes_the_new_ratios(tmp_path, caplog):
-    caplog.set_level("INFO", logger="include.generator")
+    caplog.set_level("INFO", logger="scripts.generator")
     args = ["--output-dir", str(tmp_path), "--batches", "12", "--rate-seconds", "0", "--batch-size", "40",
             "--seed", "2", "--version-mix", "v3=1", "--structural-ratio", "0.1", "--awkward-ratio", "0.1",
             "--bom-crlf-ratio", "0.5", "--bad-file-ratio", "0.3"]

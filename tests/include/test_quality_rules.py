@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.quality.rules import (
+from include.contract.rules import (
     ROW_RULES,
     TABLE_EXPECTATIONS,
     RowRule,

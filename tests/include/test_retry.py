@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from include.retry import db_retrying, is_transient
 from include.settings import Settings
+from include.storage.connections import db_retrying, is_transient
 
 pytestmark = pytest.mark.unit
 

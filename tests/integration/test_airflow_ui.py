@@ -26,9 +26,9 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from include.generator import EventGenerator, write_raw_file
-from include.schema_registry import V3
+from include.contract.versions import V3
 from scripts.airflow_env import ADMIN_USER, admin_password
+from scripts.generator import EventGenerator, write_raw_file
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.integration

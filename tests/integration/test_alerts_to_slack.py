@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from include import alerts
-from include.generator import EventGenerator
+from include.ops import alerts
+from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.integration
 

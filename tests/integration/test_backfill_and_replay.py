@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from include.generator import EventGenerator
+from scripts.generator import EventGenerator
 from scripts.pipeline import Supervisor, _wait_for_http
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
 
@@ -222,8 +222,8 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
 def test_archive_retention_deletes_only_expired_hour_folders_and_waits_for_backfills(pipeline):
     from dataclasses import replace
 
-    from include.backfill import delete_expired_archive, revalidation_lock
-    from include.landing import archive_path
+    from include.publish.backfill import delete_expired_archive, revalidation_lock
+    from include.storage.landing import archive_path
 
     pipeline.reset()
     settings = replace(pipeline.settings, archive_retention_days=2)

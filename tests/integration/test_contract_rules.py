@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from include.publish import publish
+from include.contract.rules import ROW_RULES, routing_predicate, suite_parameters
+from include.publish.every_minute import publish
 from include.quality.audit import data_docs_index, prepare_candidates, validate
-from include.quality.rules import ROW_RULES, routing_predicate, suite_parameters
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +119,7 @@ def test_publish_dead_letters_each_failing_row_with_exactly_its_rule(audited, pi
 
 
 def test_a_routing_that_disagrees_with_great_expectations_publishes_nothing(audited, pipeline):
-    from include.publish import RoutingMismatch
+    from include.publish.every_minute import RoutingMismatch
 
     settings, _, result = audited
     result["rules"]["price_in_range"]["unexpected_count"] += 1

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.generator import EventGenerator
-from include.schema_registry import V3
+from include.contract.versions import V3
+from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.generator import EventGenerator
+from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from include.generator import EventGenerator
-from include.packaging import build_code_archive
+from include.airflow.packaging import build_code_archive
+from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import uuid
 import psycopg
 import pytest
 
-from include.publish import clear_staged_rows
+from include.publish.every_minute import clear_staged_rows
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from include.generator import EventGenerator
+from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 from pyspark.sql import types as T
 
-from include.event_parser import PARSED_COLUMNS
-from include.schema_registry import V1, V2
+from include.contract.parser import PARSED_COLUMNS
+from include.contract.versions import V1, V2
 from spark_jobs.transforms import (
     PARSED_SCHEMA,
     filter_file_errors,

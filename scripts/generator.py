@@ -2,13 +2,13 @@
 
 Usage::
 
-    python -m include.generator [--output-dir DIR] [--rate-seconds 5] [--batch-size 100] [--seed N]
+    python -m scripts.generator [--output-dir DIR] [--rate-seconds 5] [--batch-size 100] [--seed N]
         [--version-mix v1=0.1,v2=0.3,v3=0.6] [--invalid-ratio 0.0] [--duplicate-ratio 0.0]
         [--late-ratio 0.0] [--structural-ratio 0.0] [--awkward-ratio 0.0] [--bom-crlf-ratio 0.0]
         [--bad-file-ratio 0.0] [--batches 0]
 
 Every ``--rate-seconds`` a file ``events_<YYYYmmdd_HHMMSS>_<6 hex>.csv`` (UTC stamp) of ``--batch-size``
-events is written. Its schema version (see ``include.schema_registry``) is drawn from ``--version-mix`` and
+events is written. Its schema version (see ``include.contract.versions``) is drawn from ``--version-mix`` and
 its header is that version's columns. The file is written as a dot-file (``.events_....csv.tmp``, which
 Spark ignores) and then renamed, so no reader sees half a file. ``--batches 0`` runs until SIGINT/SIGTERM,
 which stop it after the current file. ``--output-dir`` defaults to LANDING_DIR.
@@ -54,7 +54,7 @@ from pathlib import Path
 
 from faker import Faker
 
-from include.schema_registry import (
+from include.contract.versions import (
     BROWSERS,
     CATEGORIES,
     DEVICE_TYPES,
@@ -79,7 +79,7 @@ INVALID_KINDS: tuple[str, ...] = (
     "negative_price", "price_above_max", "zero_quantity", "non_numeric_price", "unparseable_event_time",
     "unknown_event_type", "purchase_without_user", "empty_event_id", "non_uuid_event_id", "zero_product_id",
 )
-# Damaged CSV records (``--structural-ratio``); the parser dead-letters them, see include.event_parser.
+# Damaged CSV records (``--structural-ratio``); the parser dead-letters them, see include.contract.parser.
 STRUCTURAL_KINDS: tuple[str, ...] = ("short_row", "extra_field", "oversize_field", "broken_quote")
 OVERSIZE_CHARS = 2048  # well over event_parser.MAX_FIELD_CHARS (1024)
 EXTRA_FIELD_VALUE = "unexpected"
@@ -560,7 +560,7 @@ ROW_RATIOS = ("invalid", "duplicate", "late", "structural", "awkward")
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m include.generator", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.generator", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--output-dir", type=Path, default=None, help="default: LANDING_DIR from settings")
     add("--rate-seconds", type=float, default=5.0, help="seconds between files (default 5)")

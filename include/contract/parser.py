@@ -22,7 +22,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from include.schema_registry import (
+from include.contract.versions import (
     CANONICAL_COLUMNS,
     MIGRATION_DEFAULTS,
     SchemaVersion,

@@ -8,7 +8,7 @@ For the batches an audit pinned (staged, unpublished), in one transaction:
 * one ``data_quality_metrics`` row per batch (total = valid + invalid + duplicates, by construction);
 * the ledger rows get ``published_at``; the staged rows are deleted.
 
-Each rule's routing predicate (``include.quality.rules.routing_predicate``) must select exactly as many
+Each rule's routing predicate (``include.contract.rules.routing_predicate``) must select exactly as many
 rows as Great Expectations counted as unexpected for that rule; otherwise nothing is published and
 ``RoutingMismatch`` says which rule disagrees.
 """
@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 
 from include import faults
-from include.quality.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
+from include.contract.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
 from include.settings import Settings
-from include.warehouse import EVENT_COLUMNS
+from include.storage.staging import EVENT_COLUMNS
 
 
 class RoutingMismatch(RuntimeError):

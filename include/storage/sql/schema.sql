@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS dead_letter_events (
     validation_errors  TEXT        NOT NULL,
     failed_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
     error_kind         TEXT        NOT NULL DEFAULT 'parse',   -- 'parse' (cannot be typed) or 'rule' (contract)
-    failed_rules       TEXT[]      NOT NULL DEFAULT '{}',      -- names of the broken rules (include/quality/rules.py)
+    failed_rules       TEXT[]      NOT NULL DEFAULT '{}',      -- names of the broken rules (include/contract/rules.py)
     -- lineage
     schema_version     TEXT,
     source_file        TEXT,
@@ -213,7 +213,7 @@ SELECT hour,
        round(b.total_records * 1000.0 / nullif(b.processing_time_ms, 0), 2) AS throughput
   FROM batches b FULL JOIN quarantine q USING (hour);
 
--- State of the circuit breaker (include/circuit_breaker.py): one row, shared by every run.
+-- State of the circuit breaker (include/ops/circuit_breaker.py): one row, shared by every run.
 CREATE TABLE IF NOT EXISTS pipeline_circuit_breaker (
     id                    INTEGER     PRIMARY KEY CHECK (id = 1),
     state                 TEXT        NOT NULL DEFAULT 'closed' CHECK (state IN ('closed', 'open', 'half_open')),
@@ -232,7 +232,7 @@ CREATE TABLE IF NOT EXISTS file_attempts (
 );
 
 -- ---------------------------------------------------------------------------------------------------------
--- Backfills from the archive and dead-letter replay (include/backfill.py, include/replay.py,
+-- Backfills from the archive and dead-letter replay (include/publish/backfill.py, include/publish/replay.py,
 -- docs/operations.md "Backfills and replays").
 
 -- Where a dead-lettered row stands: 'open' (waiting), 'replayed' (the replay DAG re-validated it and it is
@@ -286,7 +286,7 @@ CREATE INDEX IF NOT EXISTS ix_dead_letter_moves_source ON dead_letter_moves (sou
 CREATE UNLOGGED TABLE IF NOT EXISTS revalidation_candidates (LIKE staging_events);
 CREATE INDEX IF NOT EXISTS ix_revalidation_candidates_row ON revalidation_candidates (staging_row_id);
 
--- ===== Alerts (include/alerts.py) =====
+-- ===== Alerts (include/ops/alerts.py) =====
 -- One row per alert condition (quality_breach, task_failed, circuit_breaker_open, no_fresh_data,
 -- dead_letter_growth): what was last said about it, so a per-minute DAG alerts once per condition, again only
 -- when it changes or after ALERT_COOLDOWN_MINUTES, and once more when it recovers.

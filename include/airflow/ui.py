@@ -28,7 +28,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from include import dead_letters
+from include.airflow import dead_letters
 from include.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _connect():
     """A read-only connection with short timeouts to the database of the ``ecommerce_postgres`` connection."""
     import psycopg
 
-    from include.airflow_support import settings_from_connection
+    from include.airflow.callbacks import settings_from_connection
 
     settings = settings_from_connection()
     try:
@@ -103,7 +103,7 @@ def _templates():
 
 
 def _rule_descriptions() -> dict[str, str]:
-    from include.quality.rules import RULES_BY_NAME, describe, suite_parameters
+    from include.contract.rules import RULES_BY_NAME, describe, suite_parameters
 
     parameters = suite_parameters(Settings.from_env())
     descriptions = {name: describe(rule, parameters) for name, rule in RULES_BY_NAME.items()}

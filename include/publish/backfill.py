@@ -44,12 +44,12 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from include import publish
-from include.publish import PUBLISH_LOCK_SQL
+from include.publish import every_minute
+from include.publish.every_minute import PUBLISH_LOCK_SQL
 from include.quality.audit import MISSING_ID_KEY
-from include.retry import open_connection, with_connection
 from include.settings import Settings
-from include.warehouse import EVENT_COLUMNS
+from include.storage.connections import open_connection, with_connection
+from include.storage.staging import EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> dict[st
 
 
 def route_rule_failures(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings) -> None:
-    """The publish's rule routing (``include.publish.route_rule_failures``) over ``revalidation_candidates``."""
-    publish.route_rule_failures(conn, audit, settings, REVALIDATION_TABLE)
+    """The publish's rule routing (``include.publish.every_minute.route_rule_failures``) over ``revalidation_candidates``."""
+    every_minute.route_rule_failures(conn, audit, settings, REVALIDATION_TABLE)
     conn.execute("CREATE INDEX ON rule_failures (staging_row_id)")
 
 
@@ -371,7 +371,7 @@ def audit_and_publish(settings: Settings, airflow_run_id: str) -> dict[str, Any]
 
 def _gate_fields(result: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """What the ``quality_gate`` task reads, in the shape of an every-minute run's publish summary."""
-    from include.publish import validity_rate
+    from include.publish.every_minute import validity_rate
 
     valid, invalid = summary["pass"], summary["rule"] + summary["parse"]
     rules = result.get("rules", {})

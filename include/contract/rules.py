@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from include.schema_registry import CATEGORIES, EVENT_TYPES, LOGIN_REQUIRED_EVENT_TYPES, USER_SEGMENTS
+from include.contract.versions import CATEGORIES, EVENT_TYPES, LOGIN_REQUIRED_EVENT_TYPES, USER_SEGMENTS
 from include.settings import Settings
 
 SUITE_NAME = "ecommerce_events.contract"

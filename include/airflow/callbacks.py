@@ -35,8 +35,8 @@ def record_pipeline_failure(context) -> None:
     import logging
     from datetime import UTC, datetime
 
-    from include import circuit_breaker
-    from include.retry import with_connection
+    from include.ops import circuit_breaker
+    from include.storage.connections import with_connection
 
     settings = _callback_settings()
     error = context.get("exception")
@@ -57,7 +57,7 @@ def record_pipeline_failure(context) -> None:
     alert_task_failure(context, settings, f"circuit breaker: {new.consecutive_failures} consecutive failed run(s), "
                        f"opens at CIRCUIT_BREAKER_THRESHOLD {settings.circuit_breaker_threshold}")
     if opened:
-        from include import alerts
+        from include.ops import alerts
 
         _, run_id = alerts.run_of(context)
         alerts.raise_alert(settings, alerts.breaker_open_alert(
@@ -65,7 +65,7 @@ def record_pipeline_failure(context) -> None:
             alerts.airflow_base_url()))
 
 
-# --- alert callbacks (include/alerts.py); every import is lazy, none of them may raise -----------------------
+# --- alert callbacks (include/ops/alerts.py); every import is lazy, none of them may raise -----------------------
 
 def _callback_settings() -> Settings:
     try:
@@ -77,7 +77,7 @@ def _callback_settings() -> Settings:
 def alert_task_failure(context, settings: Settings | None = None, breaker_note: str | None = None) -> None:
     """Task ``on_failure_callback``: ERROR, the task failed after its retries. A failed ``quality_gate`` is a
     data-quality breach the gate itself reported as a WARNING, so it is not an ERROR too."""
-    from include import alerts
+    from include.ops import alerts
 
     try:
         from airflow.sdk.exceptions import AirflowFailException
@@ -100,7 +100,7 @@ def alert_task_failure(context, settings: Settings | None = None, breaker_note: 
 def alert_run_failure(context) -> None:
     """DAG ``on_failure_callback``: the safety net for a run that failed without a task alert (a task without
     callback, a timed-out run). Same condition as the task's alert, so it is not sent twice."""
-    from include import alerts
+    from include.ops import alerts
 
     try:
         ti = context.get("ti") or context.get("task_instance")
@@ -122,7 +122,7 @@ def check_feed_freshness(context) -> None:
     It runs after the run, outside every task, so the empty minute's `detect_work` pays nothing for it."""
     if not get_settings().feed_expected:
         return
-    from include import alerts
+    from include.ops import alerts
 
     try:
         alerts.check_freshness(_callback_settings(), alerts.run_of(context)[1])

@@ -35,7 +35,7 @@ class FilterError(ValueError):
 class DeadLetterFilter:
     """What the user asked to see. Empty fields do not filter."""
 
-    rule: str | None = None          # a rule name from include/quality/rules.py, or ``parse``
+    rule: str | None = None          # a rule name from include/contract/rules.py, or ``parse``
     reason: str | None = None        # case-insensitive text within validation_errors
     failed_from: datetime | None = None
     failed_to: datetime | None = None

@@ -2,7 +2,7 @@
 
 All bulk writes are ``COPY`` (psycopg 3). A Spark batch is staged exactly once: its ledger row in
 ``pipeline_batch_ledger`` is written after all its partitions are staged, and a batch Spark replays after
-a crash finds its ledger row and stages nothing. Publishing is ``include.publish``'s job.
+a crash finds its ledger row and stages nothing. Publishing is ``include.publish.every_minute``'s job.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg
 
-from include.retry import with_connection
 from include.settings import Settings
+from include.storage.connections import with_connection
 
 SCHEMA_SQL = Path(__file__).resolve().parent / "sql" / "schema.sql"
 

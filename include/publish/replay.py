@@ -27,11 +27,11 @@ from typing import Any
 
 import psycopg
 
-from include.backfill import REVALIDATION_TABLE, revalidation_lock, route_rule_failures
-from include.publish import PUBLISH_LOCK_SQL
-from include.retry import with_connection
+from include.publish.backfill import REVALIDATION_TABLE, revalidation_lock, route_rule_failures
+from include.publish.every_minute import PUBLISH_LOCK_SQL
 from include.settings import Settings
-from include.warehouse import EVENT_COLUMNS
+from include.storage.connections import with_connection
+from include.storage.staging import EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
