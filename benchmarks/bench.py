@@ -146,8 +146,8 @@ _TYPES = {"user_id": int, "product_id": int, "quantity": int, "price": Decimal}
 
 def storable_csv(files: list[Path]) -> tuple[list[bytes], int]:
     """Per file, CSV text of its storable rows in ``EVENT_COLUMNS`` order (typed, first per event_id)."""
+    from include.contract.columns import EVENT_COLUMNS
     from include.contract.parser import FileRejected, parse_file
-    from include.storage.staging import EVENT_COLUMNS
 
     seen: set[str] = set()
     chunks, total = [], 0
@@ -197,7 +197,7 @@ def slow_statements(bench: Bench, top: int = 12) -> list[tuple[float, str]]:
 
 
 def measure_copy(bench: Bench, files: list[Path]) -> dict:
-    from include.storage.staging import EVENT_COLUMNS
+    from include.contract.columns import EVENT_COLUMNS
 
     chunks, rows = storable_csv(files)
     with bench.connect() as conn:

@@ -1,12 +1,12 @@
 """Batch mode of the ingest job for backfills: stage exactly the archived files that landed in one window.
 
-    spark-submit ... spark_jobs/ingest_events.py --airflow-run-id RUN_ID --run-type backfill \\
+    spark-submit --py-files pipeline_code.zip spark_jobs/backfill_batch.py --airflow-run-id RUN_ID \\
         --window-start 2026-11-24T02:02:00+00:00 --window-end 2026-11-24T02:03:00+00:00
 
-The driver lists the files of the window from ARCHIVE_DIR (``include.publish.backfill.archived_files``: the hour
+The driver lists the files of the window from ARCHIVE_DIR (``include.storage.landing.archived_files``: the hour
 folders of the window, each file's landing time is its mtime), reads that explicit list with a batch
-``binaryFile`` read, and stages the rows with the streaming job's own parse and transforms
-(``BatchWriter._stage``) under a new backfill batch id. Each row keeps the lineage name of its file (the
+``binaryFile`` read, and stages the rows with the staging step the stream uses too
+(``spark_jobs.staging.stage_rows``) under a new backfill batch id. Each row keeps the lineage name of its file (the
 landing path), so the publish step can tell which stored rows the backfill owns.
 
 It never starts a streaming query, never touches CHECKPOINT_DIR, and never moves a file; it holds no
@@ -15,16 +15,18 @@ checkpoint lock, so it can run next to the every-minute ingest.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import uuid
 from datetime import UTC, datetime
 
 from pyspark.sql import functions as F
 
-from include.publish.backfill import archived_files, discard_unpublished, record_backfill_batch, window
-from include.settings import Settings
+from include.settings import Settings, get_settings
 from include.storage.connections import with_connection
-from spark_jobs.ingest_events import BatchWriter, build_spark
+from include.storage.landing import archived_files, window
+from include.storage.staging import discard_unpublished, record_backfill_batch
+from spark_jobs.staging import build_spark, stage_rows
 
 log = logging.getLogger("backfill_batch")
 
@@ -55,7 +57,7 @@ def run_backfill(settings: Settings, airflow_run_id: str, window_start: datetime
             )
             # Late arrival is judged against the window's end (when the original run processed these files),
             # so a backfill flags the same rows as the every-minute run did, whenever it runs.
-            rejected = BatchWriter(settings, airflow_run_id)._stage(landed, 0, backfill_batch_id, end)
+            rejected = stage_rows(landed, settings, query_id=backfill_batch_id, batch_id=0, started_at=end)
         finally:
             spark.stop()
         for source, _, reason in rejected:
@@ -67,3 +69,19 @@ def run_backfill(settings: Settings, airflow_run_id: str, window_start: datetime
     log.info("backfill %s: %d file(s), %d row(s) staged: %s", backfill_batch_id, len(files), rows,
              ", ".join(f.source_file for f in files) or "none")
     return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--airflow-run-id", required=True, help="run id recorded as lineage on every row")
+    parser.add_argument("--window-start", required=True, type=datetime.fromisoformat,
+                        help="the run's data interval start (ISO-8601)")
+    parser.add_argument("--window-end", required=True, type=datetime.fromisoformat,
+                        help="the run's data interval end (ISO-8601)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_backfill(get_settings(), args.airflow_run_id, args.window_start, args.window_end)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,27 +37,24 @@ from pyspark.sql import functions as F
 
 from include import faults
 from include.contract.versions import CANONICAL
+from include.names import INGEST_LOCK_PREFIX
 from include.settings import Settings, get_settings
-from include.storage.connections import open_connection, with_connection
+from include.storage.connections import with_connection
 from include.storage.landing import archive_path, move_file, quarantine_path
+from include.storage.locks import session_lock
 from include.storage.staging import (
-    STAGED_COLUMNS,
     clear_attempts,
-    copy_arrow_to_staging,
     count_attempt,
     file_attempts,
     prepare_staging,
     quarantined_in_batch,
     record_staged_batch,
 )
+from spark_jobs.staging import PhaseClock, build_spark, stage_rows, typed_events
 from spark_jobs.transforms import (
     PARSED_SCHEMA,
-    filter_file_errors,
     local_path,
     parse_landed_files,
-    with_late_arrival,
-    with_total_amount,
-    with_typed_columns,
 )
 
 log = logging.getLogger("ingest_events")
@@ -82,7 +79,7 @@ class BatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started_at = datetime.now(UTC)
-        clock = _PhaseClock()
+        clock = PhaseClock()
         uris = {
             row.path: datetime.fromtimestamp(row.modificationTime.timestamp(), UTC)
             for row in batch.select("path", "modificationTime").collect()
@@ -100,7 +97,8 @@ class BatchWriter:
             else:
                 with_connection(settings, lambda conn: count_attempt(conn, [str(p) for p in files]))
                 clock.lap("ledger checks")
-                quarantined = self._stage(batch, batch_id, query_id, started_at, clock=clock)
+                quarantined = stage_rows(batch, settings, query_id=query_id, batch_id=batch_id, started_at=started_at,
+                                         clock=clock)
             recorded = with_connection(settings, lambda conn: record_staged_batch(
                 conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
                 input_files=len(files), started_at=started_at, quarantined=quarantined,
@@ -138,67 +136,16 @@ class BatchWriter:
                 log.error("quarantining %s: %s", path, reason)
                 continue
             with_connection(settings, lambda conn, path=path: count_attempt(conn, [path]))
-            quarantined += self._stage(batch.filter(F.col("path") == uri), batch_id, query_id, started_at,
-                                       partition_offset=(index + 1) * 100_000)
+            quarantined += stage_rows(batch.filter(F.col("path") == uri), settings, query_id=query_id,
+                                      batch_id=batch_id, started_at=started_at, partition_offset=(index + 1) * 100_000)
             with_connection(settings, lambda conn, path=path: clear_attempts(conn, [path]))
         return quarantined
-
-    def _stage(self, batch: DataFrame, batch_id: int, query_id: str, started_at: datetime,
-               partition_offset: int = 0, clock: _PhaseClock | None = None) -> list[tuple[str, str, str]]:
-        """Parse, type and COPY the batch's rows into staging (from the executors); return rejected files."""
-        clock = clock or _PhaseClock()
-        parsed = batch.select("path", "content").mapInArrow(parse_landed_files, PARSED_SCHEMA).persist()
-        try:
-            rejected = {
-                row.source_file: row.file_error
-                for row in parsed.filter("file_error IS NOT NULL").select("source_file", "file_error").collect()
-            }
-            clock.lap("parse")
-            events = typed_events(parsed, started_at, self.settings.late_arrival_minutes)
-            # The executors get the database settings inside this closure, which Spark pickles with each
-            # task: nothing on the spark-submit command line, nothing in the Spark conf or UI, and no
-            # POSTGRES_* on the cluster's workers (docs/scaling.md). Only `settings` is captured, not `self`.
-            settings = self.settings
-
-            def stage_partition(batches):
-                import pyarrow as pa
-                from pyspark import TaskContext
-
-                from include import faults
-
-                partition = partition_offset + TaskContext.get().partitionId()
-                started = time.perf_counter()
-                rows, copy_seconds = copy_arrow_to_staging(settings, query_id, batch_id, partition, batches)
-                faults.reached("mid_staging")
-                yield pa.RecordBatch.from_pylist([{"partition": partition, "staged": rows, "copy_s": copy_seconds,
-                                                   "task_s": time.perf_counter() - started}])
-
-            results = events.mapInArrow(stage_partition, "partition long, staged long, copy_s double, task_s double").collect()
-            staged = sum(r.staged for r in results)
-            clock.lap("type + stage")
-        finally:
-            parsed.unpersist()
-        log.info("batch %s: %d rows staged by %d partitions (%s)", batch_id, staged, len(results),
-                 ", ".join(f"#{r.partition} {r.staged} rows, task {r.task_s:.2f} s of which COPY {r.copy_s:.2f} s"
-                           for r in results))
-        return [(source, str(quarantine_path(self.settings.quarantine_dir, source, started_at)), reason) for source, reason in rejected.items()]
 
     def _move_files(self, files: dict[Path, datetime], quarantined: list[tuple[str, str, str]]) -> None:
         to_quarantine = {Path(source): Path(target) for source, target, _ in quarantined}
         for source, landed_at in files.items():
             target = to_quarantine.get(source) or archive_path(self.settings.archive_dir, source, landed_at)
             move_file(source, target)
-
-
-def typed_events(parsed: DataFrame, processing_time: datetime, late_arrival_minutes: int) -> DataFrame:
-    """Parsed records of readable files -> typed rows in ``STAGED_COLUMNS`` order."""
-    return (
-        parsed.transform(filter_file_errors)
-        .transform(with_typed_columns)
-        .transform(with_total_amount)
-        .transform(lambda df: with_late_arrival(df, processing_time, late_arrival_minutes))
-        .select(*STAGED_COLUMNS)
-    )
 
 
 # A file of two events that exercises the parse and typing paths (one good row, one that fails typing).
@@ -252,19 +199,6 @@ class _PhaseClock:
         return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self._laps)
 
 
-def build_spark(app_name: str = "ecommerce_events_ingest") -> SparkSession:
-    return (
-        SparkSession.builder.appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
-        # A file moved to the archive by a batch that crashed before its checkpoint commit is simply gone
-        # on replay; the ledger already holds that batch.
-        .config("spark.sql.files.ignoreMissingFiles", "true")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-
-
 class IngestAlreadyRunning(RuntimeError):
     """Another ingest holds this checkpoint; two live queries must never share it."""
 
@@ -277,21 +211,16 @@ def checkpoint_lock(settings: Settings) -> Iterator[None]:
     ``make run``) waits up to INGEST_LOCK_WAIT_SECONDS, then fails with ``IngestAlreadyRunning``. The lock
     dies with its session, so a killed job never leaves it behind.
     """
-    key = f"ecommerce_events ingest {settings.checkpoint_dir.resolve()}"
-    conn = open_connection(settings, autocommit=True)
-    try:
-        deadline = time.monotonic() + settings.ingest_lock_wait_seconds
-        while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise IngestAlreadyRunning(
-                    f"another ingest has been using {settings.checkpoint_dir} for over "
-                    f"{settings.ingest_lock_wait_seconds} s; this run gives up (Airflow will retry it)"
-                )
-            log.info("another ingest is using %s; waiting", settings.checkpoint_dir)
-            time.sleep(2)
+    name = f"{INGEST_LOCK_PREFIX} {settings.checkpoint_dir.resolve()}"
+    with session_lock(settings, name, wait_seconds=settings.ingest_lock_wait_seconds, poll_seconds=2,
+                      on_wait=lambda _: log.info("another ingest is using %s; waiting", settings.checkpoint_dir)
+                      ) as acquired:
+        if not acquired:
+            raise IngestAlreadyRunning(
+                f"another ingest has been using {settings.checkpoint_dir} for over "
+                f"{settings.ingest_lock_wait_seconds} s; this run gives up (Airflow will retry it)"
+            )
         yield
-    finally:
-        conn.close()
 
 
 def run(settings: Settings, airflow_run_id: str | None) -> None:
@@ -319,24 +248,11 @@ def run(settings: Settings, airflow_run_id: str | None) -> None:
             spark.stop()
 
 
-def _optional_time(text: str) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--airflow-run-id", default=None, help="run id recorded as lineage on every row")
-    # A backfill run re-reads the archived files of its data interval in batch mode (spark_jobs/backfill_batch.py).
-    parser.add_argument("--run-type", default="stream", choices=["stream", "backfill"])
-    parser.add_argument("--window-start", type=_optional_time, help="backfill: data interval start (ISO-8601)")
-    parser.add_argument("--window-end", type=_optional_time, help="backfill: data interval end (ISO-8601)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.run_type == "backfill":
-        from spark_jobs.backfill_batch import run_backfill
-
-        run_backfill(get_settings(), args.airflow_run_id, args.window_start, args.window_end)
-        return
     run(get_settings(), args.airflow_run_id)
 
 

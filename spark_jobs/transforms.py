@@ -14,7 +14,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from include import faults
-from include.contract.parser import PARSED_COLUMNS, FileRejected, parse_file
+from include.contract.columns import PARSED_COLUMNS, TYPED_FEED_COLUMNS
+from include.contract.parser import FileRejected, parse_file
 
 PARSED_SCHEMA = T.StructType(
     [
@@ -27,14 +28,11 @@ _ARROW_PARSED_SCHEMA = pa.schema(
     [pa.field(f.name, pa.int32() if f.name == "source_line" else pa.string()) for f in PARSED_SCHEMA.fields]
 )
 
-# Target type of each text column that must be typed, and how its value is named in a reason.
-TYPED_COLUMNS: dict[str, T.DataType] = {
-    "user_id": T.IntegerType(),
-    "product_id": T.IntegerType(),
-    "price": T.DecimalType(12, 2),
-    "quantity": T.IntegerType(),
-    "event_time": T.TimestampType(),
+# Target type of each feed column that is not text (from the column table), as Spark spells it.
+_SPARK_TYPES: dict[str, T.DataType] = {
+    "integer": T.IntegerType(), "numeric(12,2)": T.DecimalType(12, 2), "timestamp with time zone": T.TimestampType(),
 }
+TYPED_COLUMNS: dict[str, T.DataType] = {column: _SPARK_TYPES[sql] for column, sql in TYPED_FEED_COLUMNS.items()}
 
 
 def local_path(uri: str) -> str:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from include.names import POSTGRES_CONN_ID
 from include.settings import Settings, get_settings
-
-POSTGRES_CONN_ID = "ecommerce_postgres"
 
 
 def settings_from_connection(conn_id: str = POSTGRES_CONN_ID) -> Settings:

@@ -1,4 +1,7 @@
-"""Package the project code Spark needs (``include/`` and ``spark_jobs/``) as a zip for ``--py-files``.
+"""Package the project code Spark imports as a zip for ``--py-files``: ``spark_jobs/``, the contract, the
+storage layer and the few pure modules below them (settings, names, fault hooks). Nothing of Airflow, GX,
+publish, ops or the UI goes to the executors; ``tests/test_layers.py`` checks that this list covers
+everything the Spark jobs import.
 
 spark-submit ships the zip to the driver and every executor, so the same DAG works for ``local[*]`` and for
 a standalone cluster. The zip is named by the hash of its content: building it again for unchanged code
@@ -20,7 +23,8 @@ from pathlib import Path
 
 from include.settings import PROJECT_ROOT
 
-PACKAGES = ("include", "spark_jobs")
+PACKAGES = ("spark_jobs", "include/contract", "include/storage")
+MODULES = ("include/__init__.py", "include/settings.py", "include/names.py", "include/faults.py")
 _SUFFIXES = (".py", ".sql", ".json")
 CODE_ARCHIVE_DIR = PROJECT_ROOT / "data" / "code"
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry no build time, so equal code gives equal bytes
@@ -28,10 +32,9 @@ _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry no build time, so equal
 
 def _sources(root: Path) -> list[Path]:
     return sorted(
-        path
-        for package in PACKAGES
-        for path in (root / package).rglob("*")
-        if path.is_file() and path.suffix in _SUFFIXES and "__pycache__" not in path.parts
+        [path for package in PACKAGES for path in (root / package).rglob("*")
+         if path.is_file() and path.suffix in _SUFFIXES and "__pycache__" not in path.parts]
+        + [root / module for module in MODULES]
     )
 
 

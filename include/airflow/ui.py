@@ -29,11 +29,11 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.airflow import dead_letters
+from include.names import DAG_ID
 from include.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DAG_ID = "ecommerce_events"
 URL_PREFIX = "/ecommerce"
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 CONNECT_TIMEOUT_SECONDS = 5

@@ -35,8 +35,6 @@ MAX_FIELD_CHARS = 1024
 # Above this csv refuses to read a field at all; such a record is dead-lettered with its raw text.
 _CSV_FIELD_LIMIT = 16 * 1024 * 1024
 
-LINEAGE_COLUMNS: tuple[str, ...] = ("schema_version", "source_file", "source_line", "raw_data", "parse_errors")
-PARSED_COLUMNS: tuple[str, ...] = CANONICAL_COLUMNS + LINEAGE_COLUMNS
 
 
 class FileRejected(ValueError):

@@ -100,24 +100,6 @@ def reason_sql(rule: RowRule, parameters: Mapping[str, Any]) -> str:
     return f"{text} || ' ({column} = ' || coalesce(left({column}::text, 80), 'NULL') || ')'"
 
 
-def build_suite(parameters: Mapping[str, Any]):
-    """The Great Expectations suite (rule name in each expectation's ``meta``, reason in its description)."""
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-
-    expectations = [
-        getattr(gxe, rule.expectation_type)(
-            **rule.kwargs, description=describe(rule, parameters), meta={"rule": rule.name, "routes_rows": True}
-        )
-        for rule in ROW_RULES
-    ]
-    expectations += [
-        getattr(gxe, expectation_type)(**kwargs, meta={"rule": name, "routes_rows": False})
-        for name, expectation_type, kwargs in TABLE_EXPECTATIONS
-    ]
-    return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations, meta={"notes": __doc__})
-
-
 def _literal(value: Any, parameters: Mapping[str, Any]) -> str:
     if isinstance(value, Mapping) and "$PARAMETER" in value:
         value = parameters[value["$PARAMETER"]]

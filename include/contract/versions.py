@@ -6,6 +6,9 @@
 | v2 | v1 + session_id, category, quantity, user_segment (in the order below) |
 | v3 | v2 + device_type, browser, geo_country, geo_city, referrer, campaign_id (canonical) |
 
+The versions derive from the column table (``include.contract.columns``: each feed column says since which
+version it exists).
+
 A file's version is decided by its header line alone (an exact match of the column names, after a UTF-8 BOM
 is stripped and a CRLF ending is removed). ``migrate`` fills the columns a version lacks with the defaults
 in ``MIGRATION_DEFAULTS``: ``quantity`` becomes 1 (a v1 event is one item) and every other missing column
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from include.contract.columns import COLUMNS, FEED_COLUMNS
 
 EVENT_TYPES: tuple[str, ...] = ("view", "search", "add_to_cart", "remove_from_cart", "wishlist", "purchase")
 # Business rule of the original system: these actions need a logged-in user.
@@ -39,21 +44,15 @@ class SchemaVersion:
         return ",".join(self.columns)
 
 
-V1 = SchemaVersion("v1", ("event_id", "user_id", "event_type", "product_id", "price", "event_time"))
-V2 = SchemaVersion(
-    "v2",
-    (
-        "event_id", "user_id", "session_id", "event_type", "product_id", "category",
-        "price", "quantity", "user_segment", "event_time",
-    ),
-)
-V3 = SchemaVersion(
-    "v3",
-    V2.columns + ("device_type", "browser", "geo_country", "geo_city", "referrer", "campaign_id"),
-)
+def _version(name: str) -> SchemaVersion:
+    """A version's columns: the feed columns of the column table that existed by then, in canonical order."""
+    return SchemaVersion(name, tuple(c.name for c in COLUMNS if c.role == "feed" and c.since <= name))
+
+
+V1, V2, V3 = _version("v1"), _version("v2"), _version("v3")
 VERSIONS: dict[str, SchemaVersion] = {v.name: v for v in (V1, V2, V3)}
 CANONICAL = V3
-CANONICAL_COLUMNS = CANONICAL.columns
+CANONICAL_COLUMNS = FEED_COLUMNS
 
 # Value a column takes when the file's version does not carry it (as CSV text, before typing).
 MIGRATION_DEFAULTS: Mapping[str, str | None] = {

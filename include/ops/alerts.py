@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from include.names import DAG_ID, SLACK_CONN_ID
+from include.results import PublishSummary
 from include.settings import Settings
 
 log = logging.getLogger(__name__)
 
 INFO, WARNING, ERROR, CRITICAL, RECOVERED = "INFO", "WARNING", "ERROR", "CRITICAL", "RECOVERED"
-SLACK_CONN_ID = "slack_alerts"
 SLACK_TIMEOUT_SECONDS = 10
-DAG_ID = "ecommerce_events"
 ICONS = {WARNING: ":warning:", ERROR: ":x:", CRITICAL: ":rotating_light:", RECOVERED: ":white_check_mark:"}
 
 # the conditions (alert keys)
@@ -148,19 +148,18 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
     return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}]}
 
 
-def quality_breach_alert(summary: dict, problems: list[str], threshold: float, run_id: str | None,
+def quality_breach_alert(summary: PublishSummary, problems: list[str], threshold: float, run_id: str | None,
                          base_url: str) -> Alert:
-    top = [f"{r['rule']}: {r['rows']} row(s), e.g. event_id {', '.join(r['sample_event_ids'][:3]) or 'n/a'}"
-           for r in summary.get("failing_rules", [])[:3]]
-    failed_checks = sorted(name for name, check in summary.get("table_checks", {}).items() if not check["success"])
-    below = [f"validity<{threshold}"] if summary["total"] and summary["validity_rate"] < threshold else []
-    fingerprint = ";".join(below + [f"table_check:{name}" for name in failed_checks])
+    top = [f"{r.rule}: {r.rows} row(s), e.g. event_id {', '.join(r.sample_event_ids[:3]) or 'n/a'}"
+           for r in summary.failing_rules[:3]]
+    below = [f"validity<{threshold}"] if summary.total and summary.validity_rate < threshold else []
+    fingerprint = ";".join(below + [f"table_check:{name}" for name in summary.breached_checks])
     return Alert(
         WARNING, QUALITY_BREACH, fingerprint or "breach", "data quality breach", run_id=run_id,
         details=(*problems,
-                 f"validity {summary['validity_rate']}% (MIN_VALIDITY_RATE {threshold}%); rows: {summary['total']} "
-                 f"total, {summary['valid']} valid, {summary['invalid']} dead-lettered, "
-                 f"{summary['duplicates']} duplicates",
+                 f"validity {summary.validity_rate}% (MIN_VALIDITY_RATE {threshold}%); rows: {summary.total} "
+                 f"total, {summary.valid} valid, {summary.invalid} dead-lettered, "
+                 f"{summary.duplicates} duplicates",
                  *(f"top failing rule {line}" for line in top)),
         links=links(base_url, run_id), sql=dead_letter_sql(run_id) if run_id else None,
     )
@@ -352,7 +351,7 @@ def run_of(context) -> tuple[str, str | None]:
     return dag_id, context.get("run_id") or getattr(dag_run, "run_id", None)
 
 
-def after_quality_gate(settings: Settings, summary: dict, problems: list[str], run_id: str | None) -> None:
+def after_quality_gate(settings: Settings, summary: PublishSummary, problems: list[str], run_id: str | None) -> None:
     """Called by ``quality_gate`` after a publish: recovery of failures and breaker (the run got through),
     WARNING on a breach or its recovery, CRITICAL when dead letters grow too fast. Never raises."""
     base_url = airflow_base_url()
@@ -363,9 +362,9 @@ def after_quality_gate(settings: Settings, summary: dict, problems: list[str], r
             if problems:
                 raise_alert(settings, quality_breach_alert(summary, problems, settings.min_validity_rate, run_id,
                                                            base_url), conn)
-            elif summary["total"]:
+            elif summary.total:
                 clear_alerts(settings, (QUALITY_BREACH,),
-                             f"validity {summary['validity_rate']}% is at or above MIN_VALIDITY_RATE "
+                             f"validity {summary.validity_rate}% is at or above MIN_VALIDITY_RATE "
                              f"{settings.min_validity_rate}%", run_id, base_url, conn)
             check_dead_letter_growth(settings, conn, run_id, base_url)
     except Exception:  # noqa: BLE001

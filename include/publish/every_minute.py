@@ -15,18 +15,12 @@ rows as Great Expectations counted as unexpected for that rule; otherwise nothin
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg
 
 from include import faults
-from include.contract.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
+from include.publish import sql
+from include.results import AuditResult, PublishSummary, failing_rules, validity_rate
 from include.settings import Settings
-from include.storage.staging import EVENT_COLUMNS
-
-
-class RoutingMismatch(RuntimeError):
-    """The SQL routing of a rule disagrees with Great Expectations' count; nothing was published."""
 
 
 class AuditOutOfDate(RuntimeError):
@@ -35,18 +29,14 @@ class AuditOutOfDate(RuntimeError):
 
 _PENDING = "(spark_query_id, spark_batch_id) IN (SELECT * FROM pinned_batches)"
 
-# Every path that writes ecommerce_events / dead_letter_events (this publish, backfills, dead-letter replays)
-# takes this transaction-level lock first, so their transactions never interleave.
-PUBLISH_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('ecommerce_events publish'))"
 
-
-def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings, airflow_run_id: str) -> dict[str, Any]:
-    """Publish the batches of ``audit`` (the output of ``prepare_candidates`` merged with ``validate``)."""
-    batches = [tuple(b) for b in audit["batches"]]
+def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, airflow_run_id: str) -> PublishSummary:
+    """Publish the batches the audit pinned and validated."""
+    batches = audit.batches
     if not batches:
-        return _summary([], {})
+        return _summary([], audit)
     with conn.transaction():
-        conn.execute(PUBLISH_LOCK_SQL)
+        sql.lock(conn)
         conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
         with conn.cursor().copy("COPY pinned_batches FROM STDIN") as copy:
             for batch in batches:
@@ -55,16 +45,18 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
             f"SELECT 1 FROM pipeline_batch_ledger WHERE {_PENDING} AND published_at IS NULL FOR UPDATE"
         ).fetchall())
         if unpublished == 0:
-            return {**_summary([], {}), "already_published": True}
+            summary = _summary([], audit)
+            summary.already_published = True
+            return summary
         if unpublished != len(batches):
             raise AuditOutOfDate(f"{len(batches) - unpublished} of the audited batches were published meanwhile")
         candidates = conn.execute("SELECT count(*) FROM audit_candidates").fetchone()[0]
-        if candidates != audit["candidate_rows"]:
-            raise AuditOutOfDate(f"audit_candidates holds {candidates} rows, the audit saw {audit['candidate_rows']}")
+        if candidates != audit.candidate_rows:
+            raise AuditOutOfDate(f"audit_candidates holds {candidates} rows, the audit saw {audit.candidate_rows}")
 
-        route_rule_failures(conn, audit, settings, "audit_candidates")
+        sql.route_rule_failures(conn, audit.validation, settings, "audit_candidates")
 
-        lineage = "schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id"
+        lineage = sql.DEAD_LETTER_LINEAGE
         conn.execute(
             f"""
             INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, {lineage})
@@ -90,20 +82,15 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
                       l.airflow_run_id, c.spark_query_id, c.spark_batch_id
             """
         )
-        columns = ", ".join(EVENT_COLUMNS)
+        inserted = sql.insert_events(
+            "audit_candidates c JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)",
+            run_id="l.airflow_run_id", where=sql.PASSES_EVERY_RULE,
+            returning="spark_query_id, spark_batch_id, is_late_arrival")
         stored = {
             (str(q), b): (n, late)
             for q, b, n, late in conn.execute(
                 f"""
-                WITH stored AS (
-                    INSERT INTO ecommerce_events ({columns}, airflow_run_id, spark_query_id, spark_batch_id)
-                    SELECT {", ".join("c." + c for c in EVENT_COLUMNS)}, l.airflow_run_id, c.spark_query_id,
-                           c.spark_batch_id
-                      FROM audit_candidates c JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
-                     WHERE NOT EXISTS (SELECT 1 FROM rule_failures f WHERE f.staging_row_id = c.staging_row_id)
-                    ON CONFLICT (event_id) DO NOTHING
-                    RETURNING spark_query_id, spark_batch_id, is_late_arrival
-                )
+                WITH stored AS ({inserted})
                 SELECT spark_query_id, spark_batch_id, count(*), count(*) FILTER (WHERE is_late_arrival)
                   FROM stored GROUP BY 1, 2
                 """
@@ -148,7 +135,7 @@ def publish(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings,
         clear_staged_rows(conn)
         conn.execute("TRUNCATE audit_candidates")
         faults.reached("publish_in_transaction")
-    return _summary(rows, audit["rules"])
+    return _summary(rows, audit)
 
 
 def clear_staged_rows(conn: psycopg.Connection) -> str:
@@ -172,45 +159,12 @@ def clear_staged_rows(conn: psycopg.Connection) -> str:
     return "delete"
 
 
-def route_rule_failures(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings, table: str) -> None:
-    """Fill the temp table ``rule_failures`` (row id, rule, reason) from the validated ``table`` with each rule's
-    routing predicate, refusing (``RoutingMismatch``) where it disagrees with Great Expectations' count.
-    Shared by the every-minute publish (``audit_candidates``) and backfills/replays (``revalidation_candidates``)."""
-    parameters = suite_parameters(settings)
-    predicates = {rule.name: routing_predicate(rule, parameters) for rule in ROW_RULES}
-    # One scan of the whole table finds the rows that break any rule (a few percent); each rule's routing then
-    # reads only those. A predicate that is NULL for a row selects it neither here nor alone.
-    conn.execute(
-        f"CREATE TEMP TABLE failing_candidates ON COMMIT DROP AS SELECT * FROM {table} WHERE "
-        + " OR ".join(f"({predicate})" for predicate in predicates.values())
-    )
-    conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
-    for rule in ROW_RULES:
-        routed = conn.execute(
-            f"INSERT INTO rule_failures SELECT staging_row_id, %s, {reason_sql(rule, parameters)} "
-            f"FROM failing_candidates WHERE {predicates[rule.name]}",
-            (rule.name,),
-        ).rowcount
-        expected = audit["rules"][rule.name]["unexpected_count"]
-        if routed != expected:
-            raise RoutingMismatch(
-                f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
-                "nothing was written (fix routing_predicate for this expectation type)"
-            )
-
-
-def validity_rate(valid: int, invalid: int) -> float:
-    """Share of the distinct rows of a batch that passed, in percent (duplicates are neither)."""
-    return round(100.0 * valid / (valid + invalid), 2) if valid + invalid else 100.0
-
-
-def _summary(batches: list[dict[str, Any]], rules: dict[str, Any]) -> dict[str, Any]:
+def _summary(batches: list[dict], audit: AuditResult) -> PublishSummary:
     totals = {key: sum(b[key] for b in batches) for key in ("total", "valid", "invalid", "duplicates", "late",
                                                               "quarantined_files")}
-    failing = sorted(
-        ({"rule": name, "rows": r["unexpected_count"], "description": r["description"],
-          "sample_event_ids": r["sample_event_ids"]} for name, r in rules.items() if r["unexpected_count"]),
-        key=lambda r: -r["rows"],
+    validation = audit.validation
+    return PublishSummary(
+        path="every_minute", **totals, validity_rate=validity_rate(totals["valid"], totals["invalid"]),
+        failing_rules=failing_rules(validation), table_checks=validation.table_checks if validation else {},
+        data_docs=validation.data_docs if validation else None, batches=batches,
     )
-    return {**totals, "validity_rate": validity_rate(totals["valid"], totals["invalid"]), "batches": batches,
-            "failing_rules": failing}

@@ -27,11 +27,12 @@ from typing import Any
 
 import psycopg
 
-from include.publish.backfill import REVALIDATION_TABLE, revalidation_lock, route_rule_failures
-from include.publish.every_minute import PUBLISH_LOCK_SQL
+from include.publish import sql
+from include.publish.backfill import REVALIDATION_TABLE
+from include.results import Validation, failing_rules
 from include.settings import Settings
 from include.storage.connections import with_connection
-from include.storage.staging import EVENT_COLUMNS
+from include.storage.locks import revalidation_lock
 
 log = logging.getLogger(__name__)
 
@@ -88,47 +89,34 @@ def prepare_candidates(conn: psycopg.Connection, where: str, params: dict[str, A
             "candidates": candidates}
 
 
-def apply(conn: psycopg.Connection, audit: dict[str, Any], settings: Settings, where: str,
+def apply(conn: psycopg.Connection, validation: Validation | None, settings: Settings, where: str,
           params: dict[str, Any], airflow_run_id: str, dry_run: bool) -> dict[str, int]:
     """Route, publish and update the dead letters in one transaction (rolled back for a dry run)."""
     counts: dict[str, int] = {}
     try:
         with conn.transaction():
-            conn.execute(PUBLISH_LOCK_SQL)
-            if audit["candidates"]:
-                route_rule_failures(conn, audit, settings)
-            else:
-                conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) "
-                             "ON COMMIT DROP")
-            columns = ", ".join(EVENT_COLUMNS)
+            sql.lock(conn)
+            sql.route_rule_failures(conn, validation, settings, REVALIDATION_TABLE)
+            inserted = sql.insert_events(f"{REVALIDATION_TABLE} c", run_id="%s", where=sql.PASSES_EVERY_RULE,
+                                         order_by="c.staging_row_id", returning="event_id")
             conn.execute(
                 f"""
                 CREATE TEMP TABLE published ON COMMIT DROP AS
-                WITH stored AS (
-                    INSERT INTO ecommerce_events ({columns}, airflow_run_id, spark_query_id, spark_batch_id)
-                    SELECT {", ".join("c." + c for c in EVENT_COLUMNS)}, %s, c.spark_query_id, c.spark_batch_id
-                      FROM {REVALIDATION_TABLE} c
-                     WHERE NOT EXISTS (SELECT 1 FROM rule_failures f WHERE f.staging_row_id = c.staging_row_id)
-                     ORDER BY c.staging_row_id
-                    ON CONFLICT (event_id) DO NOTHING
-                    RETURNING event_id
-                )
+                WITH stored AS ({inserted})
                 SELECT c.staging_row_id AS dead_letter_id FROM {REVALIDATION_TABLE} c JOIN stored USING (event_id)
                 """,
                 (airflow_run_id,),
             )
             counts["published"] = conn.execute(
-                """
+                f"""
                 WITH replayed AS (
                     UPDATE dead_letter_events d
                        SET status = 'replayed', status_changed_at = now(), last_replayed_at = now(),
                            replay_attempts = d.replay_attempts + 1
                       FROM published p WHERE d.id = p.dead_letter_id
-                    RETURNING d.id, d.event_id, d.source_file, d.source_line, d.failed_rules
+                    RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.failed_rules
                 )
-                INSERT INTO dead_letter_moves (direction, cause, event_id, source_file, source_line,
-                                               dead_letter_id, failed_rules, airflow_run_id)
-                SELECT 'to_events', 'replay', event_id, source_file, source_line, id, failed_rules, %s FROM replayed
+                {sql.record_moves("to_events", "replay", "replayed")}
                 """,
                 (airflow_run_id,),
             ).rowcount
@@ -173,13 +161,11 @@ def replay(settings: Settings, airflow_run_id: str, *, rule: str | None = None, 
     where, params = selection(rule, failed_from, failed_to, source_file)
     with revalidation_lock(settings):
         prepared = with_connection(settings, lambda conn: prepare_candidates(conn, where, params))
-        audit: dict[str, Any] = {**prepared, "rules": {}}
-        if prepared["candidates"]:
-            audit.update(validate(settings, airflow_run_id, table=REVALIDATION_TABLE))
-        counts = with_connection(settings, lambda conn: apply(conn, audit, settings, where, params,
+        validation = validate(settings, airflow_run_id, table=REVALIDATION_TABLE) if prepared["candidates"] else None
+        counts = with_connection(settings, lambda conn: apply(conn, validation, settings, where, params,
                                                               airflow_run_id, dry_run))
         with_connection(settings, lambda conn: conn.execute(f"TRUNCATE {REVALIDATION_TABLE}"))
-    failing = {name: r["unexpected_count"] for name, r in audit["rules"].items() if r["unexpected_count"]}
+    failing = {rule.rule: rule.rows for rule in failing_rules(validation)}
     return {
         "dry_run": dry_run,
         "filters": {"rule": rule, "failed_from": failed_from and failed_from.isoformat(),

@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from include.contract.rules import SUITE_NAME, build_suite, suite_parameters
+from include.contract.columns import CANDIDATE_COLUMNS
+from include.contract.rules import SUITE_NAME, suite_parameters
+from include.quality.suite import build_suite
+from include.results import AuditResult, RuleResult, TableCheck, Validation
 from include.settings import Settings
-from include.storage.staging import CANDIDATE_COLUMNS
+from include.storage.connections import with_connection
 
 DATASOURCE = "ecommerce_postgres"
 ASSET = "audit_candidates"
@@ -35,7 +37,7 @@ MISSING_ID_KEY = "CASE WHEN s.event_id IS NULL THEN s.staging_row_id END"
 _DB_URL_VARIABLE = "ECOMMERCE_GX_DATABASE_URL"  # referenced as ${...} so no password lands in GX's config
 
 
-def prepare_candidates(conn: psycopg.Connection) -> dict[str, Any]:
+def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
     """Pin the unpublished batches and rebuild ``audit_candidates`` from them (one transaction).
 
     One per event_id: the first occurrence (earliest batch, file, line). Rows without an event_id are not
@@ -62,11 +64,8 @@ def prepare_candidates(conn: psycopg.Connection) -> dict[str, Any]:
             """
         ).rowcount
         conn.execute("ANALYZE audit_candidates")
-    return {
-        "batches": [[query_id, batch_id] for query_id, batch_id, _ in batches],
-        "input_files": sum(files for _, _, files in batches),
-        "candidate_rows": candidates,
-    }
+    return AuditResult(batches=[(query_id, batch_id) for query_id, batch_id, _ in batches],
+                       input_files=sum(files for _, _, files in batches), candidate_rows=candidates)
 
 
 def _context(settings: Settings):
@@ -139,7 +138,7 @@ def data_docs_index(settings: Settings) -> Path:
     return settings.great_expectations_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
-def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> dict[str, Any]:
+def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> Validation:
     """Run the suite over ``table`` (``audit_candidates``); return per-rule failing-row counts and table checks."""
     import great_expectations as gx
 
@@ -152,8 +151,8 @@ def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> dic
         expectation_parameters=suite_parameters(settings),
         run_id=gx.RunIdentifier(run_name=airflow_run_id),
     )
-    rules: dict[str, dict[str, Any]] = {}
-    table_checks: dict[str, dict[str, Any]] = {}
+    rules: dict[str, RuleResult] = {}
+    table_checks: dict[str, TableCheck] = {}
     for validation_result in result.run_results.values():
         for outcome in validation_result.results:
             config = outcome.expectation_config
@@ -167,27 +166,34 @@ def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> dic
                     entry["event_id"] for entry in details.get("partial_unexpected_index_list") or []
                     if isinstance(entry, dict) and "event_id" in entry
                 ]
-                rules[name] = {
-                    "success": bool(outcome.success),
-                    "unexpected_count": int(count or 0),
-                    "description": config.description,
-                    "sample_event_ids": samples[:SAMPLE_IDS],
-                    "exception": (outcome.exception_info or {}).get("exception_message"),
-                }
+                rules[name] = RuleResult(
+                    unexpected_count=int(count or 0), success=bool(outcome.success),
+                    description=config.description, sample_event_ids=samples[:SAMPLE_IDS],
+                    exception=(outcome.exception_info or {}).get("exception_message"),
+                )
             else:
-                table_checks[name] = {
-                    "success": bool(outcome.success),
-                    "observed_value": details.get("observed_value", details.get("unexpected_count")),
-                }
-    broken = [name for name, rule in rules.items() if rule["exception"]]
+                table_checks[name] = TableCheck(
+                    success=bool(outcome.success),
+                    observed_value=details.get("observed_value", details.get("unexpected_count")),
+                )
+    broken = [name for name, rule in rules.items() if rule.exception]
     if broken:
         raise RuntimeError(f"Great Expectations could not evaluate rules {broken}: "
-                           + "; ".join(str(rules[n]["exception"]) for n in broken))
-    return {
-        "suite": SUITE_NAME,
-        "success": bool(result.success),
-        "rules": rules,
-        "table_checks": table_checks,
-        "data_docs": str(data_docs_index(settings)),
-        "validation_seconds": round(time.monotonic() - started, 2),
-    }
+                           + "; ".join(str(rules[n].exception) for n in broken))
+    return Validation(suite=SUITE_NAME, success=bool(result.success), rules=rules, table_checks=table_checks,
+                      data_docs=str(data_docs_index(settings)),
+                      validation_seconds=round(time.monotonic() - started, 2))
+
+
+def audit_staged_batches(settings: Settings, airflow_run_id: str) -> AuditResult:
+    """The ``audit`` task: pin the staged, unpublished batches and validate their candidate rows."""
+    pinned = with_connection(settings, prepare_candidates)
+    if not pinned.batches:
+        print("no staged batch waits for publishing")
+        return pinned
+    pinned.validation = validate(settings, airflow_run_id)
+    failing = {name: r.unexpected_count for name, r in pinned.validation.rules.items() if r.unexpected_count}
+    print(f"audited {pinned.candidate_rows} rows of {len(pinned.batches)} batch(es) in "
+          f"{pinned.validation.validation_seconds} s; failing rows per rule: {failing or 'none'}; "
+          f"Data Docs: {pinned.validation.data_docs}")
+    return pinned

@@ -7,9 +7,11 @@ still writing (the generator renames complete files into place, but other produc
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -18,6 +20,8 @@ from include.settings import Settings
 
 EMPTY_FILE_REASON = "empty file: no header and no rows"
 EMPTY_FILE_GRACE_SECONDS = 30
+# The DAG's schedule period: the window of a run whose data interval is empty (runs made before the DAG's
+# timetable carried an interval) is the period that ends at its logical date.
 
 
 def archive_path(archive_dir: Path, source: Path, landed_at: datetime) -> Path:
@@ -76,3 +80,54 @@ def quarantine_empty_files(
             )
         moved.append(final)
     return moved
+
+
+# --------------------------------------------------------------------- the archive, by landing time
+# A file's landing time is its modification time: Spark's binaryFile source reports it, the ingest files it
+# under ARCHIVE_DIR/YYYY-MM-DD/HH/ by it, and the move into the archive preserves it, so a time window maps
+# to a few hour folders and no table needs to be kept in sync with the archive.
+
+DEFAULT_WINDOW = timedelta(minutes=1)
+_COLLISION_SUFFIX = re.compile(r"^(?P<stem>.+)__\d+$")
+
+
+@dataclass(frozen=True)
+class ArchivedFile:
+    path: Path          # where it is now, under ARCHIVE_DIR
+    source_file: str    # its lineage name: the landing path recorded on its rows
+    landed_at: datetime
+
+
+def window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The landing-time window [start, end) of a run's data interval (see ``DEFAULT_WINDOW``)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    return (end - DEFAULT_WINDOW, end) if start >= end else (start, end)
+
+
+def landed_at(path: Path) -> datetime:
+    """The landing time of a file: its mtime, at the millisecond precision Spark reports and files it by."""
+    milliseconds = path.stat().st_mtime_ns // 1_000_000
+    return datetime.fromtimestamp(milliseconds / 1000, UTC)
+
+
+def lineage_name(settings: Settings, archived: Path) -> str:
+    """The landing path its rows carry as ``source_file`` (the archive keeps the name; ``x__1.csv`` is the
+    second file named ``x.csv`` in one hour folder)."""
+    match = _COLLISION_SUFFIX.match(archived.stem)
+    name = f"{match['stem']}{archived.suffix}" if match else archived.name
+    return str(settings.landing_dir / name)
+
+
+def archived_files(settings: Settings, start: datetime, end: datetime) -> list[ArchivedFile]:
+    """The archived CSV files that landed in [start, end), reading only the hour folders of the window."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    found = []
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    while hour < end:
+        folder = settings.archive_dir / f"{hour:%Y-%m-%d}" / f"{hour:%H}"
+        for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+            moment = landed_at(path)
+            if start <= moment < end:
+                found.append(ArchivedFile(path, lineage_name(settings, path), moment))
+        hour += timedelta(hours=1)
+    return found

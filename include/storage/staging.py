@@ -14,21 +14,15 @@ from pathlib import Path
 
 import psycopg
 
+from include.contract.columns import STAGED_COLUMNS
+from include.names import SCHEMA_LOCK
 from include.settings import Settings
 from include.storage.connections import with_connection
+from include.storage.landing import ArchivedFile
+from include.storage.locks import xact_lock
 
 SCHEMA_SQL = Path(__file__).resolve().parent / "sql" / "schema.sql"
 
-# Columns the Spark job stages, in COPY order (the staging key columns are prepended by the job).
-STAGED_COLUMNS: tuple[str, ...] = (
-    "event_id", "user_id", "session_id", "event_type", "product_id", "category", "price", "quantity",
-    "total_amount", "user_segment", "event_time", "device_type", "browser", "geo_country", "geo_city",
-    "referrer", "campaign_id", "is_late_arrival", "schema_version", "source_file", "source_line",
-    "raw_data", "parse_errors",
-)
-EVENT_COLUMNS = tuple(c for c in STAGED_COLUMNS if c not in ("raw_data", "parse_errors"))
-# Columns of audit_candidates: a staged row without its raw line and parse errors (the candidates all parsed).
-CANDIDATE_COLUMNS = ("staging_row_id", "spark_query_id", "spark_batch_id", "spark_partition") + EVENT_COLUMNS
 
 
 def apply_schema(conn: psycopg.Connection) -> None:
@@ -37,7 +31,7 @@ def apply_schema(conn: psycopg.Connection) -> None:
     Every `make once` / `make run` applies it. Two of them starting together would take the tables' locks in
     different orders (ALTER TABLE, CREATE OR REPLACE VIEW) and deadlock, so one waits for the other."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('ecommerce_events schema'))")
+        xact_lock(conn, SCHEMA_LOCK)
         conn.execute(SCHEMA_SQL.read_text())
 
 
@@ -176,3 +170,34 @@ def count_attempt(conn: psycopg.Connection, files: list[str]) -> None:
 def clear_attempts(conn: psycopg.Connection, files: list[str]) -> None:
     with conn.transaction():
         conn.execute("DELETE FROM file_attempts WHERE source_file = ANY(%s)", (files,))
+
+
+# ---------------------------------------------------------------------------- backfill batches
+
+def discard_unpublished(conn: psycopg.Connection, airflow_run_id: str) -> int:
+    """Before a (retried) backfill ingest: drop what an earlier attempt of this run staged but did not publish."""
+    with conn.transaction():
+        ids = [r[0] for r in conn.execute(
+            "DELETE FROM pipeline_backfill_ledger WHERE airflow_run_id = %s AND published_at IS NULL "
+            "RETURNING backfill_batch_id", (airflow_run_id,)).fetchall()]
+        if ids:
+            conn.execute("DELETE FROM staging_events WHERE spark_query_id = ANY(%s)", (ids,))
+    return len(ids)
+
+
+def record_backfill_batch(
+    conn: psycopg.Connection, *, backfill_batch_id: str, airflow_run_id: str, start: datetime, end: datetime,
+    files: list[ArchivedFile], started_at: datetime,
+) -> int:
+    """Mark a backfill batch completely staged; returns its staged row count."""
+    with conn.transaction():
+        return conn.execute(
+            """
+            INSERT INTO pipeline_backfill_ledger (backfill_batch_id, airflow_run_id, window_start, window_end,
+                input_files, input_rows, source_files, started_at)
+            SELECT %s, %s, %s, %s, %s, count(*), %s, %s FROM staging_events WHERE spark_query_id = %s
+            RETURNING input_rows
+            """,
+            (backfill_batch_id, airflow_run_id, start, end, len(files), [f.source_file for f in files],
+             started_at, backfill_batch_id),
+        ).fetchone()[0]

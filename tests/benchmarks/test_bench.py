@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from benchmarks.bench import _task_profile, p95, storable_csv
-from include.storage.staging import EVENT_COLUMNS
+from include.contract.columns import EVENT_COLUMNS
 from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.unit

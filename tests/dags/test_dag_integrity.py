@@ -71,10 +71,35 @@ def test_spark_task_submits_the_ingest_job_through_spark_default(dagbag):
     assert "detect_work" in ingest.get_flat_relative_ids(upstream=True)
 
 
-def test_no_secret_reaches_the_spark_command_line(dagbag):
+def test_the_graph_reads_like_the_diagram(dagbag):
+    """detect_work → package_code → choose_path, then the every-minute path or the backfill path, joining at
+    quality_gate; the gate runs after whichever path ran (the other one is skipped, never failed)."""
+    dag = dagbag.dags["ecommerce_events"]
+    downstream = {task.task_id: sorted(task.downstream_task_ids) for task in dag.tasks}
+    assert downstream == {
+        # package_code also feeds both Spark tasks their code archive (py_files), a data dependency
+        "detect_work": ["package_code"], "package_code": ["backfill_ingest", "choose_path", "ingest"],
+        "choose_path": ["backfill_ingest", "ingest"],
+        "ingest": ["audit"], "audit": ["publish"], "publish": ["quality_gate"],
+        "backfill_ingest": ["rederive"], "rederive": ["quality_gate"],
+        "quality_gate": [],
+    }
+    assert dag.get_task("quality_gate").trigger_rule == "none_failed_min_one_success"
+    backfill = dag.get_task("backfill_ingest")
+    assert Path(backfill.application).name == "backfill_batch.py" and Path(backfill.application).is_file()
+
+
+def test_the_every_minute_ingest_needs_no_data_interval(dagbag):
+    """A manual run without a logical date has no data interval; only the backfill path reads one."""
     ingest = dagbag.dags["ecommerce_events"].get_task("ingest")
-    assert "{{" in ingest.env_vars["POSTGRES_PASSWORD"]  # rendered from the connection at run time only
-    assert not any("password" in str(arg).lower() for arg in ingest.application_args)
+    assert not any("data_interval" in str(arg) for arg in ingest.application_args)
+
+
+def test_no_secret_reaches_the_spark_command_line(dagbag):
+    for task_id in ("ingest", "backfill_ingest"):
+        job = dagbag.dags["ecommerce_events"].get_task(task_id)
+        assert "{{" in job.env_vars["POSTGRES_PASSWORD"]  # rendered from the connection at run time only
+        assert not any("password" in str(arg).lower() for arg in job.application_args)
 
 
 def test_airflow_loads_the_project_plugin_without_errors():

@@ -25,7 +25,6 @@ COMPOSE_TEXT = (ROOT / "docker-compose.yaml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-DAG_TEXT = (ROOT / "dags" / "ecommerce_events.py").read_text()
 AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
                     "airflow-triggerer", "airflow-worker", "generator")
 SPARK_SERVICES = ("spark-master", "spark-worker")
@@ -59,12 +58,6 @@ def mounts(service: str) -> dict[str, str]:
 def pinned(package: str) -> str:
     match = re.search(rf"^{re.escape(package)}==(\S+)", (ROOT / "requirements.txt").read_text(), re.M)
     assert match, f"{package} is not pinned in requirements.txt"
-    return match.group(1)
-
-
-def dag_constant(name: str) -> str:
-    match = re.search(rf'^{name} = "([^"]+)"', DAG_TEXT, re.M)
-    assert match, name
     return match.group(1)
 
 
@@ -144,7 +137,9 @@ def test_every_setting_the_file_passes_exists_and_the_airflow_services_agree():
 
 def test_the_dag_connections_point_at_the_compose_services():
     env = env_of("airflow-worker")
-    spark_id, postgres_id = dag_constant("SPARK_CONN_ID"), dag_constant("POSTGRES_CONN_ID")
+    from include.names import POSTGRES_CONN_ID as postgres_id
+    from include.names import SPARK_CONN_ID as spark_id
+
     assert (spark_id, postgres_id) == ("spark_default", "ecommerce_postgres")
     spark = json.loads(env[f"AIRFLOW_CONN_{spark_id.upper()}"])
     master = SERVICES["spark-master"]["command"]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.ops import alerts
+from include.results import PublishSummary
 from include.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -59,8 +60,12 @@ def test_recovery_is_sent_once_and_the_next_breach_is_new_again():
     assert alerts.decide_raise(cleared, breach(), NOW + timedelta(minutes=4), COOLDOWN)[0] == "new"
 
 
-def summary() -> dict:
-    return {"total": 200, "valid": 150, "invalid": 48, "duplicates": 2, "validity_rate": 75.76,
+def summary(**changes) -> PublishSummary:
+    return PublishSummary.from_xcom({**summary_fields(), **changes})
+
+
+def summary_fields() -> dict:
+    return {"path": "every_minute", "total": 200, "valid": 150, "invalid": 48, "duplicates": 2, "validity_rate": 75.76,
             "failing_rules": [
                 {"rule": "price_within_range", "rows": 30, "description": "price in [0, MAX_PRICE]",
                  "sample_event_ids": ["e-1", "e-2", "e-3", "e-4"]},
@@ -91,11 +96,11 @@ def test_a_breach_with_other_counts_and_rules_is_the_same_condition():
     """A per-minute DAG over steadily bad input must not alert every minute: the fingerprint is the broken
     threshold (and failed table checks), not the counts or which rows failed."""
     problem = ["validity rate below MIN_VALIDITY_RATE"]
-    other = {**summary(), "total": 900, "valid": 700, "invalid": 200, "validity_rate": 77.78,
-             "failing_rules": summary()["failing_rules"][::-1]}
-    first, second = (alerts.quality_breach_alert(s, problem, 95.0, RUN_ID, BASE) for s in (summary(), other))
+    other = dict(total=900, valid=700, invalid=200, validity_rate=77.78,
+                 failing_rules=summary_fields()["failing_rules"][::-1])
+    first, second = (alerts.quality_breach_alert(s, problem, 95.0, RUN_ID, BASE) for s in (summary(), summary(**other)))
     assert first.key == second.key and first.fingerprint == second.fingerprint == "validity<95.0"
-    failed_check = {**other, "table_checks": {"row_count": {"success": False, "observed_value": 0}}}
+    failed_check = summary(**other, table_checks={"row_count": {"success": False, "observed_value": 0}})
     assert alerts.quality_breach_alert(failed_check, problem, 95.0, RUN_ID, BASE).fingerprint == \
         "validity<95.0;table_check:row_count"
 
@@ -151,6 +156,7 @@ def test_the_dag_raises_alerts_from_its_callbacks():
     assert dag.on_failure_callback == airflow_support.alert_run_failure
     assert dag.on_success_callback == airflow_support.check_feed_freshness
     callbacks = {task.task_id: task.on_failure_callback for task in dag.tasks}
-    assert all(callbacks[t] == [airflow_support.record_pipeline_failure] for t in ("ingest", "audit", "publish"))
-    assert all(callbacks[t] == [airflow_support.alert_task_failure] for t in ("detect_work", "package_code",
-                                                                              "quality_gate"))
+    counted = ("ingest", "audit", "publish", "backfill_ingest", "rederive")
+    assert all(callbacks[t] == [airflow_support.record_pipeline_failure] for t in counted)
+    assert all(callbacks[t] == [airflow_support.alert_task_failure]
+               for t in ("detect_work", "package_code", "choose_path", "quality_gate"))

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.publish.backfill import archived_files, is_backfill_run, lineage_name, window
+from include.publish.backfill import is_backfill_run
 from include.settings import Settings
-from include.storage.landing import archive_path
+from include.storage.landing import archive_path, archived_files, lineage_name, window
 
 pytestmark = pytest.mark.unit
 

@@ -8,12 +8,12 @@ from include.contract.rules import (
     ROW_RULES,
     TABLE_EXPECTATIONS,
     RowRule,
-    build_suite,
     describe,
     reason_sql,
     routing_predicate,
     suite_parameters,
 )
+from include.quality.suite import build_suite
 from include.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -222,7 +222,8 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
 def test_archive_retention_deletes_only_expired_hour_folders_and_waits_for_backfills(pipeline):
     from dataclasses import replace
 
-    from include.publish.backfill import delete_expired_archive, revalidation_lock
+    from include.ops.retention import delete_expired_archive
+    from include.storage.locks import revalidation_lock
     from include.storage.landing import archive_path
 
     pipeline.reset()

@@ -80,22 +80,22 @@ def audited(pipeline, tmp_path):
     with psycopg.connect(settings.postgres_conninfo) as conn:
         stage(conn, rows)
         pinned = prepare_candidates(conn)
-    result = {**pinned, **validate(settings, "rules_test")}
-    return settings, cases, result
+    pinned.validation = validate(settings, "rules_test")
+    return settings, cases, pinned
 
 
 def test_every_rule_counts_exactly_its_failing_row_and_routing_agrees(audited, pipeline):
     settings, _, result = audited
-    assert set(result["rules"]) == {rule.name for rule in ROW_RULES} == set(FAILING)
+    assert set(result.validation.rules) == {rule.name for rule in ROW_RULES} == set(FAILING)
     with psycopg.connect(settings.postgres_conninfo) as conn:
         for rule in ROW_RULES:
-            gx_count = result["rules"][rule.name]["unexpected_count"]
+            gx_count = result.validation.rules[rule.name].unexpected_count
             routed = conn.execute(
                 f"SELECT count(*) FROM audit_candidates WHERE {routing_predicate(rule, suite_parameters(settings))}"
             ).fetchone()[0]
             assert gx_count == 1, (rule.name, gx_count)
             assert routed == gx_count, rule.name
-    assert result["success"] is False
+    assert result.validation.success is False
     assert data_docs_index(settings).is_file()
 
 
@@ -103,7 +103,7 @@ def test_publish_dead_letters_each_failing_row_with_exactly_its_rule(audited, pi
     settings, cases, result = audited
     with psycopg.connect(settings.postgres_conninfo) as conn:
         summary = publish(conn, result, settings, "rules_test")
-    assert (summary["total"], summary["valid"], summary["invalid"], summary["duplicates"]) == (
+    assert (summary.total, summary.valid, summary.invalid, summary.duplicates) == (
         len(cases), len(PASSING), len(FAILING), 0)
     dead = {line: (rules, reason) for line, rules, reason in pipeline.query(
         "SELECT source_line, failed_rules, validation_errors FROM dead_letter_events WHERE error_kind = 'rule'")}
@@ -119,10 +119,10 @@ def test_publish_dead_letters_each_failing_row_with_exactly_its_rule(audited, pi
 
 
 def test_a_routing_that_disagrees_with_great_expectations_publishes_nothing(audited, pipeline):
-    from include.publish.every_minute import RoutingMismatch
+    from include.publish.sql import RoutingMismatch
 
     settings, _, result = audited
-    result["rules"]["price_in_range"]["unexpected_count"] += 1
+    result.validation.rules["price_in_range"].unexpected_count += 1
     with psycopg.connect(settings.postgres_conninfo) as conn, pytest.raises(RoutingMismatch, match="price_in_range"):
         publish(conn, result, settings, "rules_test")
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 0
@@ -142,9 +142,10 @@ def test_rows_without_an_event_id_are_each_dead_lettered_not_counted_as_duplicat
             for line, event_id in ids.items()]
     with psycopg.connect(settings.postgres_conninfo) as conn:
         stage(conn, rows)
-        result = {**prepare_candidates(conn), **validate(settings, "ids_test")}
+        result = prepare_candidates(conn)
+        result.validation = validate(settings, "ids_test")
         summary = publish(conn, result, settings, "ids_test")
-    assert (summary["total"], summary["valid"], summary["invalid"], summary["duplicates"]) == (5, 1, 3, 1)
+    assert (summary.total, summary.valid, summary.invalid, summary.duplicates) == (5, 1, 3, 1)
     assert pipeline.query("SELECT source_line, failed_rules FROM dead_letter_events ORDER BY source_line") == [
         (2, ["event_id_present"]), (3, ["event_id_present"]), (4, ["event_id_present"])]
     assert pipeline.query("SELECT source_line FROM ecommerce_events") == [(5,)]

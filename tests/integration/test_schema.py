@@ -26,3 +26,29 @@ def test_the_schema_applied_by_several_processes_at_once_never_deadlocks(pipelin
                 future.result()
     assert pipeline.scalar("SELECT count(*) FROM information_schema.columns "
                            "WHERE table_name = 'dead_letter_events' AND column_name = 'status'") == 1
+
+
+def _columns(pipeline, table: str) -> list[tuple[str, str]]:
+    """(name, type) of a table's columns in order, types as format_type spells them (numeric(12,2), ...)."""
+    return [(name, kind.replace(", ", ",")) for name, kind in pipeline.query(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,))]
+
+
+def test_schema_sql_declares_the_column_table(pipeline):
+    """schema.sql stays SQL, but its event columns are the column table's (names, types, order): a column
+    added to one and not the other fails here, not in a COPY at 3 a.m."""
+    from include.contract.columns import CANDIDATE_COLUMNS, COLUMNS, EVENT_COLUMNS, STAGING_KEY_COLUMNS
+
+    declared = [(c.name, c.sql_type) for c in COLUMNS]
+    staging = _columns(pipeline, "staging_events")
+    assert [name for name, _ in staging[:len(STAGING_KEY_COLUMNS)]] == list(STAGING_KEY_COLUMNS)
+    assert staging[len(STAGING_KEY_COLUMNS):] == declared
+
+    events = [column for column in _columns(pipeline, "ecommerce_events") if column[0] in EVENT_COLUMNS]
+    assert events == [column for column in declared if column[0] in EVENT_COLUMNS]
+    run_lineage = {"processed_at", "airflow_run_id", "spark_query_id", "spark_batch_id"}
+    assert {name for name, _ in _columns(pipeline, "ecommerce_events")} - set(EVENT_COLUMNS) == run_lineage
+
+    assert [name for name, _ in _columns(pipeline, "audit_candidates")] == list(CANDIDATE_COLUMNS)
+    assert _columns(pipeline, "revalidation_candidates") == staging  # a staged row, raw line included

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from pyspark.sql import types as T
 
-from include.contract.parser import PARSED_COLUMNS
+from include.contract.columns import PARSED_COLUMNS
 from include.contract.versions import V1, V2
 from spark_jobs.transforms import (
     PARSED_SCHEMA,

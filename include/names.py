@@ -1,0 +1,22 @@
+"""Names other code and people rely on, each written once: DAG ids, Airflow connection ids, lock keys.
+
+Pure constants (no imports), so the Spark job, the Airflow tasks, the UI and the tooling share them.
+"""
+
+from __future__ import annotations
+
+# DAGs
+DAG_ID = "ecommerce_events"
+REPLAY_DAG_ID = "ecommerce_dlq_replay"
+RETENTION_DAG_ID = "ecommerce_archive_retention"
+
+# Airflow connections
+POSTGRES_CONN_ID = "ecommerce_postgres"
+SPARK_CONN_ID = "spark_default"
+SLACK_CONN_ID = "slack_alerts"
+
+# PostgreSQL advisory locks (include.storage.locks), by what each one guards.
+PUBLISH_LOCK = "ecommerce_events publish"            # every writer of ecommerce_events / dead_letter_events
+REVALIDATION_LOCK = "ecommerce_events revalidation"  # revalidation_candidates: backfills, replays, retention
+SCHEMA_LOCK = "ecommerce_events schema"              # applying schema.sql (two starts at once deadlocked)
+INGEST_LOCK_PREFIX = "ecommerce_events ingest"       # + the checkpoint directory: one live query per checkpoint

@@ -1,0 +1,92 @@
+"""The SQL every writer of ``ecommerce_events`` / ``dead_letter_events`` shares, written once.
+
+Three paths write the two tables: the every-minute publish, a backfill's re-derive and a dead-letter replay.
+Each one, inside its one transaction:
+
+1. takes the publish lock (``lock``), so their transactions never interleave;
+2. routes the candidate rows that break a rule into the temp table ``rule_failures``
+   (``route_rule_failures``), refusing where routing disagrees with Great Expectations' count;
+3. stores the passing rows (``insert_events``: an event_id already stored makes the row a duplicate);
+4. records every row that changed table in ``dead_letter_moves`` (``record_moves``; backfill and replay).
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from include.contract.columns import EVENT_COLUMNS
+from include.contract.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
+from include.names import PUBLISH_LOCK
+from include.results import Validation
+from include.settings import Settings
+from include.storage.locks import xact_lock
+
+
+class RoutingMismatch(RuntimeError):
+    """The SQL routing of a rule disagrees with Great Expectations' count; nothing was published."""
+
+
+def lock(conn: psycopg.Connection) -> None:
+    """The publish lock, held to the end of the transaction."""
+    xact_lock(conn, PUBLISH_LOCK)
+
+
+def route_rule_failures(conn: psycopg.Connection, validation: Validation | None, settings: Settings,
+                        table: str) -> None:
+    """Fill the temp table ``rule_failures`` (row id, rule, reason) from the validated ``table`` with each
+    rule's routing predicate, refusing (``RoutingMismatch``) where it disagrees with Great Expectations'
+    count. ``validation`` None means the table was empty and not validated: nothing is routed."""
+    conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
+    if validation is None:
+        return
+    parameters = suite_parameters(settings)
+    predicates = {rule.name: routing_predicate(rule, parameters) for rule in ROW_RULES}
+    # One scan of the whole table finds the rows that break any rule (a few percent); each rule's routing then
+    # reads only those. A predicate that is NULL for a row selects it neither here nor alone.
+    conn.execute(
+        f"CREATE TEMP TABLE failing_candidates ON COMMIT DROP AS SELECT * FROM {table} WHERE "
+        + " OR ".join(f"({predicate})" for predicate in predicates.values())
+    )
+    for rule in ROW_RULES:
+        routed = conn.execute(
+            f"INSERT INTO rule_failures SELECT staging_row_id, %s, {reason_sql(rule, parameters)} "
+            f"FROM failing_candidates WHERE {predicates[rule.name]}",
+            (rule.name,),
+        ).rowcount
+        expected = validation.rules[rule.name].unexpected_count
+        if routed != expected:
+            raise RoutingMismatch(
+                f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
+                "nothing was written (fix routing_predicate for this expectation type)"
+            )
+    conn.execute("CREATE INDEX ON rule_failures (staging_row_id)")
+
+
+# The lineage columns a dead letter carries, in the order the INSERTs list them.
+DEAD_LETTER_LINEAGE = "schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id"
+PASSES_EVERY_RULE = "NOT EXISTS (SELECT 1 FROM rule_failures f WHERE f.staging_row_id = c.staging_row_id)"
+
+
+def insert_events(source: str, *, run_id: str, where: str, returning: str, order_by: str | None = None) -> str:
+    """``INSERT … SELECT`` of candidate rows into ``ecommerce_events``.
+
+    ``source`` is a FROM clause whose candidate table is aliased ``c`` (it may join more); ``run_id`` the SQL
+    of the Airflow run id recorded on the rows. An event_id already stored is skipped (a duplicate)."""
+    return f"""
+        INSERT INTO ecommerce_events ({", ".join(EVENT_COLUMNS)}, airflow_run_id, spark_query_id, spark_batch_id)
+        SELECT {", ".join("c." + c for c in EVENT_COLUMNS)}, {run_id}, c.spark_query_id, c.spark_batch_id
+          FROM {source}
+         WHERE {where}
+         {f"ORDER BY {order_by}" if order_by else ""}
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING {returning}"""
+
+
+def record_moves(direction: str, cause: str, rows: str) -> str:
+    """``INSERT … SELECT`` into ``dead_letter_moves`` of the rows of ``rows`` (a FROM clause yielding
+    event_id, source_file, source_line, dead_letter_id, failed_rules); the run id is the one parameter."""
+    return f"""
+        INSERT INTO dead_letter_moves (direction, cause, event_id, source_file, source_line, dead_letter_id,
+                                       failed_rules, airflow_run_id)
+        SELECT '{direction}', '{cause}', event_id, source_file, source_line, dead_letter_id, failed_rules, %s
+          FROM {rows}"""
