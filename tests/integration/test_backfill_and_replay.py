@@ -223,8 +223,8 @@ def test_archive_retention_deletes_only_expired_hour_folders_and_waits_for_backf
     from dataclasses import replace
 
     from include.ops.retention import delete_expired_archive
-    from include.storage.locks import revalidation_lock
     from include.storage.landing import archive_path
+    from include.storage.locks import revalidation_lock
 
     pipeline.reset()
     settings = replace(pipeline.settings, archive_retention_days=2)
