@@ -52,9 +52,9 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from include.names import DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 
-DAG_ID = "ecommerce_events"
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 EMPTY_RUNS = 3  # scheduled runs with nothing to do; the first one is a cold start

@@ -17,9 +17,11 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from include.names import RETENTION_DAG_ID
+
 
 @dag(
-    dag_id="ecommerce_archive_retention",
+    dag_id=RETENTION_DAG_ID,
     schedule="@daily",
     start_date=datetime(2026, 1, 1),
     catchup=False,

@@ -35,10 +35,11 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, task
 
 from include.contract.rules import RULES_BY_NAME
+from include.names import REPLAY_DAG_ID
 
 
 @dag(
-    dag_id="ecommerce_dlq_replay",
+    dag_id=REPLAY_DAG_ID,
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,

@@ -24,12 +24,12 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from include.names import DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.staging import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
 from scripts.local_postgres import LocalPostgres, ensure_database
 
-DAG_ID = "ecommerce_events"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 LOG_DIR = Path(os.environ.get("PIPELINE_LOG_DIR") or PROJECT_ROOT / "data" / "logs")
 

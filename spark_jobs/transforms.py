@@ -98,7 +98,7 @@ def with_typed_columns(records: DataFrame) -> DataFrame:
         reasons.append(F.when(structurally_ok & raw.isNotNull() & cast.isNull(), reason))
         typed[column] = cast
     joined = F.concat_ws("; ", F.col("parse_errors"), *reasons)
-    # no reason at all: NULL, as before (every reason is non-empty, so '' means none applied)
+    # no reason at all: NULL (every reason is non-empty, so '' means none applied)
     typed["parse_errors"] = F.when(structurally_ok & (joined == ""), F.lit(None).cast("string")).otherwise(joined)
     # One select, not a withColumn per column: every withColumn re-analyses the whole plan on the driver,
     # which cost seconds per micro-batch (docs/performance.md). Columns keep their order.

@@ -46,3 +46,9 @@ def test_conninfo_survives_awkward_passwords():
     info = Settings.from_env({"POSTGRES_PASSWORD": "p@ss w'rd:/%"}).postgres_conninfo
     assert psycopg.conninfo.conninfo_to_dict(info)["password"] == "p@ss w'rd:/%"
     assert isinstance(PROJECT_ROOT, Path)
+
+
+def test_the_original_systems_streaming_knobs_are_accepted_and_ignored():
+    """A .env from the original system still starts the pipeline; the two knobs change nothing."""
+    given = Settings.from_env({"TRIGGER_INTERVAL": "anything at all", "WATERMARK_DELAY": "-3 hours"})
+    assert given == Settings.from_env({})

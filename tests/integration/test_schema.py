@@ -13,8 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_schema_applied_by_several_processes_at_once_never_deadlocks(pipeline):
-    """Two `make once` started together used to deadlock here (ALTER TABLE and CREATE OR REPLACE VIEW take
-    the tables' locks in different orders); now one waits for the other and both succeed."""
+    """Two `make once` started together would deadlock here without the schema lock (ALTER TABLE and
+    CREATE OR REPLACE VIEW take the tables' locks in different orders); with it one waits for the other."""
 
     def apply() -> None:
         with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:

@@ -1,4 +1,4 @@
--- Schema of the analytics store. Idempotent: `scripts/pipeline.py init-db` applies it on every start.
+-- Schema of the analytics store. Idempotent: `make run` / `make once` (scripts/pipeline.py init) apply it on every start.
 -- Tables and columns of the original system keep their names; everything added is an extension.
 
 -- Good events, one row per event_id (canonical schema v3 plus lineage).
