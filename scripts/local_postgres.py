@@ -56,6 +56,9 @@ class LocalPostgres:
     password: str
     host: str = "127.0.0.1"
 
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()  # server commands run in / (see _as_server_user)
+
     @classmethod
     def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> LocalPostgres:
         data_dir = data_dir or Path(os.environ.get("PGDATA_DIR", DEFAULT_DATA_DIR))
@@ -68,7 +71,8 @@ class LocalPostgres:
     def _as_server_user(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
         command = [str(postgres_bin_dir() / args[0]), *args[1:]]
         if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
+            # in /, not in a working directory the server user may not enter ("could not change directory")
+            command, kwargs["cwd"] = ["runuser", "-u", "postgres", "--", *command], "/"
         return subprocess.run(command, check=False, capture_output=True, text=True, **kwargs)
 
     def _chown_to_server_user(self, path: Path) -> None:
