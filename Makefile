@@ -49,7 +49,8 @@ lint: venv
 env: venv
 	@$(BIN)/python -m scripts.airflow_env
 
-# Stop the local PostgreSQL and delete all local state (database, checkpoints, archive, Airflow home).
+# Stop the local PostgreSQL and delete all local state (database, checkpoints, archive, Airflow home), also a
+# database kept outside the checkout because the postgres user cannot enter it (root, private directory).
 clean:
-	-@test -x $(BIN)/python && $(BIN)/python -m scripts.local_postgres stop
+	-@test -x $(BIN)/python && $(BIN)/python -m scripts.local_postgres clean
 	rm -rf data spark-warehouse

@@ -2,17 +2,19 @@
 
     python -m scripts.local_postgres ensure   # initdb if needed, start if down, create the databases
     python -m scripts.local_postgres stop
+    python -m scripts.local_postgres clean    # stop, and delete a cluster kept outside the checkout (make clean)
 
-The cluster lives in PGDATA_DIR (default data/postgres), listens on 127.0.0.1:POSTGRES_PORT only (no unix
-socket), and its superuser is POSTGRES_USER with POSTGRES_PASSWORD, as in the official postgres image that
-docker-compose uses. `initdb` refuses to run as root, so as root every server command runs as the
-`postgres` system user, which then owns the data directory.
+The cluster lives in PGDATA_DIR (default data/postgres, see default_data_dir), listens on
+127.0.0.1:POSTGRES_PORT only (no unix socket), and its superuser is POSTGRES_USER with POSTGRES_PASSWORD, as
+in the official postgres image that docker-compose uses. `initdb` refuses to run as root, so as root every
+server command runs as the `postgres` system user, which then owns the data directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -29,6 +31,7 @@ from psycopg import sql
 from include.settings import PROJECT_ROOT, Settings, get_settings
 
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "postgres"
+SERVER_USER = "postgres"  # who runs the server when we are root
 
 
 class LocalPostgresError(RuntimeError):
@@ -48,6 +51,29 @@ def postgres_bin_dir() -> Path:
     return Path(found).resolve().parent
 
 
+def outside_data_dir() -> Path:
+    """The data directory of this checkout when the server user cannot enter it: in that user's home."""
+    digest = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:12]
+    home = Path(pwd.getpwnam(SERVER_USER).pw_dir)  # /var/lib/postgresql on Debian
+    return home / f"ecommerce-pipeline-{PROJECT_ROOT.name}-{digest}" / "postgres"
+
+
+def default_data_dir() -> Path:
+    """data/postgres, or outside_data_dir() when we are root and the server user cannot enter the checkout.
+
+    Why: as root the server runs as `postgres`, which needs search permission on every directory above its
+    data directory. A checkout under /root or a `mktemp -d` (mode 0700) denies it, and opening up the user's
+    directories is not ours to do. So such a checkout keeps its cluster and log in the postgres user's home,
+    one directory per checkout path, with data/postgres a symlink to it (made by init, removed by `clean`).
+    """
+    if os.geteuid() != 0:
+        return DEFAULT_DATA_DIR
+    nearest = next(path for path in DEFAULT_DATA_DIR.parents if path.exists())  # data/, or the checkout
+    probe = subprocess.run(["runuser", "-u", SERVER_USER, "--", "test", "-x", str(nearest)], cwd="/", check=False,
+                           capture_output=True)
+    return DEFAULT_DATA_DIR if probe.returncode == 0 else outside_data_dir()
+
+
 @dataclass
 class LocalPostgres:
     data_dir: Path
@@ -56,9 +82,12 @@ class LocalPostgres:
     password: str
     host: str = "127.0.0.1"
 
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()  # server commands run in / (see _as_server_user)
+
     @classmethod
     def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> LocalPostgres:
-        data_dir = data_dir or Path(os.environ.get("PGDATA_DIR", DEFAULT_DATA_DIR))
+        data_dir = data_dir or Path(os.environ.get("PGDATA_DIR") or default_data_dir())
         return cls(data_dir, settings.postgres_port, settings.postgres_user, settings.postgres_password)
 
     @property
@@ -68,12 +97,13 @@ class LocalPostgres:
     def _as_server_user(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
         command = [str(postgres_bin_dir() / args[0]), *args[1:]]
         if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
+            # in /, not in a working directory the server user may not enter ("could not change directory")
+            command, kwargs["cwd"] = ["runuser", "-u", SERVER_USER, "--", *command], "/"
         return subprocess.run(command, check=False, capture_output=True, text=True, **kwargs)
 
     def _chown_to_server_user(self, path: Path) -> None:
         if os.geteuid() == 0:
-            account = pwd.getpwnam("postgres")
+            account = pwd.getpwnam(SERVER_USER)
             os.chown(path, account.pw_uid, account.pw_gid)
 
     def initialised(self) -> bool:
@@ -95,6 +125,9 @@ class LocalPostgres:
             os.unlink(pwfile.name)
         if done.returncode != 0:
             raise LocalPostgresError(f"initdb failed in {self.data_dir}:\n{done.stdout}{done.stderr}")
+        if os.geteuid() == 0 and self.data_dir == outside_data_dir() and not os.path.lexists(DEFAULT_DATA_DIR):
+            DEFAULT_DATA_DIR.parent.mkdir(parents=True, exist_ok=True)
+            DEFAULT_DATA_DIR.symlink_to(self.data_dir, target_is_directory=True)  # for whoever looks in data/
 
     def running(self) -> bool:
         return self._as_server_user(["pg_ctl", "-D", str(self.data_dir), "status"]).returncode == 0
@@ -154,15 +187,17 @@ def ensure_database(admin_conninfo: str, name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["ensure", "stop", "status"])
+    parser.add_argument("command", choices=["ensure", "stop", "status", "clean"])
     parser.add_argument("--database", action="append", default=[], help="database to create (repeatable)")
     args = parser.parse_args(argv)
     cluster = LocalPostgres.from_settings(get_settings())
     if args.command == "ensure":
         cluster.ensure(tuple(args.database))
         print(f"PostgreSQL running on {cluster.host}:{cluster.port} (data: {cluster.data_dir})")
-    elif args.command == "stop":
+    elif args.command in ("stop", "clean"):
         cluster.stop()
+        if args.command == "clean" and os.geteuid() == 0 and cluster.data_dir == outside_data_dir():
+            shutil.rmtree(cluster.data_dir.parent, ignore_errors=True)  # data/ (and its symlink): the Makefile
     else:
         running = cluster.initialised() and cluster.running()
         print("running" if running else "stopped")
