@@ -13,4 +13,4 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 
-pytest_plugins = ["tests.fixtures.spark", "tests.fixtures.pipeline"]
+pytest_plugins = ["tests.fixtures.spark", "tests.fixtures.pipeline", "tests.fixtures.ui"]

@@ -16,10 +16,8 @@ import http.client
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -30,17 +28,17 @@ from include.contract.versions import V3
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator, write_raw_file
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, log_in
 
 pytestmark = pytest.mark.integration
 
-OUTPUT_DIR = PROJECT_ROOT / "test-output" / "ui"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PASSWORD = "ui-test-Passw0rd"
 FORMULA_EVENT_ID = '=HYPERLINK("http://evil.example","click")'
 FORMULA_RAW_LINE = "@SUM(1+1)*cmd|' /C calc'!A0,short"
 MARKUP_EVENT_ID = "<img src=x onerror=alert(1)>"
 SUITE_NAME = "ecommerce_events.contract"
-TASK_IDS = ("detect_work", "package_code", "ingest", "audit", "publish", "quality_gate")
+TASK_IDS = ("detect_work", "package_code", "choose_path", "ingest", "audit", "publish", "quality_gate")
+BACKFILL_PATH = ("backfill_ingest", "rederive")
 SUCCESS_MARK = "M20 6 9 17l-5-5"  # the check mark of a successful task in Airflow 3.3's grid
 # generator defect -> the rule that dead-letters it (a defect that leaves the event_id intact)
 RULE_OF_DEFECT = {"negative_price": "price_in_range", "price_above_max": "price_in_range",
@@ -130,27 +128,6 @@ def ui(pipeline, tmp_path_factory):
         yield base, known, run_id
     finally:
         stop_process_group(server)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="ecom-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1500,1300", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def api_token(base: str) -> str:
@@ -248,12 +225,7 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
     wait = WebDriverWait(browser, 60)
 
     # log in through Airflow's own login page
-    browser.get(f"{base}/dags/ecommerce_events")
-    wait.until(EC.presence_of_element_located((By.NAME, "username"))).send_keys(ADMIN_USER)
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait.until(lambda d: "/auth/login" not in d.current_url)
-    assert any(cookie["name"] == "_token" for cookie in browser.get_cookies())
+    log_in(browser, base, PASSWORD)
 
     # the DAG grid shows the run: a cell per task, each with the success mark, and the run's state is success
     browser.get(f"{base}/dags/ecommerce_events")
@@ -261,6 +233,8 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
         cell = wait.until(EC.presence_of_element_located(
             (By.CSS_SELECTOR, f'a[data-testid="grid-{run_id}-{task_id}"] [data-testid="task-state-badge"]')))
         assert cell.find_element(By.CSS_SELECTOR, "path").get_attribute("d") == SUCCESS_MARK, task_id
+    # the path this run did not take is skipped, as the Graph view below shows
+    assert pipeline.task_states(run_id) == {**dict.fromkeys(TASK_IDS, "success"), **dict.fromkeys(BACKFILL_PATH, "skipped")}
     latest = browser.find_element(By.CSS_SELECTOR, f'a[href$="/runs/{run_id}"] [data-testid="state-badge"]')
     assert latest.get_attribute("aria-label") == "success"
     time.sleep(1)
@@ -299,3 +273,6 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
     assert "event_id_is_uuid" in counts
     browser.switch_to.default_content()
     browser.save_screenshot(str(OUTPUT_DIR / "dead_letters.png"))
+
+    # the Graph view of this every-minute run: its path ran, the backfill path is there but skipped
+    graph_screenshot(browser, base, run_id, "graph_every_minute_run.png", TASK_IDS + BACKFILL_PATH)

@@ -17,17 +17,21 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from scripts.airflow_env import admin_password
 from scripts.generator import EventGenerator
 from scripts.pipeline import Supervisor, _wait_for_http
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+from tests.fixtures.ui import graph_screenshot, log_in
 
 pytestmark = pytest.mark.integration
 
 AIRFLOW = str(PROJECT_ROOT / ".venv" / "bin" / "airflow") if (PROJECT_ROOT / ".venv").exists() else "airflow"
+PASSWORD = "backfill-test-Passw0rd"
 QUALITY_OFF = {"MIN_VALIDITY_RATE": "0"}  # thresholds are changed on purpose here; the gate is tested elsewhere
 
 
@@ -60,8 +64,8 @@ def files_under(directory) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
 
 
-def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[int, float]:
-    """`airflow backfill create` for one schedule slot; wait for its run; return (backfill id, seconds)."""
+def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[str, float]:
+    """`airflow backfill create` for one schedule slot; wait for its run; return (its run id, seconds)."""
     airflow_db = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")
     stamp = logical_date.isoformat()
     started = time.monotonic()
@@ -72,17 +76,22 @@ def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[int, float]:
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
             runs = conn.execute(
-                "SELECT run_type, state, data_interval_start, data_interval_end FROM dag_run "
+                "SELECT run_type, state, data_interval_start, data_interval_end, run_id FROM dag_run "
                 "WHERE backfill_id = %s", (backfill_id,)).fetchall()
             completed = conn.execute("SELECT completed_at FROM backfill WHERE id = %s", (backfill_id,)).fetchone()[0]
-            if runs and all(state in ("success", "failed") for _, state, _, _ in runs) and completed:
+            if runs and all(state in ("success", "failed") for _, state, _, _, _ in runs) and completed:
                 break  # the scheduler marks the backfill complete; only then may another one be created
             time.sleep(2)
     assert len(runs) == 1, runs
-    run_type, state, interval_start, interval_end = runs[0]
+    run_type, state, interval_start, interval_end, run_id = runs[0]
     assert (run_type, state) == ("backfill", "success"), runs
     assert (interval_start, interval_end) == (logical_date - timedelta(minutes=1), logical_date)
-    return backfill_id, time.monotonic() - started
+    # the run took the backfill path; the every-minute path is there, skipped
+    assert pipeline.task_states(run_id) == {
+        **dict.fromkeys(("detect_work", "package_code", "choose_path", "backfill_ingest", "rederive", "quality_gate"),
+                        "success"),
+        **dict.fromkeys(("ingest", "audit", "publish"), "skipped")}
+    return run_id, time.monotonic() - started
 
 
 def replay(env: dict, **conf) -> dict:
@@ -92,7 +101,8 @@ def replay(env: dict, **conf) -> dict:
     return output
 
 
-def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_what_passes(pipeline, tmp_path):
+def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_what_passes(pipeline, tmp_path,
+                                                                                          browser):
     pipeline.reset()
     timings: dict[str, float] = {}
     # three landing minutes, two hours ago; the backfilled window is the middle one
@@ -127,12 +137,14 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
 
     # The real CLI path: api-server + scheduler, `airflow backfill create`, under MAX_PRICE=150.
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     env = {
-        **pipeline.env, **QUALITY_OFF, "MAX_PRICE": "150",
+        **pipeline.env, **QUALITY_OFF, "MAX_PRICE": "150", "AIRFLOW_ADMIN_PASSWORD": PASSWORD,
         "AIRFLOW_API_PORT": str(port), "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
     }
+    admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
     airflow(env, "dags", "reserialize")
     airflow(env, "dags", "unpause", "ecommerce_events")
     supervisor = Supervisor(env)
@@ -142,6 +154,9 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
         _wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 180, supervisor)
         first_id, timings["backfill 1"] = backfill(pipeline, env, window_end)
         after_first = tables(pipeline)
+        log_in(browser, base, PASSWORD)
+        graph_screenshot(browser, base, first_id, "graph_backfill_run.png",
+                         ("choose_path", "backfill_ingest", "rederive", "ingest", "quality_gate"))
         second_id, timings["backfill 2 (identical)"] = backfill(pipeline, env, window_end)
         after_second = tables(pipeline)
     finally:
