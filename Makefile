@@ -1,6 +1,7 @@
 # The project's entry points. Every target creates the virtualenv first if it is missing or stale.
 #   make run    fresh machine -> running pipeline (Airflow UI on http://127.0.0.1:8080), Ctrl+C stops it all
 #   make test   the whole test suite (unit + integration against a real PostgreSQL, Spark and Airflow)
+#   make test-fast  the inner loop: unit tests + the tests against one real PostgreSQL (under 3 minutes)
 #   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
 #   make bench  throughput vs raw COPY, empty minute, freshness, memory (own PostgreSQL; see docs/performance.md)
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-12)
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: venv run once test test-unit test-integration lint clean env bench
+.PHONY: venv run once test test-fast test-unit test-integration lint clean env bench
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ once: venv
 
 test: venv
 	@$(BIN)/python -m pytest
+
+# The inner loop (under 3 minutes): unit tests plus the tests against one real PostgreSQL (no Spark, no Airflow).
+test-fast: venv
+	@$(BIN)/python -m pytest -m "unit or db"
 
 test-unit: venv
 	@$(BIN)/python -m pytest -m unit

@@ -64,9 +64,59 @@ class Environment:
             apply_schema(conn)
         env = {**os.environ, **airflow_environment(settings)}
         started_at = time.monotonic()
-        _airflow(env, "db", "migrate", quiet=True)
-        say(f"Airflow metadata database ready ({time.monotonic() - started_at:.0f} s)")
+        if _metadata_migrated(env):
+            say("Airflow metadata database up to date")
+        else:
+            _airflow(env, "db", "migrate", quiet=True)
+            _record_migration(env)
+            say(f"Airflow metadata database ready ({time.monotonic() - started_at:.0f} s)")
         return cls(settings, env, started)
+
+
+# `airflow db migrate` takes ~9 s even when there is nothing to migrate, and every `make once` would pay it.
+# After a migration, the Airflow version and the database's Alembic revision are recorded in AIRFLOW_HOME;
+# the next start skips the command while both still match (another Airflow version, another or a reset
+# database: it runs). Reading the revision is one query; no Airflow import is needed for it.
+_MIGRATED_STAMP = ".metadata-migrated.json"
+
+
+def _metadata_revision(env: dict[str, str]) -> str | None:
+    url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    if not url.startswith(("postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://")):
+        return None
+    try:
+        with psycopg.connect("postgresql://" + url.split("://", 1)[1], connect_timeout=5) as conn:
+            return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    except (psycopg.Error, TypeError):
+        return None
+
+
+def _migration_key(env: dict[str, str]) -> dict[str, str | None]:
+    import hashlib
+    from importlib.metadata import version
+
+    database = hashlib.sha256(env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "").encode()).hexdigest()
+    return {"airflow": version("apache-airflow"), "database": database, "revision": _metadata_revision(env)}
+
+
+def _metadata_migrated(env: dict[str, str]) -> bool:
+    import json
+
+    stamp = Path(env["AIRFLOW_HOME"]) / _MIGRATED_STAMP
+    try:
+        recorded = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    current = _migration_key(env)
+    return current["revision"] is not None and recorded == current
+
+
+def _record_migration(env: dict[str, str]) -> None:
+    import json
+
+    stamp = Path(env["AIRFLOW_HOME"]) / _MIGRATED_STAMP
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(_migration_key(env)))
 
 
 def _airflow(env: dict[str, str], *args: str, quiet: bool = False) -> subprocess.CompletedProcess:

@@ -139,13 +139,23 @@ def test_quality_breach_is_said_once_and_its_recovery_once(pipeline, slack, tmp_
         assert "cleared: dead_letter_growth" in slack.take()[0]["text"]
 
 
-def test_task_failure_and_open_breaker_are_said_once_and_one_recovery_closes_them(pipeline, slack, tmp_path):
+def test_a_failing_ingest_opens_the_breaker_skips_spark_is_said_once_and_one_trial_closes_it(pipeline, slack,
+                                                                                             tmp_path):
+    """The circuit breaker and its alerts in one story: a run fails after its retries (ERROR + CRITICAL,
+    breaker open), the next run skips Spark and leaves the files waiting, a trial that fails the same way says
+    nothing new, and a good trial publishes every event exactly once, closes the breaker and says RECOVERED."""
+    from tests.integration.test_fault_tolerance import FILES, assert_exactly_once
+    from tests.integration.test_fault_tolerance import land as land_known
+
     pipeline.reset()
-    land(pipeline, seed=41)
-    breaking = {"PYSPARK_PYTHON": "/nonexistent/python", "CIRCUIT_BREAKER_THRESHOLD": "1",
-                "CIRCUIT_BREAKER_COOLDOWN_SECONDS": "0"}
+    expected = land_known(pipeline, seed=11)
+    # a cool-down far longer than a loaded machine needs between two runs; the test moves the breaker's
+    # opening time back instead of waiting the cool-down out
+    cooldown = {"CIRCUIT_BREAKER_COOLDOWN_SECONDS": "600"}
+    breaking = {"PYSPARK_PYTHON": "/nonexistent/python", "CIRCUIT_BREAKER_THRESHOLD": "1", **cooldown}
     done, output = run(pipeline, slack, tmp_path, **breaking)
     assert done.returncode == 1, output[-4000:]
+    assert pipeline.query("SELECT state, consecutive_failures FROM pipeline_circuit_breaker") == [("open", 1)]
     failure, breaker = slack.take()
     [run_id] = [line.split("`")[1] for line in failure["text"].splitlines() if line.startswith("run: `")]
     assert run_id.startswith("manual__")
@@ -161,19 +171,32 @@ def test_task_failure_and_open_breaker_are_said_once_and_one_recovery_closes_the
     assert [json.loads(line)["level"] for line in (tmp_path / "alerts.jsonl").read_text().splitlines()] == [
         "ERROR", "CRITICAL"]
 
+    # while the breaker is open, runs skip the ingest: no Spark job, the files wait in the landing directory
+    done, output = run(pipeline, slack, tmp_path, **cooldown)
+    assert done.returncode == 0, output[-4000:]
+    assert "circuit breaker OPEN since" in output and "skipping the ingest" in output
+    assert "Spark-Submit cmd" not in output and len(list(pipeline.landing_dir.glob("*.csv"))) == FILES
+    assert slack.take() == []
+
     # the trial run fails the same way and opens the breaker again: the same two conditions, no message
+    reopen = "UPDATE pipeline_circuit_breaker SET opened_at = opened_at - interval '601 seconds' RETURNING 1"
+    pipeline.query(reopen)
     done, output = run(pipeline, slack, tmp_path, **breaking)
     assert done.returncode == 1 and "this run is the trial" in output, output[-4000:]
     assert slack.take() == []
 
-    done, output = run(pipeline, slack, tmp_path, CIRCUIT_BREAKER_COOLDOWN_SECONDS="0")
+    # a good trial: everything published once, the breaker closes, one RECOVERED clears both conditions
+    pipeline.query(reopen)
+    done, output = run(pipeline, slack, tmp_path, **cooldown)
     assert done.returncode == 0, output[-4000:]
+    assert "this run is the trial" in output
     [recovery] = slack.take()
     assert recovery["text"].startswith(":white_check_mark: *RECOVERED* `ecommerce_events`: recovered: a run got "
                                        "through ingest, audit and publish again")
     assert "circuit_breaker_open (CRITICAL, open)" in recovery["text"]
     assert "task_failed (ERROR, ingest)" in recovery["text"]
-    assert pipeline.query("SELECT state FROM pipeline_circuit_breaker") == [("closed",)]
+    assert pipeline.query("SELECT state, consecutive_failures FROM pipeline_circuit_breaker") == [("closed", 0)]
+    assert_exactly_once(pipeline, expected)
 
 
 def test_no_fresh_data_while_the_feed_is_expected_is_critical_then_recovers(pipeline, slack, tmp_path):

@@ -15,7 +15,7 @@ from include.contract.rules import ROW_RULES, routing_predicate, suite_parameter
 from include.publish.every_minute import publish
 from include.quality.audit import data_docs_index, prepare_candidates, validate
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.db]
 
 NOW = datetime.now(UTC)
 BASE = {

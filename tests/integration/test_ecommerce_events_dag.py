@@ -21,7 +21,7 @@ def generate(pipeline, files: int, rows: int, seed: int, **ratios: float) -> lis
     return reports
 
 
-def test_generated_rows_land_once_and_files_are_archived(pipeline):
+def test_generated_rows_land_once_files_are_archived_and_an_empty_minute_starts_no_spark(pipeline):
     pipeline.reset()
     generate(pipeline, files=6, rows=250, seed=11)  # 6 files, MAX_FILES_PER_TRIGGER=4: two Spark batches
     landed = sorted(p.name for p in pipeline.landing_dir.glob("*.csv"))
@@ -51,16 +51,38 @@ def test_generated_rows_land_once_and_files_are_archived(pipeline):
     assert list(pipeline.landing_dir.glob("*.csv")) == []
     assert sorted(p.name for p in pipeline.archive_dir.glob("*/*/*.csv")) == landed
 
+    # the next minute has nothing to do: it changes nothing and starts no Spark job (no JVM)
     second = pipeline.once()
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    output = second.stdout + second.stderr
+    assert "0 file(s) waiting" in output and "0 batch(es) staged" in output
+    assert "spark-submit" not in output.replace("spark_submit", "")
+    assert "Airflow metadata database up to date" in output  # and it did not pay a metadata migration
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 1500
     assert pipeline.scalar("SELECT count(*) FROM data_quality_metrics") == 2
 
 
-def test_an_empty_minute_starts_no_spark(pipeline):
-    pipeline.reset()
-    done = pipeline.once()
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    output = done.stdout + done.stderr
-    assert "0 file(s) waiting" in output
-    assert "spark-submit" not in output.replace("spark_submit", "")
+def test_make_once_migrates_the_airflow_metadata_only_when_airflow_or_the_database_changed(pipeline):
+    """Every `make once` starts with `scripts.pipeline init`; an up-to-date metadata database costs one query,
+    not a 9 s `airflow db migrate`, and another Airflow version still gets its migration."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.fixtures.pipeline import PROJECT_ROOT
+
+    def init() -> str:
+        done = subprocess.run([sys.executable, "-m", "scripts.pipeline", "init"], env=pipeline.env, cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    pipeline.airflow_ready()  # the session's first `init` migrates (or an earlier test's did)
+    assert "Airflow metadata database up to date" in init()
+    stamp = Path(pipeline.env["AIRFLOW_HOME"]) / ".metadata-migrated.json"
+    recorded = json.loads(stamp.read_text())
+    assert pipeline.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] not in stamp.read_text()  # a hash, no password
+    stamp.write_text(json.dumps({**recorded, "airflow": "0.0.1"}))  # as if Airflow had been upgraded since
+    assert "Airflow metadata database ready" in init()
+    assert json.loads(stamp.read_text()) == recorded

@@ -168,26 +168,5 @@ def test_a_poison_file_is_quarantined_after_bounded_attempts_and_the_rest_goes_o
     assert_exactly_once(pipeline, expected)
 
 
-def test_circuit_breaker_opens_skips_spark_and_one_trial_closes_it(pipeline, tmp_path):
-    pipeline.reset()
-    expected = land(pipeline, seed=11)
-    # a cool-down far longer than a loaded machine needs between two runs; the test then moves the
-    # breaker's opening time back instead of waiting the cool-down out
-    cooldown = {"CIRCUIT_BREAKER_COOLDOWN_SECONDS": "600"}
-    breaking = {"PYSPARK_PYTHON": "/nonexistent/python", "CIRCUIT_BREAKER_THRESHOLD": "1", **cooldown}
-    failed = pipeline.once(**breaking)
-    assert failed.returncode == 1
-    assert pipeline.query("SELECT state, consecutive_failures FROM pipeline_circuit_breaker") == [("open", 1)]
-
-    skipped = pipeline.once(**cooldown)
-    output = skipped.stdout + skipped.stderr
-    assert skipped.returncode == 0
-    assert "circuit breaker OPEN since" in output and "skipping the ingest" in output
-    assert "Spark-Submit cmd" not in output and len(list(pipeline.landing_dir.glob("*.csv"))) == FILES
-
-    pipeline.query("UPDATE pipeline_circuit_breaker SET opened_at = opened_at - interval '601 seconds' RETURNING 1")
-    trial = pipeline.once(**cooldown)
-    assert trial.returncode == 0, (trial.stdout + trial.stderr)[-3000:]
-    assert "this run is the trial" in trial.stdout + trial.stderr
-    assert pipeline.query("SELECT state, consecutive_failures FROM pipeline_circuit_breaker") == [("closed", 0)]
-    assert_exactly_once(pipeline, expected)
+# The circuit breaker under a failing ingest (open, skip Spark, failed trial, good trial, exactly once) is
+# tested with its alerts in tests/integration/test_alerts_to_slack.py.

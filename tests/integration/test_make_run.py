@@ -28,6 +28,7 @@ def scheduled_successes(pipeline) -> int:
 
 def test_make_run_schedules_the_dag_and_ctrl_c_leaves_nothing_behind(pipeline, tmp_path):
     pipeline.reset()
+    pipeline.airflow_ready()
     api_port = free_port()
     env = {
         **pipeline.env,

@@ -13,7 +13,7 @@ import pytest
 
 from include.publish.every_minute import clear_staged_rows
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.db]
 
 PUBLISHED = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 OTHER = uuid.UUID("00000000-0000-4000-8000-00000000000b")

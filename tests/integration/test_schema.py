@@ -9,7 +9,7 @@ import pytest
 
 from include.storage.staging import apply_schema
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.db]
 
 
 def test_the_schema_applied_by_several_processes_at_once_never_deadlocks(pipeline):
@@ -52,3 +52,4 @@ def test_schema_sql_declares_the_column_table(pipeline):
 
     assert [name for name, _ in _columns(pipeline, "audit_candidates")] == list(CANDIDATE_COLUMNS)
     assert _columns(pipeline, "revalidation_candidates") == staging  # a staged row, raw line included
+
