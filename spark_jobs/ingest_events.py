@@ -183,22 +183,6 @@ def _count_rows(batches):
     yield pa.RecordBatch.from_pylist([{"rows": sum(batch.num_rows for batch in batches)}])
 
 
-class _PhaseClock:
-    """Wall time of each phase of a micro-batch, for the batch's log line (docs/performance.md)."""
-
-    def __init__(self) -> None:
-        self._last = time.perf_counter()
-        self._laps: list[tuple[str, float]] = []
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self._laps.append((phase, now - self._last))
-        self._last = now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self._laps)
-
-
 class IngestAlreadyRunning(RuntimeError):
     """Another ingest holds this checkpoint; two live queries must never share it."""
 

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.unit
 
-DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 
-
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
 def test_replay_is_manual_with_typed_params_defaulting_to_a_dry_run(dagbag):

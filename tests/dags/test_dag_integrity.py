@@ -8,16 +8,11 @@ from unittest import mock
 
 import pytest
 
+from tests.fixtures.pipeline import PROJECT_ROOT
+
 pytestmark = pytest.mark.unit
 
-DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
-
-
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(DAGS_FOLDER))
+DAGS_FOLDER = PROJECT_ROOT / "dags"
 
 
 def test_no_import_errors(dagbag):

@@ -15,8 +15,6 @@ import csv
 import http.client
 import io
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from include.contract.versions import V3
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator, write_raw_file
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+from tests.fixtures.processes import stop_process_group
 from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, log_in
 
 pytestmark = pytest.mark.integration
@@ -79,17 +78,6 @@ def request(base: str, path: str, headers: dict[str, str] | None = None,
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode("utf-8", "replace")
     finally:
         conn.close()
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import free_port
+from tests.fixtures.processes import stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -80,16 +80,8 @@ class StandaloneCluster:
                          if (self.root / f"{n}.log").exists())
 
     def stop(self) -> None:
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        for process in reversed(self.processes):  # the workers before their master
+            stop_process_group(process)
 
 
 @pytest.fixture
