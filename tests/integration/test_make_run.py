@@ -96,6 +96,9 @@ def make_run(pipeline, tmp_path_factory):
         "PIPELINE_LOG_DIR": str(logs / "logs"),
         "GENERATOR_RATE_SECONDS": "2",
         "GENERATOR_BATCH_SIZE": "50",
+        # the runs here follow each other for minutes, each finding ~30 files per minute: one Spark batch
+        # for them, not eight (the session's 4 files per batch is what the contract tests need)
+        "MAX_FILES_PER_TRIGGER": "100",
     }
     airflow_db = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")
     # Runs of `airflow dags test` that earlier tests killed on purpose stay "running" in the metadata until
