@@ -16,7 +16,7 @@ runs made by a backfill take `backfill_ingest → rederive`; the other path is s
 | task | what it does |
 | --- | --- |
 | `detect_work` | files waiting in `LANDING_DIR`, or batches staged but not yet published? (a backfill run: files archived in its data interval?) If neither, the run stops here and **no JVM is started** |
-| `package_code` | zips the code Spark needs (`spark_jobs/`, `include/contract`, `include/storage`, settings) for `spark-submit --py-files` into `data/code`, which every Airflow worker shares (reused while the code is unchanged) |
+| `package_code` | zips the code Spark needs (`spark_jobs/`, `include/contract`, `include/storage`, settings) for `spark-submit --py-files` into `data/code`, which every Airflow worker shares (reused while the code is unchanged), and the Spark driver's class-data archive (written there once per Java and Spark version; it halves the JVM's start) |
 | `choose_path` | the every-minute path, or the backfill path for a run created by a backfill |
 | `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch. Detects each file's schema version from its header, upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
 | `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/contract/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
@@ -126,12 +126,14 @@ def ecommerce_events():
             return detect_window(settings, data_interval_start, data_interval_end)
         return detect_every_minute_work(settings, run_id)
 
-    @task
-    def package_code() -> str:
-        """Zip the code Spark imports for `--py-files`; the same code gives the same zip."""
-        from include.airflow.packaging import build_code_archive
+    @task(multiple_outputs=True)
+    def package_code() -> dict[str, str]:
+        """Zip the code Spark imports for `--py-files` (the same code gives the same zip), and point the
+        Spark driver at the class-data archive that halves its start (written once per Java and Spark)."""
+        from include.airflow.packaging import build_class_archive, build_code_archive, driver_java_options
 
-        return str(build_code_archive())
+        build_class_archive()
+        return {"py_files": str(build_code_archive()), "driver_java_options": driver_java_options()}
 
     @task.branch
     def choose_path(dag_run=None) -> str:
@@ -199,7 +201,8 @@ def ecommerce_events():
             task_id=task_id,
             conn_id=SPARK_CONN_ID,
             application=str(SPARK_JOBS / script),
-            py_files=code_archive,
+            py_files=prepared["py_files"],
+            conf={"spark.driver.extraJavaOptions": prepared["driver_java_options"]},
             name=f"{DAG_ID}_{task_id}",
             application_args=["--airflow-run-id", "{{ run_id }}", *arguments],
             env_vars=SPARK_JOB_ENV,
@@ -208,7 +211,7 @@ def ecommerce_events():
             doc_md=doc,
         )
 
-    code_archive = package_code()
+    prepared = package_code()
     path = choose_path()
     ingest = spark_job("ingest", "ingest_events.py", [],
                        "Stage everything that has landed in `LANDING_DIR` (`spark_jobs/ingest_events.py`).")
@@ -221,7 +224,7 @@ def ecommerce_events():
     audited = audit()
     backfilled = rederive()
 
-    detect_work() >> code_archive >> path >> [ingest, backfill_ingest]
+    detect_work() >> prepared >> path >> [ingest, backfill_ingest]
     ingest >> audited
     backfill_ingest >> backfilled
     [publish(audited), backfilled] >> quality_gate()

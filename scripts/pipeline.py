@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from include.airflow.packaging import build_class_archive, class_archive_path
 from include.names import DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.staging import apply_schema
@@ -70,6 +71,11 @@ class Environment:
             _airflow(env, "db", "migrate", quiet=True)
             _record_migration(env)
             say(f"Airflow metadata database ready ({time.monotonic() - started_at:.0f} s)")
+        if not (archive := class_archive_path()) or not archive.exists():
+            started_at = time.monotonic()
+            say("writing Spark's class-data archive (once per Java and Spark version, about a minute) ...")
+            if build_class_archive():
+                say(f"Spark class-data archive ready ({time.monotonic() - started_at:.0f} s)")
         return cls(settings, env, started)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from include.airflow.packaging import build_code_archive
+from include.airflow.packaging import build_class_archive, build_code_archive, driver_java_options
 from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import PROJECT_ROOT
 
@@ -41,7 +41,9 @@ def land(pipeline, seed: int) -> dict:
 
 def spark_submit(pipeline, fault_dir: Path, **fault_env: str) -> subprocess.Popen:
     env = {**pipeline.env, "PIPELINE_FAULT_DIR": str(fault_dir), **fault_env}
+    build_class_archive()
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+               "--conf", f"spark.driver.extraJavaOptions={driver_java_options()}",
                "--py-files", str(build_code_archive()), str(PROJECT_ROOT / "spark_jobs" / "ingest_events.py"),
                "--airflow-run-id", "fault_injection"]
     log = open(fault_dir / "spark-submit.log", "w")  # noqa: SIM115 - closed with the process

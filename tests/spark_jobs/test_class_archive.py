@@ -1,0 +1,49 @@
+"""Spark's class-data archive (``include.airflow.packaging``): written once by a training run, used by the
+driver of every spark-submit, and never used when it does not belong to this JVM and these jars."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from include.airflow import packaging
+from include.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_archive_is_written_once_and_a_spark_submit_maps_it(tmp_path):
+    archive = packaging.build_class_archive()
+    assert archive is not None and archive.exists() and archive.stat().st_size > 50_000_000
+    assert packaging.build_class_archive() == archive, "a second call reuses the archive"
+    options = packaging.driver_java_options()
+    assert options == f"-XX:SharedArchiveFile={archive}"
+
+    job = tmp_path / "count.py"
+    job.write_text("from pyspark.sql import SparkSession\n"
+                   "print('rows', SparkSession.builder.getOrCreate().range(10).count())\n")
+    # -Xshare:on: the JVM refuses to start unless it maps the archive (default is to fall back silently)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]",
+         "--conf", f"spark.driver.extraJavaOptions={options} -Xshare:on", str(job)],
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable}, cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rows 10" in done.stdout
+
+
+def test_other_jars_name_another_archive_and_without_one_spark_starts_as_before(tmp_path, monkeypatch):
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "spark-core.jar").write_bytes(b"one")
+    monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+    first = packaging.class_archive_path(tmp_path)
+    (jars / "spark-sql.jar").write_bytes(b"two")
+    second = packaging.class_archive_path(tmp_path)
+    assert first != second and first.parent == second.parent == tmp_path
+    assert packaging.driver_java_options(tmp_path) == "-Xshare:auto"  # nothing written there: no archive flag
