@@ -64,7 +64,14 @@ def build_code_archive(output_dir: Path | None = None, root: Path = PROJECT_ROOT
 # application class-data sharing (JEP 350) maps those classes from an archive written once by a training run,
 # which halves that: 10.8 s wall and 18 CPU-s (docs/performance.md). The archive belongs to one JVM and one set
 # of jars, so its name carries a hash of both; with the wrong archive, or none, the JVM starts as before.
+#
+# It is a cache of this machine's JVM, so it lives in the user's cache directory, shared by every checkout
+# (a second clone, the test suite's copies) rather than in one checkout's data/.
 CLASS_ARCHIVE_PREFIX = "spark_classes_"
+
+
+def _class_archive_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ecommerce-pipeline"
 
 
 def _spark_jars_dir() -> Path | None:
@@ -95,7 +102,7 @@ def class_archive_path(output_dir: Path | None = None) -> Path | None:
     for jar in sorted(jars.iterdir()):
         stat = jar.stat()
         digest.update(f"{jar.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return Path(output_dir or CODE_ARCHIVE_DIR) / f"{CLASS_ARCHIVE_PREFIX}{digest.hexdigest()[:16]}.jsa"
+    return Path(output_dir or _class_archive_dir()) / f"{CLASS_ARCHIVE_PREFIX}{digest.hexdigest()[:16]}.jsa"
 
 
 def driver_java_options(output_dir: Path | None = None) -> str:
@@ -126,7 +133,7 @@ def build_class_archive(output_dir: Path | None = None, timeout_s: float = 300) 
         spark_submit = Path(sys.executable).parent / "spark-submit"
         command = [str(spark_submit if spark_submit.exists() else "spark-submit"), "--master", "local[2]",
                    "--conf", f"spark.driver.extraJavaOptions=-XX:ArchiveClassesAtExit={partial}",
-                   "--py-files", str(build_code_archive(output_dir)), str(PROJECT_ROOT / "spark_jobs" / "train_class_archive.py")]
+                   "--py-files", str(build_code_archive()), str(PROJECT_ROOT / "spark_jobs" / "train_class_archive.py")]
         env = {**os.environ, "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable)}
         log.info("writing Spark's class-data archive (once per Java and Spark version): %s", target)
         try:

@@ -117,10 +117,12 @@ def test_every_directory_setting_is_on_the_volume_shared_by_the_submitter_and_th
     generator = SERVICES["generator"]["command"]
     assert generator[generator.index("--output-dir") + 1] == str(settings.landing_dir)
     assert env["PIPELINE_HOME"] == "/opt/airflow" and env["PYTHONPATH"] == "/opt/airflow"
+    # Spark's class-data archive is written once on the shared volume, not once per container
+    assert PurePosixPath(env["XDG_CACHE_HOME"]).is_relative_to(data_mount)
 
 
 def test_every_setting_the_file_passes_exists_and_the_airflow_services_agree():
-    extras = {"PIPELINE_HOME", "PYTHONPATH", "PYSPARK_PYTHON", "DUMB_INIT_SETSID"}
+    extras = {"PIPELINE_HOME", "PYTHONPATH", "PYSPARK_PYTHON", "DUMB_INIT_SETSID", "XDG_CACHE_HOME"}
     reference = env_of("airflow-scheduler")
     for name in AIRFLOW_SERVICES:
         env = env_of(name)
