@@ -15,12 +15,12 @@ runs made by a backfill take `backfill_ingest → rederive`; the other path is s
 
 | task | what it does |
 | --- | --- |
-| `detect_work` | files waiting in `LANDING_DIR`, or batches staged but not yet published? (a backfill run: files archived in its data interval?) If neither, the run stops here and **no JVM is started** |
+| `detect_work` | feed files (`*.csv`, `*.csv.gz`, `*.csv.bz2`) waiting in `LANDING_DIR`, or batches staged but not yet published? (a backfill run: files archived in its data interval?) If neither, the run stops here and **no JVM is started**. Empty files and files that are not feed files go to `QUARANTINE_DIR` (the latter with a WARNING) |
 | `package_code` | zips the code Spark needs (`spark_jobs/`, `include/contract`, `include/storage`, settings) for `spark-submit --py-files` into `data/code`, which every Airflow worker shares (reused while the code is unchanged), and points the Spark driver at its class-data archive (written once per machine, Java and Spark version into `~/.cache/ecommerce-pipeline`; it halves the JVM's start) |
 | `choose_path` | the every-minute path, or the backfill path for a run created by a backfill |
-| `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch. Detects each file's schema version from its header, upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
+| `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch. Matches each file's columns by name (any order or case; unknown columns kept per row in `rescued_data`), upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
 | `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/contract/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
-| `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch, ledger marked published |
+| `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch, ledger marked published; a column name the feed never carried before raises one WARNING |
 | `backfill_ingest` | `spark-submit spark_jobs/backfill_batch.py`: re-reads from `ARCHIVE_DIR` exactly the files that landed in the run's data interval (batch mode: no checkpoint, no file moves) and stages their rows |
 | `rederive` | validates the re-read rows with the same suite and re-derives them in one transaction (`include/publish/backfill.py`) |
 | `quality_gate` | fails the run (after publishing) when the validity rate is below `MIN_VALIDITY_RATE` or a table-level check fails |
@@ -164,6 +164,12 @@ def ecommerce_events():
         summary = with_connection(settings, lambda conn: publish_batches(conn, audited, settings, run_id))
         record_published_run(settings)
         print(summary.describe())
+        if summary.new_columns:
+            from include.ops.alerts import alert_new_columns
+
+            print("new column(s) in the feed, kept in rescued_data: "
+                  + ", ".join(c["name"] for c in summary.new_columns))
+            alert_new_columns(settings, summary.new_columns, run_id)
         return summary.to_xcom()
 
     @task(on_failure_callback=record_pipeline_failure)

@@ -96,6 +96,8 @@ class PublishSummary:
     batches: list[dict[str, Any]] = field(default_factory=list)
     moves: dict[str, int] = field(default_factory=dict)
     already_published: bool = False
+    # columns the contract does not know, seen for the first time in this publish: name, source_file, sample
+    new_columns: list[dict[str, Any]] = field(default_factory=list)
 
     def to_xcom(self) -> dict[str, Any]:
         return asdict(self)

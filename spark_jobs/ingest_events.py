@@ -40,7 +40,7 @@ from include.contract.versions import CANONICAL
 from include.names import INGEST_LOCK_PREFIX
 from include.settings import Settings, get_settings
 from include.storage.connections import with_connection
-from include.storage.landing import archive_path, move_file, quarantine_path
+from include.storage.landing import SPARK_GLOB, archive_path, move_file, quarantine_path
 from include.storage.locks import session_lock
 from include.storage.staging import (
     clear_attempts,
@@ -217,7 +217,7 @@ def run(settings: Settings, airflow_run_id: str | None) -> None:
             landed = (
                 spark.readStream.format("binaryFile")
                 .schema(BINARY_FILE_SCHEMA)
-                .option("pathGlobFilter", "*.csv")
+                .option("pathGlobFilter", SPARK_GLOB)
                 .option("maxFilesPerTrigger", settings.max_files_per_trigger)
                 .load(str(settings.landing_dir))
             )

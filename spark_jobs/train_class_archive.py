@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from include.settings import get_settings
+from include.storage.landing import SPARK_GLOB
 from spark_jobs.ingest_events import _WARM_UP_CSV, BINARY_FILE_SCHEMA, _count_rows, warm_up
 from spark_jobs.staging import build_spark, typed_events
 from spark_jobs.transforms import PARSED_SCHEMA, parse_landed_files
@@ -35,7 +36,7 @@ def main() -> None:
                 typed_events(parsed, datetime.now(UTC), settings.late_arrival_minutes).mapInArrow(
                     _count_rows, "rows long").collect()
 
-            (spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA).option("pathGlobFilter", "*.csv")
+            (spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA).option("pathGlobFilter", SPARK_GLOB)
              .load(str(landing)).writeStream.foreachBatch(batch)
              .option("checkpointLocation", str(Path(tmp) / "checkpoint"))
              .trigger(availableNow=True).start().awaitTermination())

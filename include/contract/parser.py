@@ -6,11 +6,13 @@ Here every record keeps its exact raw text and its first physical line number, a
 split into the header's fields carries the reason instead of being guessed at.
 
 Outcomes:
-* the file cannot be read at all (not UTF-8 text, empty, header of no known version): ``FileRejected``;
+* the file cannot be read at all (not UTF-8 text, a damaged ``.gz``/``.bz2``, empty, a header without a
+  required column or with a column twice): ``FileRejected``;
 * a record with the wrong number of fields, a broken quote, a NUL byte or an oversize field: a record
   whose ``parse_errors`` says why (its values are left empty; a NUL in its raw text is written ``\\x00``,
   since PostgreSQL text cannot hold it);
-* otherwise: a record with the canonical (v3) columns as text, upcast by ``schema_registry.migrate``.
+* otherwise: a record with the canonical (v3) columns as text, matched by column name
+  (``versions.match_header``), plus the columns the contract does not know as JSON in ``rescued_data``.
 
 Typing (numbers, timestamps) happens in Spark, which adds its own reasons to ``parse_errors``.
 """
@@ -19,16 +21,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from include.contract.versions import (
     CANONICAL_COLUMNS,
     MIGRATION_DEFAULTS,
-    SchemaVersion,
+    HeaderMatch,
     UnknownSchemaVersion,
-    detect_version,
+    match_header,
 )
+
+# Compressed files are read like plain ones; the suffix says how (``include.storage.landing.FEED_SUFFIXES``).
+_DECOMPRESSORS = {".gz": ("gzip", "gzip"), ".bz2": ("bz2", "bzip2")}
 
 # Longest value accepted in one field. Real values are far shorter; anything longer is damage or abuse.
 MAX_FIELD_CHARS = 1024
@@ -81,12 +87,25 @@ def decode(content: bytes) -> str:
         ) from None
 
 
+def decompress(content: bytes, source_file: str) -> bytes:
+    """The bytes of a ``.csv.gz`` / ``.csv.bz2`` file uncompressed (others as they are); ``FileRejected`` when
+    the compressed stream is damaged."""
+    suffix = source_file[source_file.rfind("."):].lower()
+    if suffix not in _DECOMPRESSORS:
+        return content
+    module, name = _DECOMPRESSORS[suffix]
+    try:
+        return __import__(module).decompress(content)
+    except (OSError, EOFError, ValueError) as error:
+        raise FileRejected(f"not a readable {name} file: {error}") from None
+
+
 def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
     """Yield one canonical record per CSV record of ``content`` (header excluded, blank lines skipped).
 
     Raises ``FileRejected`` before yielding anything if the file cannot be read at all.
     """
-    text = decode(content)
+    text = decode(decompress(content, source_file))
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     tap = _LineTap(iter(io.StringIO(text, newline="")))
     reader = csv.reader(tap, strict=True)
@@ -97,12 +116,13 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
     except csv.Error as error:
         raise FileRejected(f"unreadable header line: {error}") from None
     try:
-        version = detect_version(header)
+        match = match_header(header)
     except UnknownSchemaVersion as error:
         raise FileRejected(str(error)) from None
     tap.take()
-    width = len(version.columns)
-    plan = _migration_plan(version)
+    width, version = match.width, match.version
+    plan = _migration_plan(match)
+    rescued = match.rescued
 
     while True:
         start_line = tap.line_number + 1
@@ -128,19 +148,18 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
             source_line=start_line,
             raw_data=raw,
             parse_errors=error,
+            rescued_data=json.dumps({name: fields[i] or None for name, i in rescued}, ensure_ascii=False)
+            if rescued and error is None else None,
         )
         yield record
 
 
-def _migration_plan(version: SchemaVersion) -> tuple[tuple[str, int | None, str | None], ...]:
-    """Per canonical column: its position in ``version``'s fields (None if absent) and its migration default.
+def _migration_plan(match: HeaderMatch) -> tuple[tuple[str, int | None, str | None], ...]:
+    """Per canonical column: its position in the file's fields (None if absent) and its default.
 
-    The per-record equivalent of ``schema_registry.migrate`` without two dicts per record; the parser is
-    the ingest's Python hot path (docs/performance.md)."""
-    return tuple(
-        (column, version.columns.index(column) if column in version.columns else None, MIGRATION_DEFAULTS[column])
-        for column in CANONICAL_COLUMNS
-    )
+    The per-record equivalent of ``versions.migrate`` without two dicts per record; the parser is the
+    ingest's Python hot path (docs/performance.md)."""
+    return tuple((column, match.positions.get(column), MIGRATION_DEFAULTS[column]) for column in CANONICAL_COLUMNS)
 
 
 def _structural_error(fields: list[str], width: int) -> str | None:

@@ -9,10 +9,14 @@
 The versions derive from the column table (``include.contract.columns``: each feed column says since which
 version it exists).
 
-A file's version is decided by its header line alone (an exact match of the column names, after a UTF-8 BOM
-is stripped and a CRLF ending is removed). ``migrate`` fills the columns a version lacks with the defaults
-in ``MIGRATION_DEFAULTS``: ``quantity`` becomes 1 (a v1 event is one item) and every other missing column
-stays NULL ("not recorded"), so nothing is invented that an analyst could mistake for data.
+A file's columns are matched **by name** (``match_header``): case and surrounding blanks are ignored (and a
+UTF-8 BOM), the order is free. A file without one of the required columns (``Column.required``) is
+quarantined with a reason naming them; a header that names a column twice is quarantined too. Optional
+columns the file lacks take the defaults in ``MIGRATION_DEFAULTS``: ``quantity`` becomes 1 (a v1 event is
+one item) and every other missing column stays NULL ("not recorded"), so nothing is invented that an
+analyst could mistake for data. Columns the contract does not know are kept per row as ``rescued_data``.
+The version a row records is the newest version among the known columns the file carries (a v3 export
+without its marketing columns is still v3).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ def _version(name: str) -> SchemaVersion:
 
 V1, V2, V3 = _version("v1"), _version("v2"), _version("v3")
 VERSIONS: dict[str, SchemaVersion] = {v.name: v for v in (V1, V2, V3)}
+VERSION_ORDER: tuple[str, ...] = tuple(VERSIONS)
+_FEED = {c.name for c in COLUMNS if c.role == "feed"}
+_SINCE = {c.name: c.since for c in COLUMNS if c.role == "feed"}
 CANONICAL = V3
 CANONICAL_COLUMNS = FEED_COLUMNS
 
@@ -59,27 +66,58 @@ MIGRATION_DEFAULTS: Mapping[str, str | None] = {
     column: ("1" if column == "quantity" else None) for column in CANONICAL_COLUMNS
 }
 
-_BY_HEADER: dict[tuple[str, ...], SchemaVersion] = {v.columns: v for v in VERSIONS.values()}
-
 
 class UnknownSchemaVersion(ValueError):
-    """A header matches no registered version; the file must be quarantined, not guessed at."""
+    """A header the contract cannot read (a required column missing, a name twice); the file must be
+    quarantined, not guessed at."""
+
+
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "feed" and c.required)
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    """How a file's header maps onto the contract."""
+
+    version: SchemaVersion
+    positions: dict[str, int]        # contract column -> field index in the file
+    rescued: tuple[tuple[str, int], ...]  # (column name as written, field index) of columns the contract lacks
+    width: int                       # fields per record
+
+
+def _clean(name: str) -> str:
+    return name.lstrip("\ufeff").strip()
+
+
+def match_header(header_fields: Sequence[str]) -> HeaderMatch:
+    """Map a header onto the contract by column name (case, blanks and a BOM ignored; any order)."""
+    positions: dict[str, int] = {}
+    rescued: list[tuple[str, int]] = []
+    seen: dict[str, str] = {}
+    for index, raw in enumerate(header_fields):
+        written = _clean(raw)
+        key = written.lower()
+        if key in seen:
+            raise UnknownSchemaVersion(f"header names column {written!r} twice (fields {seen[key]} and {index + 1})")
+        seen[key] = str(index + 1)
+        if key in _FEED:
+            positions[key] = index
+        else:
+            rescued.append((written or f"_column_{index + 1}", index))
+    missing = [column for column in REQUIRED_COLUMNS if column not in positions]
+    if missing:
+        preview = ",".join(_clean(f) for f in header_fields)[:200]
+        raise UnknownSchemaVersion(
+            f"header {preview!r} lacks the required column(s) {', '.join(missing)} "
+            "(columns are matched by name in any order; only these may not be missing)"
+        )
+    newest = max(VERSION_ORDER.index(_SINCE[column]) for column in positions)
+    return HeaderMatch(VERSIONS[VERSION_ORDER[newest]], positions, tuple(rescued), len(header_fields))
 
 
 def detect_version(header_fields: Sequence[str]) -> SchemaVersion:
-    """Return the version whose columns are exactly ``header_fields`` (BOM and surrounding spaces ignored)."""
-    cleaned = [f.strip() for f in header_fields]
-    if cleaned:
-        cleaned[0] = cleaned[0].lstrip("\ufeff").strip()
-    try:
-        return _BY_HEADER[tuple(cleaned)]
-    except KeyError:
-        preview = ",".join(cleaned)[:200]
-        raise UnknownSchemaVersion(
-            f"header {preview!r} matches no schema version (known: "
-            + "; ".join(f"{v.name}={v.header}" for v in VERSIONS.values())
-            + ")"
-        ) from None
+    """The version a header identifies (``match_header``)."""
+    return match_header(header_fields).version
 
 
 def migrate(record: Mapping[str, str | None], version: SchemaVersion) -> dict[str, str | None]:

@@ -49,6 +49,8 @@ TASK_FAILED = "task_failed"
 BREAKER_OPEN = "circuit_breaker_open"
 NO_FRESH_DATA = "no_fresh_data"
 DEAD_LETTER_GROWTH = "dead_letter_growth"
+FOREIGN_FILE = "foreign_file"   # + ":" + the quarantine path: one alert per file
+NEW_COLUMN = "new_column"       # + ":" + the column name: one alert per name, ever
 # a run that got through publish proves these are over
 CLEARED_BY_A_PUBLISHED_RUN = (TASK_FAILED, BREAKER_OPEN)
 
@@ -369,6 +371,31 @@ def after_quality_gate(settings: Settings, summary: PublishSummary, problems: li
             check_dead_letter_growth(settings, conn, run_id, base_url)
     except Exception:  # noqa: BLE001
         log.exception("alerts after the quality gate could not be raised")
+
+
+def alert_foreign_files(settings: Settings, moved: list[tuple[Path, str]], run_id: str | None) -> None:
+    """One WARNING per file of LANDING_DIR the ingest cannot read at all (not a feed file by its name)."""
+    for path, reason in moved:
+        raise_alert(settings, Alert(
+            WARNING, f"{FOREIGN_FILE}:{path}", reason, f"file {path.name!r} in the landing directory quarantined",
+            run_id=run_id, details=(reason, f"moved to {path}", "its reason: SELECT * FROM quarantined_files "
+                                    f"WHERE quarantine_path = '{path}';"),
+            links=links(airflow_base_url(), run_id)))
+
+
+def alert_new_columns(settings: Settings, new_columns: list[dict[str, str | None]], run_id: str | None) -> None:
+    """One WARNING the first time a column the contract does not know appears in the feed: its values are
+    kept in ``rescued_data`` until the contract learns it (docs/data-contract.md)."""
+    for column in new_columns:
+        name = column["name"]
+        raise_alert(settings, Alert(
+            WARNING, f"{NEW_COLUMN}:{name}", name, f"new column {name!r} in the feed",
+            run_id=run_id, details=(
+                f"first seen in {column['source_file']}; sample value {shorten(str(column['sample']), 80)!r}",
+                "its values are kept per row in ecommerce_events.rescued_data (and dead_letter_events.rescued_data)",
+                f"SELECT rescued_data->>'{name}', count(*) FROM ecommerce_events "
+                f"WHERE rescued_data ? '{name}' GROUP BY 1 ORDER BY 2 DESC LIMIT 20;"),
+            links=links(airflow_base_url(), run_id)))
 
 
 def check_dead_letter_growth(settings: Settings, conn, run_id: str | None, base_url: str) -> None:

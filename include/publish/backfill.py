@@ -163,8 +163,9 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         summary["dead_letters_added"] = conn.execute(
             f"""
             INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, failed_rules,
-                                            typed_row, {sql.DEAD_LETTER_LINEAGE})
-            SELECT v.event_id, s.raw_data, v.reasons, v.verdict, v.failed_rules, v.typed_row, s.schema_version,
+                                            typed_row, rescued_data, {sql.DEAD_LETTER_LINEAGE})
+            SELECT v.event_id, s.raw_data, v.reasons, v.verdict, v.failed_rules, v.typed_row, s.rescued_data,
+                   s.schema_version,
                    s.source_file, s.source_line, %s, s.spark_query_id, s.spark_batch_id
               FROM verdicts v JOIN staging_events s USING (staging_row_id)
              WHERE v.verdict IN ('rule', 'parse') AND v.dead_letter_id IS NULL

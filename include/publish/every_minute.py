@@ -55,13 +55,14 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             raise AuditOutOfDate(f"audit_candidates holds {candidates} rows, the audit saw {audit.candidate_rows}")
 
         sql.route_rule_failures(conn, audit.validation, settings, "audit_candidates")
+        new_columns = _record_new_columns(conn, airflow_run_id)
 
         lineage = sql.DEAD_LETTER_LINEAGE
         conn.execute(
             f"""
-            INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, {lineage})
-            SELECT s.event_id, s.raw_data, s.parse_errors, 'parse', s.schema_version, s.source_file, s.source_line,
-                   l.airflow_run_id, s.spark_query_id, s.spark_batch_id
+            INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, rescued_data, {lineage})
+            SELECT s.event_id, s.raw_data, s.parse_errors, 'parse', s.rescued_data, s.schema_version, s.source_file,
+                   s.source_line, l.airflow_run_id, s.spark_query_id, s.spark_batch_id
               FROM staging_events s JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
              WHERE s.parse_errors IS NOT NULL AND (s.spark_query_id, s.spark_batch_id) IN (SELECT * FROM pinned_batches)
             """
@@ -69,9 +70,9 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
         conn.execute(
             f"""
             INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, failed_rules,
-                                            typed_row, {lineage})
+                                            typed_row, rescued_data, {lineage})
             SELECT c.event_id, s.raw_data, string_agg(f.reason, '; ' ORDER BY f.rule), 'rule',
-                   array_agg(f.rule ORDER BY f.rule), (array_agg(to_jsonb(c)))[1],
+                   array_agg(f.rule ORDER BY f.rule), (array_agg(to_jsonb(c)))[1], (array_agg(c.rescued_data))[1],
                    c.schema_version, c.source_file, c.source_line,
                    l.airflow_run_id, c.spark_query_id, c.spark_batch_id
               FROM audit_candidates c
@@ -135,7 +136,29 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
         clear_staged_rows(conn)
         conn.execute("TRUNCATE audit_candidates")
         faults.reached("publish_in_transaction")
-    return _summary(rows, audit)
+    summary = _summary(rows, audit)
+    summary.new_columns = new_columns
+    return summary
+
+
+def _record_new_columns(conn: psycopg.Connection, airflow_run_id: str) -> list[dict]:
+    """Names of columns the contract does not know that these batches carry and no batch carried before
+    (``feed_columns_seen``), each with the first file and a sample value, for the WARNING "new column"."""
+    return [
+        {"name": name, "source_file": source_file, "sample": sample}
+        for name, source_file, sample in conn.execute(
+            f"""
+            INSERT INTO feed_columns_seen (column_name, first_file, sample_value, airflow_run_id)
+            SELECT DISTINCT ON (k.name) k.name, s.source_file, s.rescued_data ->> k.name, %s
+              FROM staging_events s, jsonb_object_keys(s.rescued_data) AS k(name)
+             WHERE s.rescued_data IS NOT NULL AND {_PENDING}
+             ORDER BY k.name, (s.rescued_data ->> k.name) IS NULL, s.staging_row_id
+            ON CONFLICT (column_name) DO NOTHING
+            RETURNING column_name, first_file, sample_value
+            """,
+            (airflow_run_id,),
+        ).fetchall()
+    ]
 
 
 def clear_staged_rows(conn: psycopg.Connection) -> str:

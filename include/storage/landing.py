@@ -1,8 +1,10 @@
-"""The landing directory as the DAG sees it, before any Spark job: what waits, and empty files.
+"""The landing directory as the DAG sees it, before any Spark job: what waits, and what Spark would never read.
 
-Spark's file scan skips zero-byte files, so an empty ``*.csv`` would never be read, archived or explained.
-The DAG's first task quarantines such files itself once they are old enough not to be a file someone is
-still writing (the generator renames complete files into place, but other producers may not).
+Spark's file scan skips zero-byte files, and it reads only feed files (``*.csv``, ``*.csv.gz``,
+``*.csv.bz2``), so an empty file or a ``report.xlsx`` would never be read, archived or explained. The DAG's
+first task quarantines such files itself once they are old enough not to be a file someone is still writing
+(the generator renames complete files into place, but other producers may not). Names starting with ``.``
+or ``_`` are in-flight by convention (Spark skips them too) and are left alone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,26 @@ from include.settings import Settings
 
 EMPTY_FILE_REASON = "empty file: no header and no rows"
 EMPTY_FILE_GRACE_SECONDS = 30
+# What the ingest reads from LANDING_DIR (compressed files are read like plain ones). The Spark stream's
+# glob (``SPARK_GLOB``) says the same. Any other file is quarantined, never left waiting unseen.
+FEED_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".csv.bz2")
+SPARK_GLOB = "*.{csv,csv.gz,csv.bz2}"
+
+
+def feed_suffix(name: str) -> str | None:
+    """The feed suffix ``name`` ends with (the longest), or None if it is not a feed file."""
+    return next((suffix for suffix in sorted(FEED_SUFFIXES, key=len, reverse=True) if name.endswith(suffix)), None)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(stem, suffix) with a feed file's whole suffix: ``a.csv.gz`` -> (``a``, ``.csv.gz``)."""
+    suffix = feed_suffix(name) or Path(name).suffix
+    return name[: len(name) - len(suffix)] if suffix else name, suffix
+
+
+def foreign_file_reason(name: str) -> str:
+    return (f"not a feed file: LANDING_DIR takes {', '.join('*' + s for s in FEED_SUFFIXES)} "
+            f"(this one is named {name!r})")
 # The DAG's schedule period: the window of a run whose data interval is empty (runs made before the DAG's
 # timetable carried an interval) is the period that ends at its logical date.
 
@@ -40,9 +62,10 @@ def move_file(source: Path, target: Path) -> Path | None:
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     candidate, n = target, 0
+    stem, suffix = split_name(target.name)
     while candidate.exists():
         n += 1
-        candidate = target.with_name(f"{target.stem}__{n}{target.suffix}")
+        candidate = target.with_name(f"{stem}__{n}{suffix}")
     shutil.move(str(source), str(candidate))
     return candidate
 
@@ -50,7 +73,15 @@ def move_file(source: Path, target: Path) -> Path | None:
 def _candidates(landing_dir: Path) -> list[Path]:
     if not landing_dir.is_dir():
         return []
-    return sorted(p for p in landing_dir.glob("*.csv") if p.is_file() and not p.name.startswith((".", "_")))
+    return sorted(p for p in landing_dir.iterdir()
+                  if feed_suffix(p.name) and p.is_file() and not p.name.startswith((".", "_")))
+
+
+def _foreign(landing_dir: Path) -> list[Path]:
+    if not landing_dir.is_dir():
+        return []
+    return sorted(p for p in landing_dir.iterdir()
+                  if not feed_suffix(p.name) and p.is_file() and not p.name.startswith((".", "_")))
 
 
 def waiting_files(landing_dir: Path) -> list[Path]:
@@ -58,16 +89,23 @@ def waiting_files(landing_dir: Path) -> list[Path]:
     return [p for p in _candidates(landing_dir) if p.stat().st_size > 0]
 
 
-def quarantine_empty_files(
+def quarantine_unreadable_files(
     settings: Settings, conn: psycopg.Connection, airflow_run_id: str | None, now: float | None = None
-) -> list[Path]:
-    """Move zero-byte CSV files older than the grace period to QUARANTINE_DIR and record why."""
+) -> list[tuple[Path, str]]:
+    """Move to QUARANTINE_DIR, and record why, the files of LANDING_DIR Spark would never read: zero-byte
+    feed files (its scan skips them) and files that are not feed files at all (``FEED_SUFFIXES``), once
+    they are older than the grace period (a producer may still be writing them). Returns (new path, reason)."""
     now = time.time() if now is None else now
     moved = []
-    for path in _candidates(settings.landing_dir):
-        stat = path.stat()
-        if stat.st_size > 0 or now - stat.st_mtime < EMPTY_FILE_GRACE_SECONDS:
+    for path in _candidates(settings.landing_dir) + _foreign(settings.landing_dir):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
             continue
+        foreign = feed_suffix(path.name) is None
+        if (stat.st_size > 0 and not foreign) or now - stat.st_mtime < EMPTY_FILE_GRACE_SECONDS:
+            continue
+        reason = foreign_file_reason(path.name) if foreign else EMPTY_FILE_REASON
         target = quarantine_path(settings.quarantine_dir, path, datetime.fromtimestamp(now, UTC))
         with conn.transaction():
             final = move_file(path, target)
@@ -76,9 +114,9 @@ def quarantine_empty_files(
             conn.execute(
                 "INSERT INTO quarantined_files (source_file, quarantine_path, reason, airflow_run_id) "
                 "VALUES (%s, %s, %s, %s)",
-                (str(path), str(final), EMPTY_FILE_REASON, airflow_run_id),
+                (str(path), str(final), reason, airflow_run_id),
             )
-        moved.append(final)
+        moved.append((final, reason))
     return moved
 
 
@@ -113,8 +151,9 @@ def landed_at(path: Path) -> datetime:
 def lineage_name(settings: Settings, archived: Path) -> str:
     """The landing path its rows carry as ``source_file`` (the archive keeps the name; ``x__1.csv`` is the
     second file named ``x.csv`` in one hour folder)."""
-    match = _COLLISION_SUFFIX.match(archived.stem)
-    name = f"{match['stem']}{archived.suffix}" if match else archived.name
+    stem, suffix = split_name(archived.name)
+    match = _COLLISION_SUFFIX.match(stem)
+    name = f"{match['stem']}{suffix}" if match else archived.name
     return str(settings.landing_dir / name)
 
 
@@ -125,7 +164,7 @@ def archived_files(settings: Settings, start: datetime, end: datetime) -> list[A
     hour = start.replace(minute=0, second=0, microsecond=0)
     while hour < end:
         folder = settings.archive_dir / f"{hour:%Y-%m-%d}" / f"{hour:%H}"
-        for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        for path in sorted(p for p in folder.iterdir() if feed_suffix(p.name)) if folder.is_dir() else []:
             moment = landed_at(path)
             if start <= moment < end:
                 found.append(ArchivedFile(path, lineage_name(settings, path), moment))

@@ -118,7 +118,7 @@ def test_injection_strings_are_data_kept_verbatim(payload):
     ("content", "reason"),
     [
         (b"", "empty file"),
-        (b"id,when,what\n1,2,3\n", "matches no schema version"),
+        (b"id,when,what\n1,2,3\n", "lacks the required column.s. event_id, user_id, event_type"),
         (V2.header.encode() + b"\n" + "e1,7,s1,view,42,b\u00f6oks,1,1,new,t\n".encode("latin-1"), "not UTF-8"),
     ],
 )
@@ -129,3 +129,56 @@ def test_unreadable_files_are_rejected_whole(content, reason):
 
 def test_header_only_file_has_no_records():
     assert parse(f"{V1.header}\n") == []
+
+
+def test_columns_are_matched_by_name_whatever_their_order_case_or_blanks():
+    [plain] = parse(f"{V2.header}\n{V2_ROW}\n")
+    columns, values = V2.header.split(","), V2_ROW.split(",")
+    order = [9, 3, 0, 8, 1, 7, 2, 6, 4, 5]
+    header = ",".join(f" {columns[i].upper()}  " for i in order)
+    [shuffled] = parse(f"\ufeff{header}\r\n{','.join(values[i] for i in order)}\r\n")
+    assert {k: v for k, v in shuffled.items() if k != "raw_data"} == {k: v for k, v in plain.items() if k != "raw_data"}
+    assert shuffled["schema_version"] == "v2"
+
+
+def test_the_version_is_the_newest_the_known_columns_identify_and_missing_optional_columns_are_null():
+    header = [c for c in V3.columns if c not in ("referrer", "campaign_id", "quantity")]
+    values = {c: f"{c}-x" for c in header} | {"price": "9.5", "user_id": "1", "product_id": "2"}
+    [record] = parse(",".join(header) + "\n" + ",".join(values[c] for c in header) + "\n")
+    assert record["schema_version"] == "v3" and record["parse_errors"] is None
+    assert record["referrer"] is None and record["campaign_id"] is None
+    assert record["quantity"] == "1"  # the upcast default, whichever version the file is
+    assert record["device_type"] == "device_type-x"
+
+
+def test_unknown_columns_are_rescued_per_row_as_json():
+    import json
+
+    text = f"{V1.header},Coupon Code ,\ne1,7,view,42,1.50,2026-01-01T10:00:00,X10,\ne2,7,view,42,1.50,2026-01-01T10:00:00,,z\n"
+    first, second = parse(text)
+    assert json.loads(first["rescued_data"]) == {"Coupon Code": "X10", "_column_8": None}
+    assert json.loads(second["rescued_data"]) == {"Coupon Code": None, "_column_8": "z"}
+    assert first["schema_version"] == "v1" and first["event_id"] == "e1" and first["price"] == "1.50"
+    [plain] = parse(f"{V1.header}\ne1,7,view,42,1.50,2026-01-01T10:00:00\n")
+    assert plain["rescued_data"] is None
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    ("event_id,user_id,event_type,product_id,event_time", "lacks the required column(s) price"),
+    ("event_id,user_id,event_type,product_id,price,event_time,Event_ID", "names column 'Event_ID' twice"),
+])
+def test_a_header_the_contract_cannot_read_rejects_the_file_with_a_reason(header, reason):
+    with pytest.raises(FileRejected) as rejected:
+        parse(f"{header}\n1,2,3,4,5,6,7\n")
+    assert reason in str(rejected.value)
+
+
+@pytest.mark.parametrize(("suffix", "module"), [(".csv.gz", "gzip"), (".csv.bz2", "bz2")])
+def test_compressed_files_are_read_like_plain_ones_and_damaged_ones_rejected(suffix, module):
+    import importlib
+
+    text = f"{V2.header}\n{V2_ROW}\n"
+    packed = importlib.import_module(module).compress(text.encode())
+    assert parse(packed, f"/landing/f{suffix}") == [dict(r, source_file=f"/landing/f{suffix}") for r in parse(text)]
+    with pytest.raises(FileRejected, match=f"not a readable {'gzip' if module == 'gzip' else 'bzip2'} file"):
+        parse(packed[: len(packed) // 2], f"/landing/f{suffix}")

@@ -327,7 +327,7 @@ STRUCTURAL_REASON = {
     "oversize_field": "oversize field",
     "broken_quote": "malformed CSV",
 }
-BAD_FILE_REASON = {"unknown_header": "matches no schema version", "not_utf8": "not UTF-8", "empty": "empty file"}
+BAD_FILE_REASON = {"unknown_header": "lacks the required column", "not_utf8": "not UTF-8", "empty": "empty file"}
 NEW_TAGS = {"awkward", *(f"invalid:{kind}" for kind in STRUCTURAL_KINDS)}
 V3_COLUMNS = VERSIONS["v3"].columns
 
@@ -381,7 +381,8 @@ def test_structural_rows_are_dead_lettered_by_the_parser(tmp_path, version_name)
             else:  # content defects are the typing/rules stage's business, not the parser's
                 assert record["parse_errors"] is None and record == dict(
                     expected_record(row, version_name), schema_version=version_name, source_file=record["source_file"],
-                    source_line=record["source_line"], raw_data=record["raw_data"], parse_errors=None)
+                    source_line=record["source_line"], raw_data=record["raw_data"], parse_errors=None,
+                    rescued_data=None)
     assert set(seen) == set(STRUCTURAL_KINDS)
     assert max(seen.values()) - min(seen.values()) <= 1, "structural kinds rotate like the invalid ones"
 

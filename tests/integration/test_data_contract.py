@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 import uuid
@@ -148,7 +149,7 @@ def test_every_row_of_a_nasty_mix_gets_exactly_one_clear_fate(pipeline):
     # Spark's scan skips zero-byte files: the DAG quarantines those before Spark runs, outside any batch
     assert quarantined == 2 and set(reasons) == {"unknown_version.csv", "latin1.csv", "empty.csv"}
     assert pipeline.scalar("SELECT sum(quarantined_files) FROM v_data_quality_dashboard") == 3
-    assert "matches no schema version" in reasons["unknown_version.csv"]
+    assert "lacks the required column" in reasons["unknown_version.csv"]
     assert "not UTF-8" in reasons["latin1.csv"] and "empty file" in reasons["empty.csv"]
     assert sorted(p.name for p in (pipeline.root / "quarantine").rglob("*.csv")) == sorted(reasons)
     assert list(landing.glob("*.csv")) == []
@@ -158,3 +159,85 @@ def test_every_row_of_a_nasty_mix_gets_exactly_one_clear_fate(pipeline):
     run_id = pipeline.scalar("SELECT DISTINCT airflow_run_id FROM ecommerce_events")
     docs = pipeline.settings.great_expectations_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     assert run_id in docs.read_text()
+
+
+def test_an_evolving_feed_is_read_by_column_name_and_every_file_gets_a_fate(pipeline):
+    """A producer reorders, renames the case of, trims, extends and compresses its export: every file whose
+    required columns are there is stored (unknown columns rescued, once alerted); the rest is quarantined
+    with a reason, and so is a file that is not a feed file at all."""
+    pipeline.reset()
+    landing = pipeline.landing_dir
+    generator = EventGenerator(5, invalid_ratio=0.0, duplicate_ratio=0.0, late_ratio=0.0, structural_ratio=0.0)
+    columns = list(V3.columns)
+
+    def export(name: str, header: list[str], rows: list[dict], extra: dict[str, list[str]] | None = None) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        for i, row in enumerate(rows):
+            values = {c.strip().lower(): row.get(c.strip().lower()) for c in header}
+            writer.writerow([(extra or {}).get(c, [None] * len(rows))[i] if c in (extra or {}) else values[c.strip().lower()]
+                             for c in header])
+        return buffer.getvalue().encode()
+
+    stored_ids: dict[str, set[str]] = {}
+
+    def land(name: str, header: list[str], n: int = 8, extra=None, version="v3", compress=None) -> None:
+        rows = generator.generate_batch(n, version)
+        content = export(name, header, rows, extra)
+        (landing / name).write_bytes(compress(content) if compress else content)
+        stored_ids[name] = {r["event_id"] for r in rows}
+
+    import bz2
+    import gzip
+
+    land("reordered.csv", list(reversed(columns)))
+    land("shouting.csv", [f"  {c.upper()} " for c in V3.columns[:10]], version="v2")  # v2's columns, loudly
+    no_marketing = [c for c in columns if c not in ("referrer", "campaign_id")]
+    land("no_marketing.csv", no_marketing)
+    land("coupons.csv", [*columns[:5], "coupon_code", *columns[5:]], extra={"coupon_code": [f"X{i}" for i in range(8)]})
+    land("events.csv.gz", columns, compress=gzip.compress)
+    land("events.csv.bz2", columns, compress=bz2.compress)
+    (landing / "no_price.csv").write_text(",".join(c for c in columns if c != "price") + "\nx\n")
+    (landing / "twice.csv").write_text(",".join([*columns, "EVENT_ID"]) + "\n")
+    (landing / "broken.csv.gz").write_bytes(b"this is not gzip")
+    notes = landing / "notes.txt"
+    notes.write_text("meeting notes, dropped here by mistake\n")
+    os.utime(notes, (time.time() - 120, time.time() - 120))  # older than the grace period for writers
+
+    done = pipeline.once()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+    by_file = {}
+    for source, event_id, version, rescued, referrer in pipeline.query(
+            "SELECT source_file, event_id, schema_version, rescued_data, referrer FROM ecommerce_events"):
+        by_file.setdefault(source.rsplit("/", 1)[-1], []).append((event_id, version, rescued, referrer))
+    for name, ids in stored_ids.items():
+        assert {row[0] for row in by_file[name]} == ids, name  # every row of every readable file, nothing else
+    assert {row[1] for row in by_file["shouting.csv"]} == {"v2"}
+    assert {row[1] for row in by_file["no_marketing.csv"]} == {"v3"}
+    assert {row[3] for row in by_file["no_marketing.csv"]} == {None}
+    assert sorted(row[2]["coupon_code"] for row in by_file["coupons.csv"]) == [f"X{i}" for i in range(8)]
+    assert {row[2] is None for name in stored_ids if name != "coupons.csv" for row in by_file[name]} == {True}
+    # the stored values are the same wherever the columns stood
+    reordered = pipeline.query("SELECT price, user_id, event_type FROM ecommerce_events "
+                               "WHERE source_file LIKE '%%reordered.csv' ORDER BY source_line")
+    assert all(price is not None and event_type for price, _, event_type in reordered)
+
+    reasons = {f.rsplit("/", 1)[-1]: r for f, r in pipeline.query("SELECT source_file, reason FROM quarantined_files")}
+    assert set(reasons) == {"no_price.csv", "twice.csv", "broken.csv.gz", "notes.txt"}, reasons
+    assert "lacks the required column(s) price" in reasons["no_price.csv"]
+    assert "names column 'EVENT_ID' twice" in reasons["twice.csv"]
+    assert "not a readable gzip file" in reasons["broken.csv.gz"]
+    assert "not a feed file" in reasons["notes.txt"]
+    assert [p.name for p in landing.iterdir()] == []  # nothing left waiting unseen
+    archived = sorted(p.name for p in pipeline.archive_dir.rglob("*") if p.is_file())
+    assert archived == sorted(stored_ids)
+
+    # one WARNING for the new column (with file and a sample), one for the stray file
+    alerts = [json.loads(line) for line in pipeline.settings.alert_file.read_text().splitlines()]
+    new_column = [a for a in alerts if a["key"] == "new_column:coupon_code"]
+    assert len(new_column) == 1 and new_column[0]["level"] == "WARNING"
+    assert "coupons.csv" in new_column[0]["details"][0] and "'X" in new_column[0]["details"][0]
+    assert [a["level"] for a in alerts if a["key"].startswith("foreign_file:")] == ["WARNING"]
+    assert pipeline.scalar("SELECT first_file FROM feed_columns_seen WHERE column_name = 'coupon_code'").endswith("coupons.csv")

@@ -42,7 +42,7 @@ def test_landed_files_become_records_and_unreadable_files_one_error_record(spark
     assert rows[("/land/good one.csv", 2)].event_id == "e1"
     assert rows[("/land/good one.csv", 2)].user_id is None
     assert rows[("/land/good one.csv", 3)].quantity == "1"
-    assert "matches no schema version" in rows[("/land/bad.csv", 0)].file_error
+    assert "lacks the required column(s) event_id" in rows[("/land/bad.csv", 0)].file_error
     assert "empty file" in rows[("/land/empty.csv", 0)].file_error
     assert filter_file_errors(parsed).count() == 2
 

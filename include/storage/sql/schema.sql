@@ -301,3 +301,22 @@ CREATE TABLE IF NOT EXISTS pipeline_alerts (
 );
 -- the freshness check reads the newest staged batch
 CREATE INDEX IF NOT EXISTS ix_pipeline_batch_ledger_staged_at ON pipeline_batch_ledger (staged_at);
+
+-- ===== Columns the contract does not know (include/contract/versions.py match_header) =====
+-- A feed file's columns are matched by name; the values of columns the contract lacks are kept per row as
+-- JSON ({"coupon_code": "X10"}), on the stored event and on its dead letter, until the contract learns them.
+-- Added at the end of each table, so the column table (include/contract/columns.py) lists it last.
+ALTER TABLE staging_events ADD COLUMN IF NOT EXISTS rescued_data JSONB;
+ALTER TABLE audit_candidates ADD COLUMN IF NOT EXISTS rescued_data JSONB;
+ALTER TABLE revalidation_candidates ADD COLUMN IF NOT EXISTS rescued_data JSONB;
+ALTER TABLE ecommerce_events ADD COLUMN IF NOT EXISTS rescued_data JSONB;
+ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS rescued_data JSONB;
+-- Every column name the feed has carried that the contract does not know, when and where it first came:
+-- the WARNING "new column" is raised once, when its row is inserted here.
+CREATE TABLE IF NOT EXISTS feed_columns_seen (
+    column_name   TEXT        PRIMARY KEY,
+    first_file    TEXT        NOT NULL,
+    sample_value  TEXT,
+    first_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    airflow_run_id TEXT
+);
