@@ -25,7 +25,7 @@ from include.settings import PROJECT_ROOT
 
 PACKAGES = ("spark_jobs", "include/contract", "include/storage")
 MODULES = ("include/__init__.py", "include/settings.py", "include/names.py", "include/faults.py")
-_SUFFIXES = (".py", ".sql", ".json")
+_SUFFIXES = (".py", ".sql", ".json", ".yaml")
 CODE_ARCHIVE_DIR = PROJECT_ROOT / "data" / "code"
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry no build time, so equal code gives equal bytes
 

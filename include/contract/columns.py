@@ -1,4 +1,5 @@
-"""The column table: every column an event has, declared once. Every other column list derives from it.
+"""The column table: every column an event has, read from the contract file (``contract.yaml``, next to
+this module). Every other column list derives from it.
 
 | role | what it is |
 | --- | --- |
@@ -9,7 +10,7 @@
 | ``rescued`` | the values of columns the contract does not know, per row, as JSON (``rescued_data``) |
 
 A feed column is ``required`` when a file without it cannot be read (the v1 columns); every other feed
-column may be missing from a file and is then NULL (or its upcast default).
+column may be missing from a file and is then NULL (or its ``default``).
 
 The order is the order of ``staging_events``' event columns and of ``ecommerce_events``; the feed
 columns in this order are the canonical (latest) CSV layout. ``include/storage/sql/schema.sql`` declares
@@ -19,6 +20,11 @@ the same columns with these types, and ``tests/integration/test_schema.py`` hold
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+CONTRACT_FILE = Path(__file__).with_name("contract.yaml")
+ROLES = ("feed", "derived", "lineage", "staging", "rescued")
+SQL_TYPES = ("text", "integer", "numeric(12,2)", "numeric(14,2)", "timestamp with time zone", "boolean", "jsonb")
 
 
 @dataclass(frozen=True)
@@ -28,34 +34,39 @@ class Column:
     role: str              # feed | derived | lineage | staging | rescued
     since: str | None = None  # feed columns: the first schema version that has it
     required: bool = False    # feed columns: a file without it is quarantined
+    default: str | None = None  # feed columns: the CSV text a file without the column gets
 
 
-COLUMNS: tuple[Column, ...] = (
-    Column("event_id", "text", "feed", "v1", required=True),
-    Column("user_id", "integer", "feed", "v1", required=True),
-    Column("session_id", "text", "feed", "v2"),
-    Column("event_type", "text", "feed", "v1", required=True),
-    Column("product_id", "integer", "feed", "v1", required=True),
-    Column("category", "text", "feed", "v2"),
-    Column("price", "numeric(12,2)", "feed", "v1", required=True),
-    Column("quantity", "integer", "feed", "v2"),
-    Column("total_amount", "numeric(14,2)", "derived"),
-    Column("user_segment", "text", "feed", "v2"),
-    Column("event_time", "timestamp with time zone", "feed", "v1", required=True),
-    Column("device_type", "text", "feed", "v3"),
-    Column("browser", "text", "feed", "v3"),
-    Column("geo_country", "text", "feed", "v3"),
-    Column("geo_city", "text", "feed", "v3"),
-    Column("referrer", "text", "feed", "v3"),
-    Column("campaign_id", "text", "feed", "v3"),
-    Column("is_late_arrival", "boolean", "derived"),
-    Column("schema_version", "text", "lineage"),
-    Column("source_file", "text", "lineage"),
-    Column("source_line", "integer", "lineage"),
-    Column("raw_data", "text", "staging"),
-    Column("parse_errors", "text", "staging"),
-    Column("rescued_data", "jsonb", "rescued"),
-)
+class ContractError(ValueError):
+    """The contract file is inconsistent; nothing may run on it."""
+
+
+def load_contract(path: Path = CONTRACT_FILE) -> dict:
+    """Read and check the contract file: the columns with their versions, the versions, the domains."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    versions = tuple(raw["versions"])
+    columns = tuple(
+        Column(c["name"], c["type"], c["role"], c.get("since"), bool(c.get("required", False)), c.get("default"))
+        for c in raw["columns"]
+    )
+    problems = [f"{c.name}: role {c.role!r} is not one of {ROLES}" for c in columns if c.role not in ROLES]
+    problems += [f"{c.name}: type {c.sql_type!r} is not one of {SQL_TYPES}" for c in columns if c.sql_type not in SQL_TYPES]
+    problems += [f"{c.name}: a feed column needs `since` (one of {versions})"
+                 for c in columns if c.role == "feed" and c.since not in versions]
+    problems += [f"{c.name}: required since {c.since}, but files of {versions[0]} cannot carry it"
+                 for c in columns if c.required and c.since != versions[0]]
+    names = [c.name for c in columns]
+    problems += [f"{name}: declared twice" for name in sorted({n for n in names if names.count(n) > 1})]
+    if problems:
+        raise ContractError(f"{path}: " + "; ".join(problems))
+    return {"versions": versions, "columns": columns,
+            "domains": {name: tuple(values) for name, values in (raw.get("domains") or {}).items()}}
+
+
+CONTRACT = load_contract()
+COLUMNS: tuple[Column, ...] = CONTRACT["columns"]
 BY_NAME = {column.name: column for column in COLUMNS}
 
 FEED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "feed")

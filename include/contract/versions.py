@@ -6,8 +6,8 @@
 | v2 | v1 + session_id, category, quantity, user_segment (in the order below) |
 | v3 | v2 + device_type, browser, geo_country, geo_city, referrer, campaign_id (canonical) |
 
-The versions derive from the column table (``include.contract.columns``: each feed column says since which
-version it exists).
+The versions derive from the contract file (``include/contract/contract.yaml``: the versions in order, and
+each feed column says since which version it exists); so do the value sets below.
 
 A file's columns are matched **by name** (``match_header``): case and surrounding blanks are ignored (and a
 UTF-8 BOM), the order is free. A file without one of the required columns (``Column.required``) is
@@ -24,18 +24,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from include.contract.columns import COLUMNS, FEED_COLUMNS
+from include.contract.columns import COLUMNS, CONTRACT, FEED_COLUMNS
 
-EVENT_TYPES: tuple[str, ...] = ("view", "search", "add_to_cart", "remove_from_cart", "wishlist", "purchase")
-# Business rule of the original system: these actions need a logged-in user.
-LOGIN_REQUIRED_EVENT_TYPES: tuple[str, ...] = ("add_to_cart", "remove_from_cart", "wishlist", "purchase")
-CATEGORIES: tuple[str, ...] = (
-    "electronics", "clothing", "home", "books", "sports", "beauty", "toys", "grocery",
-)
-USER_SEGMENTS: tuple[str, ...] = ("new", "regular", "premium", "vip")
-DEVICE_TYPES: tuple[str, ...] = ("desktop", "mobile", "tablet")
-BROWSERS: tuple[str, ...] = ("chrome", "firefox", "safari", "edge", "app")
-REFERRERS: tuple[str, ...] = ("direct", "google", "facebook", "instagram", "email", "affiliate")
+_DOMAINS = CONTRACT["domains"]
+EVENT_TYPES: tuple[str, ...] = _DOMAINS["event_type"]
+LOGIN_REQUIRED_EVENT_TYPES: tuple[str, ...] = _DOMAINS["login_required_event_type"]
+CATEGORIES: tuple[str, ...] = _DOMAINS["category"]
+USER_SEGMENTS: tuple[str, ...] = _DOMAINS["user_segment"]
+DEVICE_TYPES: tuple[str, ...] = _DOMAINS["device_type"]
+BROWSERS: tuple[str, ...] = _DOMAINS["browser"]
+REFERRERS: tuple[str, ...] = _DOMAINS["referrer"]
 
 
 @dataclass(frozen=True)
@@ -50,21 +48,21 @@ class SchemaVersion:
 
 def _version(name: str) -> SchemaVersion:
     """A version's columns: the feed columns of the column table that existed by then, in canonical order."""
-    return SchemaVersion(name, tuple(c.name for c in COLUMNS if c.role == "feed" and c.since <= name))
+    order = CONTRACT["versions"]
+    return SchemaVersion(name, tuple(c.name for c in COLUMNS
+                                     if c.role == "feed" and order.index(c.since) <= order.index(name)))
 
 
-V1, V2, V3 = _version("v1"), _version("v2"), _version("v3")
-VERSIONS: dict[str, SchemaVersion] = {v.name: v for v in (V1, V2, V3)}
+VERSIONS: dict[str, SchemaVersion] = {name: _version(name) for name in CONTRACT["versions"]}
+V1, V2, V3 = VERSIONS["v1"], VERSIONS["v2"], VERSIONS["v3"]
 VERSION_ORDER: tuple[str, ...] = tuple(VERSIONS)
+CANONICAL = VERSIONS[VERSION_ORDER[-1]]
+CANONICAL_COLUMNS = FEED_COLUMNS
 _FEED = {c.name for c in COLUMNS if c.role == "feed"}
 _SINCE = {c.name: c.since for c in COLUMNS if c.role == "feed"}
-CANONICAL = V3
-CANONICAL_COLUMNS = FEED_COLUMNS
 
-# Value a column takes when the file's version does not carry it (as CSV text, before typing).
-MIGRATION_DEFAULTS: Mapping[str, str | None] = {
-    column: ("1" if column == "quantity" else None) for column in CANONICAL_COLUMNS
-}
+# Value a column takes when the file does not carry it (as CSV text, before typing): its contract default.
+MIGRATION_DEFAULTS: Mapping[str, str | None] = {c.name: c.default for c in COLUMNS if c.role == "feed"}
 
 
 class UnknownSchemaVersion(ValueError):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from include.contract.columns import STAGED_COLUMNS
+from include.contract.columns import BY_NAME, EVENT_COLUMNS, STAGED_COLUMNS
 from include.names import SCHEMA_LOCK
 from include.settings import Settings
 from include.storage.connections import with_connection
@@ -33,6 +33,31 @@ def apply_schema(conn: psycopg.Connection) -> None:
     with conn.transaction():
         xact_lock(conn, SCHEMA_LOCK)
         conn.execute(SCHEMA_SQL.read_text())
+        add_contract_columns(conn)
+
+
+# The tables that carry a row's contract columns (schema.sql declares today's; a column the contract file
+# gains later is added by ``add_contract_columns``, at the end of each table).
+CONTRACT_TABLES = {"staging_events": STAGED_COLUMNS, "audit_candidates": EVENT_COLUMNS,
+                   "revalidation_candidates": EVENT_COLUMNS, "ecommerce_events": EVENT_COLUMNS}
+
+
+def add_contract_columns(conn: psycopg.Connection) -> list[str]:
+    """Add the columns the contract file (``include/contract/contract.yaml``) declares and a table lacks:
+    a new version's columns need no DDL of their own. Returns ``table.column`` of each one added."""
+    from psycopg import sql
+
+    added = []
+    for table, columns in CONTRACT_TABLES.items():
+        present = {name for (name,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s", (table,))}
+        for name in columns:
+            if name not in present:
+                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    sql.Identifier(table), sql.Identifier(name), sql.SQL(BY_NAME[name].sql_type)))
+                added.append(f"{table}.{name}")
+    return added
 
 
 def copy_arrow_to_staging(

@@ -1,0 +1,135 @@
+"""The contract as data (``include/contract/contract.yaml``): a new schema version is an edit of that file.
+
+The worked v4 copies the project's ``include/`` package, appends ``v4`` and a ``coupon_code`` column to
+the copy's contract file, and nothing else: the copy then reads v4 files by their header, keeps reading v1-v3
+files, stages the new column in COPY order, and adds it to PostgreSQL on the next schema apply."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from include.contract.columns import CONTRACT_FILE, ContractError, load_contract
+from include.settings import PROJECT_ROOT
+
+V4_EDIT = """
+# a worked v4: marketing adds coupons
+  - {name: coupon_code, type: text, role: feed, since: v4}
+"""
+
+PROBE = textwrap.dedent("""
+    import json, sys
+    from include.contract.columns import PARSED_COLUMNS, STAGED_COLUMNS
+    from include.contract.parser import parse_file
+    from include.contract.versions import CANONICAL, VERSIONS
+    v4 = CANONICAL.header + "\\n" + "e1,7,s1,view,42,books,9.99,1,vip,2026-01-01T10:00:00,mobile,app,DE,Bonn,google,c1,X10\\n"
+    v3 = VERSIONS["v3"].header + "\\n" + "e2,7,s1,view,42,books,9.99,1,vip,2026-01-01T10:00:00,mobile,app,DE,Bonn,google,c1\\n"
+    out = {"versions": list(VERSIONS), "canonical": CANONICAL.name, "staged": list(STAGED_COLUMNS),
+           "parsed": list(PARSED_COLUMNS), "v4": list(parse_file(v4.encode(), "/l/a.csv")),
+           "v3": list(parse_file(v3.encode(), "/l/b.csv"))}
+    if len(sys.argv) > 1:
+        import psycopg
+        from include.storage.staging import apply_schema
+        with psycopg.connect(sys.argv[1]) as conn:
+            apply_schema(conn)
+    print(json.dumps(out))
+""")
+
+
+def edited_copy(tmp_path, edit) -> str:
+    root = tmp_path / "tree"
+    shutil.copytree(PROJECT_ROOT / "include", root / "include", ignore=shutil.ignore_patterns("__pycache__"))
+    contract = root / "include" / "contract" / "contract.yaml"
+    contract.write_text(edit(contract.read_text()))
+    return str(root)
+
+
+def v4(text: str) -> str:
+    text = text.replace("versions: [v1, v2, v3]", "versions: [v1, v2, v3, v4]")
+    anchor = "  - {name: campaign_id,"
+    end = text.index("\n", text.index(anchor)) + 1
+    return text[:end] + V4_EDIT.lstrip("\n") + text[end:]
+
+
+def run_probe(root: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.unit
+def test_a_new_version_is_an_edit_of_the_contract_file(tmp_path):
+    out = run_probe(edited_copy(tmp_path, v4))
+    assert out["versions"] == ["v1", "v2", "v3", "v4"] and out["canonical"] == "v4"
+    [row4], [row3] = out["v4"], out["v3"]
+    assert row4["schema_version"] == "v4" and row4["coupon_code"] == "X10" and row4["rescued_data"] is None
+    assert row3["schema_version"] == "v3" and row3["coupon_code"] is None and row3["geo_city"] == "Bonn"
+    # the new column takes its place in the staged row (COPY order) and in what Spark receives
+    assert out["staged"].index("coupon_code") == out["staged"].index("campaign_id") + 1
+    assert "coupon_code" in out["parsed"]
+
+
+@pytest.mark.integration
+@pytest.mark.db
+def test_the_new_column_reaches_postgresql_on_the_next_schema_apply(pipeline, tmp_path):
+    admin = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="postgres")
+    name = "contract_v4_probe"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        target = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname=name)
+        run_probe(str(PROJECT_ROOT), target)  # today's contract first: an existing deployment
+        run_probe(edited_copy(tmp_path, v4), target)
+        with psycopg.connect(target) as conn:
+            typed = dict(conn.execute(
+                "SELECT table_name, data_type FROM information_schema.columns WHERE column_name = 'coupon_code'"
+            ).fetchall())
+        assert typed == dict.fromkeys(
+            ("staging_events", "audit_candidates", "revalidation_candidates", "ecommerce_events"), "text")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _price_since_v2(text: str) -> str:
+    line = next(line for line in text.splitlines() if "{name: price," in line)
+    return text.replace(line, line.replace("since: v1", "since: v2"))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("edit", "problem"), [
+    (_price_since_v2, "price: required since v2"),
+    (lambda t: t.replace("role: derived}", "role: computed}", 1), "role 'computed'"),
+    (lambda t: t.replace("type: boolean", "type: bool"), "type 'bool'"),
+    (lambda t: t.replace("since: v3}", "since: v9}", 1), "needs `since`"),
+])
+def test_an_inconsistent_contract_file_is_refused_with_the_reason(tmp_path, edit, problem):
+    path = tmp_path / "contract.yaml"
+    path.write_text(edit(CONTRACT_FILE.read_text()))
+    with pytest.raises(ContractError) as refused:
+        load_contract(path)
+    assert problem in str(refused.value)
+
+
+@pytest.mark.unit
+def test_the_readme_lists_the_versions_of_the_contract_file():
+    from include.contract.versions import VERSIONS
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    listed: dict[str, set[str]] = {}
+    for name in VERSIONS:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {name} | "))
+        cell = row.split("|")[2]
+        base = next((listed[v] for v in listed if f"{v} +" in cell), set())
+        listed[name] = base | {c for part in cell.split("`")[1::2] for c in part.split(",")}
+        assert listed[name] == set(VERSIONS[name].columns), (name, row)
