@@ -153,15 +153,21 @@ def ecommerce_events():
     @task(on_failure_callback=record_pipeline_failure)
     def publish(audit_result: dict, run_id: str | None = None) -> dict:
         """One transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events`, metrics."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from include.airflow.callbacks import settings_from_connection
         from include.ops.detect import record_published_run
         from include.publish.every_minute import publish as publish_batches
+        from include.publish.sql import RuleFailed
         from include.results import AuditResult
         from include.storage.connections import with_connection
 
         settings = settings_from_connection()
         audited = AuditResult.from_xcom(audit_result)
-        summary = with_connection(settings, lambda conn: publish_batches(conn, audited, settings, run_id))
+        try:
+            summary = with_connection(settings, lambda conn: publish_batches(conn, audited, settings, run_id))
+        except RuleFailed as error:  # the same data breaks it on every retry: fail now, publish nothing
+            raise AirflowFailException(str(error)) from error
         record_published_run(settings)
         print(summary.describe())
         if summary.new_columns:
@@ -200,6 +206,9 @@ def ecommerce_events():
         after_quality_gate(settings, summary, found, run_id)
         if found:
             raise AirflowFailException(breach_message(summary, found, run_id))
+        if summary.warnings:
+            print(f"stored with warn-level violations (rule_violations): {summary.warned} row(s); "
+                  + "; ".join(f"{r.rule}: {r.rows}" for r in summary.warnings))
         print(f"quality ok: validity {summary.validity_rate}% (threshold {settings.min_validity_rate}%)")
 
     def spark_job(task_id: str, script: str, arguments: list[str], doc: str) -> SparkSubmitOperator:

@@ -7,6 +7,7 @@ A task reads fields (``summary.validity_rate``), never string keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,7 +91,9 @@ class PublishSummary:
     late: int = 0
     quarantined_files: int = 0
     validity_rate: float = 100.0
-    failing_rules: list[FailingRule] = field(default_factory=list)
+    failing_rules: list[FailingRule] = field(default_factory=list)  # rules of severity drop (dead letters)
+    warned: int = 0                                                  # stored rows with a warn-level violation
+    warnings: list[FailingRule] = field(default_factory=list)       # rules of severity warn that rows broke
     table_checks: dict[str, TableCheck] = field(default_factory=dict)
     data_docs: str | None = None
     batches: list[dict[str, Any]] = field(default_factory=list)
@@ -105,6 +108,7 @@ class PublishSummary:
     @classmethod
     def from_xcom(cls, data: dict[str, Any]) -> PublishSummary:
         return cls(**{**data, "failing_rules": [FailingRule(**r) for r in data.get("failing_rules", [])],
+                      "warnings": [FailingRule(**r) for r in data.get("warnings", [])],
                       "table_checks": {k: TableCheck(**v) for k, v in data.get("table_checks", {}).items()}})
 
     def describe(self) -> str:
@@ -128,8 +132,12 @@ def validity_rate(valid: int, invalid: int) -> float:
     return round(100.0 * valid / (valid + invalid), 2) if valid + invalid else 100.0
 
 
-def failing_rules(validation: Validation | None) -> list[FailingRule]:
-    """The rules that failed rows, most rows first."""
+def failing_rules(validation: Validation | None, severity: Mapping[str, str] | None = None,
+                  level: str = "drop") -> list[FailingRule]:
+    """The rules of severity ``level`` (by ``severity``, rule -> warn | drop | fail; drop when absent) that
+    rows broke, most rows first."""
     rules = validation.rules if validation else {}
+    severity = severity or {}
     return sorted((FailingRule(name, r.unexpected_count, r.description, r.sample_event_ids)
-                   for name, r in rules.items() if r.unexpected_count), key=lambda r: -r.rows)
+                   for name, r in rules.items() if r.unexpected_count and severity.get(name, "drop") == level),
+                  key=lambda r: -r.rows)

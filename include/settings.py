@@ -7,6 +7,7 @@ project root so that the Airflow processes, spark-submit and the generator agree
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -41,6 +42,10 @@ class Settings:
     min_validity_rate: float = 95.0
     max_price: float = 10000.0
     late_arrival_minutes: int = 5
+    # what a broken row rule does, per rule, over its default (include/contract/rules.py): a JSON object such as
+    # {"category_known": "drop"}; warn = store the row and record the violation, drop = dead letter, fail = stop
+    # the run before it publishes the batch. Airflow Variable ecommerce_rule_severity overrides it per run.
+    rule_severity: str = ""
     # retries and the circuit breaker
     max_retries: int = 3
     initial_retry_delay: float = 1.0
@@ -108,6 +113,7 @@ class Settings:
             problems.append("MIN_VALIDITY_RATE is a percentage between 0 and 100")
         if self.max_price <= 0:
             problems.append("MAX_PRICE must be positive")
+        problems += severity_problems(self.rule_severity, "RULE_SEVERITY")
         if self.late_arrival_minutes < 0:
             problems.append("LATE_ARRIVAL_MINUTES must not be negative")
         if self.max_retries < 0 or self.initial_retry_delay < 0 or self.retry_backoff_factor < 1:
@@ -133,6 +139,24 @@ class Settings:
             user=self.postgres_user,
             password=self.postgres_password,
         )
+
+
+SEVERITIES = ("warn", "drop", "fail")
+
+
+def severity_problems(raw: str, name: str) -> list[str]:
+    """What is wrong with a rule-severity JSON object (the rule names are checked against the contract by
+    ``include.contract.rules.severities``)."""
+    if not raw.strip():
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        return [f"{name} must be a JSON object of rule: warn | drop | fail ({error})"]
+    if not isinstance(value, dict):
+        return [f"{name} must be a JSON object of rule: warn | drop | fail, not {type(value).__name__}"]
+    return [f"{name}: {rule!r} has severity {level!r}; it must be one of {', '.join(SEVERITIES)}"
+            for rule, level in value.items() if level not in SEVERITIES]
 
 
 def get_settings() -> Settings:

@@ -7,14 +7,20 @@ from dataclasses import replace
 from include.names import POSTGRES_CONN_ID
 from include.settings import Settings, get_settings
 
+# Settings an operator changes in the UI (Admin -> Variables) without a restart: read when a task runs, over
+# the environment, for that run only (README "Live settings").
+LIVE_VARIABLES = {"max_price": "ecommerce_max_price", "min_validity_rate": "ecommerce_min_validity_rate",
+                  "rule_severity": "ecommerce_rule_severity"}
 
-def settings_from_connection(conn_id: str = POSTGRES_CONN_ID) -> Settings:
-    """Settings from the environment, with the database taken from the Airflow connection ``conn_id``."""
+
+def settings_from_connection(conn_id: str = POSTGRES_CONN_ID, live: bool = True) -> Settings:
+    """Settings from the environment, with the database taken from the Airflow connection ``conn_id`` and
+    (``live``) the thresholds and rule severities from the Airflow Variables in ``LIVE_VARIABLES`` when set."""
     from airflow.sdk import BaseHook
 
     connection = BaseHook.get_connection(conn_id)
     settings = get_settings()
-    return replace(
+    settings = replace(
         settings,
         postgres_host=connection.host or settings.postgres_host,
         postgres_port=int(connection.port or 5432),
@@ -22,6 +28,49 @@ def settings_from_connection(conn_id: str = POSTGRES_CONN_ID) -> Settings:
         postgres_user=connection.login or settings.postgres_user,
         postgres_password=connection.password or "",
     )
+    if not live:
+        return settings
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.settings import SettingsError
+
+    try:
+        return with_live_variables(settings)
+    except SettingsError as error:  # a retry would read the same value: fail the task now, saying which one
+        raise AirflowFailException(str(error)) from error
+
+
+def with_live_variables(settings: Settings, lookup=None) -> Settings:
+    """``settings`` with the Airflow Variables of ``LIVE_VARIABLES`` that are set. A bad value raises
+    ``SettingsError`` naming the Variable: a typo never silently falls back to a default."""
+    from dataclasses import fields
+
+    from include.contract.rules import severities
+    from include.settings import SettingsError
+
+    if lookup is None:
+        from airflow.sdk import Variable
+
+        def lookup(key: str) -> str | None:
+            return Variable.get(key, default=None)
+
+    kinds = {f.name: type(f.default) for f in fields(Settings)}
+    for name, variable in LIVE_VARIABLES.items():
+        raw = lookup(variable)
+        if raw is None or not str(raw).strip():
+            continue
+        try:
+            value = kinds[name](str(raw).strip())
+        except ValueError:
+            raise SettingsError(f"Airflow Variable {variable}={raw!r} is not a valid {kinds[name].__name__}") from None
+        candidate = replace(settings, **{name: value})
+        try:
+            candidate.validate()
+            severities(candidate, source=f"Airflow Variable {variable}")
+        except SettingsError as error:
+            raise SettingsError(f"Airflow Variable {variable}={raw!r}: {error}") from None
+        settings = candidate
+    return settings
 
 
 def record_pipeline_failure(context) -> None:
@@ -68,7 +117,7 @@ def record_pipeline_failure(context) -> None:
 
 def _callback_settings() -> Settings:
     try:
-        return settings_from_connection()
+        return settings_from_connection(live=False)
     except Exception:  # noqa: BLE001 - no database connection: alerts still reach the log and the file
         return get_settings()
 

@@ -80,7 +80,7 @@ def _connect():
 
     from include.airflow.callbacks import settings_from_connection
 
-    settings = settings_from_connection()
+    settings = settings_from_connection(live=False)
     try:
         return psycopg.connect(
             settings.postgres_conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS,

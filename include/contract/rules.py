@@ -8,17 +8,22 @@ from each expectation's own configuration (``routing_predicate``), and the publi
 unless the rows each predicate selects number exactly GX's ``unexpected_count`` for that expectation.
 
 Thresholds are suite parameters (``{"$PARAMETER": ...}``) filled from settings at validation time.
+
+Each rule has a severity (``SEVERITY_MEANING``): ``warn`` (stored, violation recorded), ``drop`` (dead letter)
+or ``fail`` (the run stops before publishing the batch). Defaults are on the rules; ``severities`` applies
+the overrides in force.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from include.contract.versions import CATEGORIES, EVENT_TYPES, LOGIN_REQUIRED_EVENT_TYPES, USER_SEGMENTS
-from include.settings import Settings
+from include.settings import Settings, SettingsError, severity_problems
 
 SUITE_NAME = "ecommerce_events.contract"
 UUID_REGEX = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -32,12 +37,22 @@ def _sql_list(values: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class RowRule:
-    """One row-level rule: a named expectation whose failing rows are dead-lettered."""
+    """One row-level rule: a named expectation, and what happens to a row that breaks it (``severity``)."""
 
     name: str
     description: str
     expectation_type: str
     kwargs: Mapping[str, Any]
+    severity: str = "drop"
+
+
+# What a broken rule does to its row (a rule's default is overridden by RULE_SEVERITY / the Airflow Variable
+# ecommerce_rule_severity):
+SEVERITY_MEANING = {
+    "warn": "the row is stored; the violation is recorded in rule_violations",
+    "drop": "the row goes to dead_letter_events",
+    "fail": "the run fails before publishing anything of the batch, which stays staged",
+}
 
 
 # (name, human-readable reason, expectation class name, expectation kwargs)
@@ -65,10 +80,11 @@ ROW_RULES: tuple[RowRule, ...] = (
             "UnexpectedRowsExpectation",
             {"unexpected_rows_query": "SELECT * FROM {batch} WHERE event_time > "
                                       f"now() + interval '{FUTURE_TOLERANCE_MINUTES} minutes'"}),
+    # A new category or segment is the business growing, not bad data: stored, and the violation recorded.
     RowRule("category_known", "category is not a known category", "ExpectColumnValuesToBeInSet",
-            {"column": "category", "value_set": list(CATEGORIES)}),
+            {"column": "category", "value_set": list(CATEGORIES)}, severity="warn"),
     RowRule("user_segment_known", "user_segment is not a known segment", "ExpectColumnValuesToBeInSet",
-            {"column": "user_segment", "value_set": list(USER_SEGMENTS)}),
+            {"column": "user_segment", "value_set": list(USER_SEGMENTS)}, severity="warn"),
     RowRule("total_amount_is_price_times_quantity", "total_amount is not price × quantity",
             "UnexpectedRowsExpectation",
             {"unexpected_rows_query": "SELECT * FROM {batch} WHERE total_amount IS DISTINCT FROM round(price * quantity, 2)"}),
@@ -80,6 +96,18 @@ TABLE_EXPECTATIONS: tuple[tuple[str, str, Mapping[str, Any]], ...] = (
     ("rows_arrived", "ExpectTableRowCountToBeBetween", {"min_value": 1}),
     ("event_id_unique", "ExpectColumnValuesToBeUnique", {"column": "event_id"}),
 )
+
+
+def severities(settings: Settings, source: str = "RULE_SEVERITY") -> dict[str, str]:
+    """Each row rule's severity in force: its default, overridden by ``settings.rule_severity``. An unknown
+    rule name is an error naming ``source`` (the setting or Airflow Variable it came from), never ignored."""
+    problems = severity_problems(settings.rule_severity, source)
+    overrides = json.loads(settings.rule_severity) if settings.rule_severity.strip() and not problems else {}
+    problems += [f"{source}: no rule is named {name!r} (rules: {', '.join(RULES_BY_NAME)})"
+                 for name in overrides if name not in RULES_BY_NAME]
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return {rule.name: overrides.get(rule.name, rule.severity) for rule in ROW_RULES}
 
 
 def suite_parameters(settings: Settings) -> dict[str, Any]:

@@ -162,7 +162,9 @@ def quality_breach_alert(summary: PublishSummary, problems: list[str], threshold
                  f"validity {summary.validity_rate}% (MIN_VALIDITY_RATE {threshold}%); rows: {summary.total} "
                  f"total, {summary.valid} valid, {summary.invalid} dead-lettered, "
                  f"{summary.duplicates} duplicates",
-                 *(f"top failing rule {line}" for line in top)),
+                 *(f"top failing rule {line}" for line in top),
+                 *([f"stored with a warn-level violation (not dead-lettered): {summary.warned} row(s); "
+                    + "; ".join(f"{r.rule}: {r.rows}" for r in summary.warnings)] if summary.warnings else [])),
         links=links(base_url, run_id), sql=dead_letter_sql(run_id) if run_id else None,
     )
 

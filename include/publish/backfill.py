@@ -31,6 +31,7 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from include.contract.rules import severities
 from include.publish import sql
 from include.quality.audit import MISSING_ID_KEY
 from include.results import PublishSummary, Validation, failing_rules, validity_rate
@@ -238,7 +239,8 @@ def rederive(settings: Settings, airflow_run_id: str) -> PublishSummary:
     valid, invalid = counts["pass"], counts["rule"] + counts["parse"]
     return PublishSummary(
         path="backfill", total=counts["rows"], valid=valid, invalid=invalid, duplicates=counts["duplicate"],
-        validity_rate=validity_rate(valid, invalid), failing_rules=failing_rules(validation),
+        validity_rate=validity_rate(valid, invalid), failing_rules=failing_rules(validation, severities(settings)),
+        warnings=failing_rules(validation, severities(settings), "warn"),
         table_checks=validation.table_checks, data_docs=validation.data_docs,
         moves={"input_files": pinned.input_files, **counts},
     )

@@ -15,9 +15,12 @@ rows as Great Expectations counted as unexpected for that rule; otherwise nothin
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 
 from include import faults
+from include.contract.rules import severities
 from include.publish import sql
 from include.results import AuditResult, PublishSummary, failing_rules, validity_rate
 from include.settings import Settings
@@ -34,7 +37,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
     """Publish the batches the audit pinned and validated."""
     batches = audit.batches
     if not batches:
-        return _summary([], audit)
+        return _summary([], audit, severities(settings))
     with conn.transaction():
         sql.lock(conn)
         conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
@@ -45,7 +48,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             f"SELECT 1 FROM pipeline_batch_ledger WHERE {_PENDING} AND published_at IS NULL FOR UPDATE"
         ).fetchall())
         if unpublished == 0:
-            summary = _summary([], audit)
+            summary = _summary([], audit, severities(settings))
             summary.already_published = True
             return summary
         if unpublished != len(batches):
@@ -56,6 +59,24 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
 
         sql.route_rule_failures(conn, audit.validation, settings, "audit_candidates")
         new_columns = _record_new_columns(conn, airflow_run_id)
+        # warn-level violations of the rows about to be stored (rows that also break a drop rule are dead
+        # letters, and the dead letter lists every rule they broke)
+        warned = dict(((str(q), b), n) for q, b, n in conn.execute(
+            f"""
+            WITH recorded AS (
+                INSERT INTO rule_violations (event_id, rule, reason, source_file, source_line, airflow_run_id,
+                                             spark_query_id, spark_batch_id)
+                SELECT c.event_id, w.rule, w.reason, c.source_file, c.source_line, l.airflow_run_id,
+                       c.spark_query_id, c.spark_batch_id
+                  FROM rule_warnings w JOIN audit_candidates c USING (staging_row_id)
+                  JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
+                 WHERE {sql.PASSES_EVERY_RULE}
+                RETURNING spark_query_id, spark_batch_id, event_id
+            )
+            SELECT spark_query_id, spark_batch_id, count(DISTINCT event_id) FROM recorded GROUP BY 1, 2
+            """).fetchall())
+        in_force = json.dumps({"max_price": settings.max_price, "min_validity_rate": settings.min_validity_rate,
+                               "severity": severities(settings)})
 
         lineage = sql.DEAD_LETTER_LINEAGE
         conn.execute(
@@ -116,18 +137,19 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
                 "batch_id": f"{query_id}/{batch_id}", "spark_query_id": str(query_id), "spark_batch_id": batch_id,
                 "airflow_run_id": run_id, "total": total, "valid": valid, "invalid": bad,
                 "duplicates": total - valid - bad, "late": late, "quarantined_files": quarantined,
+                "warned": warned.get(key, 0),
             })
             conn.execute(
                 """
                 INSERT INTO data_quality_metrics (batch_id, total_records, valid_records, validity_rate,
                     invalid_records, duplicate_records, late_records, quarantined_files, processing_time_ms,
-                    throughput, airflow_run_id, spark_query_id, spark_batch_id)
+                    throughput, airflow_run_id, spark_query_id, spark_batch_id, warned_records, rules_in_force)
                 SELECT %(batch_id)s, %(total)s, %(valid)s, %(rate)s, %(invalid)s, %(duplicates)s, %(late)s,
                        %(quarantined_files)s, ms, round(%(total)s * 1000.0 / greatest(ms, 1), 2),
-                       %(airflow_run_id)s, %(spark_query_id)s, %(spark_batch_id)s
+                       %(airflow_run_id)s, %(spark_query_id)s, %(spark_batch_id)s, %(warned)s, %(in_force)s
                   FROM (SELECT (extract(epoch FROM clock_timestamp() - %(started)s) * 1000)::bigint AS ms) t
                 """,
-                {**rows[-1], "rate": validity_rate(valid, bad), "started": started_at},
+                {**rows[-1], "rate": validity_rate(valid, bad), "started": started_at, "in_force": in_force},
             )
         conn.execute(
             f"UPDATE pipeline_batch_ledger SET published_at = now(), published_by_run_id = %s WHERE {_PENDING}",
@@ -136,7 +158,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
         clear_staged_rows(conn)
         conn.execute("TRUNCATE audit_candidates")
         faults.reached("publish_in_transaction")
-    summary = _summary(rows, audit)
+    summary = _summary(rows, audit, severities(settings))
     summary.new_columns = new_columns
     return summary
 
@@ -182,12 +204,13 @@ def clear_staged_rows(conn: psycopg.Connection) -> str:
     return "delete"
 
 
-def _summary(batches: list[dict], audit: AuditResult) -> PublishSummary:
+def _summary(batches: list[dict], audit: AuditResult, severity: dict[str, str]) -> PublishSummary:
     totals = {key: sum(b[key] for b in batches) for key in ("total", "valid", "invalid", "duplicates", "late",
-                                                              "quarantined_files")}
+                                                              "quarantined_files", "warned")}
     validation = audit.validation
     return PublishSummary(
         path="every_minute", **totals, validity_rate=validity_rate(totals["valid"], totals["invalid"]),
-        failing_rules=failing_rules(validation), table_checks=validation.table_checks if validation else {},
+        failing_rules=failing_rules(validation, severity), warnings=failing_rules(validation, severity, "warn"),
+        table_checks=validation.table_checks if validation else {},
         data_docs=validation.data_docs if validation else None, batches=batches,
     )

@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from include.contract.rules import severities
 from include.publish import sql
 from include.publish.backfill import REVALIDATION_TABLE
 from include.results import Validation, failing_rules
@@ -165,7 +166,7 @@ def replay(settings: Settings, airflow_run_id: str, *, rule: str | None = None, 
         counts = with_connection(settings, lambda conn: apply(conn, validation, settings, where, params,
                                                               airflow_run_id, dry_run))
         with_connection(settings, lambda conn: conn.execute(f"TRUNCATE {REVALIDATION_TABLE}"))
-    failing = {rule.rule: rule.rows for rule in failing_rules(validation)}
+    failing = {rule.rule: rule.rows for rule in failing_rules(validation, severities(settings))}
     return {
         "dry_run": dry_run,
         "filters": {"rule": rule, "failed_from": failed_from and failed_from.isoformat(),

@@ -4,8 +4,9 @@ Three paths write the two tables: the every-minute publish, a backfill's re-deri
 Each one, inside its one transaction:
 
 1. takes the publish lock (``lock``), so their transactions never interleave;
-2. routes the candidate rows that break a rule into the temp table ``rule_failures``
-   (``route_rule_failures``), refusing where routing disagrees with Great Expectations' count;
+2. routes the candidate rows that break a rule into the temp tables ``rule_failures`` (severity drop),
+   ``rule_warnings`` (warn) and ``rule_blockers`` (fail) (``route_rule_failures``), refusing where routing
+   disagrees with Great Expectations' count, and stopping when a ``fail`` rule is broken;
 3. stores the passing rows (``insert_events``: an event_id already stored makes the row a duplicate);
 4. records every row that changed table in ``dead_letter_moves`` (``record_moves``; backfill and replay).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import psycopg
 
 from include.contract.columns import EVENT_COLUMNS
-from include.contract.rules import ROW_RULES, reason_sql, routing_predicate, suite_parameters
+from include.contract.rules import ROW_RULES, reason_sql, routing_predicate, severities, suite_parameters
 from include.names import PUBLISH_LOCK
 from include.results import Validation
 from include.settings import Settings
@@ -31,14 +32,26 @@ def lock(conn: psycopg.Connection) -> None:
     xact_lock(conn, PUBLISH_LOCK)
 
 
+class RuleFailed(RuntimeError):
+    """A rule of severity ``fail`` is broken: nothing was published, the batch stays staged."""
+
+
+# Where route_rule_failures puts a row that breaks a rule, by the rule's severity.
+_ROUTE_TABLE = {"drop": "rule_failures", "warn": "rule_warnings", "fail": "rule_blockers"}
+
+
 def route_rule_failures(conn: psycopg.Connection, validation: Validation | None, settings: Settings,
                         table: str) -> None:
-    """Fill the temp table ``rule_failures`` (row id, rule, reason) from the validated ``table`` with each
-    rule's routing predicate, refusing (``RoutingMismatch``) where it disagrees with Great Expectations'
-    count. ``validation`` None means the table was empty and not validated: nothing is routed."""
-    conn.execute("CREATE TEMP TABLE rule_failures (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
+    """Fill the temp tables (row id, rule, reason) from the validated ``table`` with each rule's routing
+    predicate, by the rule's severity: ``rule_failures`` (drop: dead letters), ``rule_warnings`` (warn: stored,
+    recorded) and ``rule_blockers`` (fail). Refuses (``RoutingMismatch``) where routing disagrees with Great
+    Expectations' count, and raises ``RuleFailed`` when a ``fail`` rule is broken, before anything is written.
+    ``validation`` None means the table was empty and not validated: nothing is routed."""
+    for target in _ROUTE_TABLE.values():
+        conn.execute(f"CREATE TEMP TABLE {target} (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
     if validation is None:
         return
+    severity = severities(settings)
     parameters = suite_parameters(settings)
     predicates = {rule.name: routing_predicate(rule, parameters) for rule in ROW_RULES}
     # One scan of the whole table finds the rows that break any rule (a few percent); each rule's routing then
@@ -49,8 +62,8 @@ def route_rule_failures(conn: psycopg.Connection, validation: Validation | None,
     )
     for rule in ROW_RULES:
         routed = conn.execute(
-            f"INSERT INTO rule_failures SELECT staging_row_id, %s, {reason_sql(rule, parameters)} "
-            f"FROM failing_candidates WHERE {predicates[rule.name]}",
+            f"INSERT INTO {_ROUTE_TABLE[severity[rule.name]]} SELECT staging_row_id, %s, "
+            f"{reason_sql(rule, parameters)} FROM failing_candidates WHERE {predicates[rule.name]}",
             (rule.name,),
         ).rowcount
         expected = validation.rules[rule.name].unexpected_count
@@ -60,6 +73,15 @@ def route_rule_failures(conn: psycopg.Connection, validation: Validation | None,
                 "nothing was written (fix routing_predicate for this expectation type)"
             )
     conn.execute("CREATE INDEX ON rule_failures (staging_row_id)")
+    blocked = conn.execute(
+        f"SELECT b.rule, count(*), (array_agg(c.event_id ORDER BY c.staging_row_id))[1:5] "
+        f"FROM rule_blockers b JOIN {table} c USING (staging_row_id) GROUP BY b.rule ORDER BY b.rule").fetchall()
+    if blocked:
+        raise RuleFailed(
+            "; ".join(f"rule {rule} (severity fail) is broken by {rows} row(s), e.g. event_id "
+                      f"{', '.join(str(i) for i in ids)}" for rule, rows, ids in blocked)
+            + ". Nothing of these batches was published; they stay staged and the next run publishes them "
+            "once the data or the rule's severity (Airflow Variable ecommerce_rule_severity) is fixed.")
 
 
 # The lineage columns a dead letter carries, in the order the INSERTs list them.

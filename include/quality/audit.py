@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 from include.contract.columns import CANDIDATE_COLUMNS
-from include.contract.rules import SUITE_NAME, suite_parameters
+from include.contract.rules import SUITE_NAME, severities, suite_parameters
 from include.quality.suite import build_suite
 from include.results import AuditResult, RuleResult, TableCheck, Validation
 from include.settings import Settings
@@ -109,7 +109,7 @@ def _checkpoint(context, settings: Settings, table: str = ASSET):
         batch_definition = asset.get_batch_definition(BATCH_DEFINITION)
     except (KeyError, ValueError, LookupError):
         batch_definition = asset.add_batch_definition_whole_table(BATCH_DEFINITION)
-    suite = context.suites.add_or_update(build_suite(suite_parameters(settings)))
+    suite = context.suites.add_or_update(build_suite(suite_parameters(settings), severities(settings)))
     validation = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=VALIDATION + suffix, data=batch_definition, suite=suite)
     )

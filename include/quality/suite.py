@@ -6,17 +6,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.contract import rules as _rules
-from include.contract.rules import ROW_RULES, SUITE_NAME, TABLE_EXPECTATIONS, describe
+from include.contract.rules import ROW_RULES, SEVERITY_MEANING, SUITE_NAME, TABLE_EXPECTATIONS, describe
 
 
-def build_suite(parameters: Mapping[str, Any]):
-    """The Great Expectations suite (rule name in each expectation's ``meta``, reason in its description)."""
+def build_suite(parameters: Mapping[str, Any], severity: Mapping[str, str] | None = None):
+    """The Great Expectations suite: each expectation's ``meta`` carries its rule name and severity (shown
+    in the Data Docs as a note), its description the reason."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
+    severity = severity or {rule.name: rule.severity for rule in ROW_RULES}
     expectations = [
         getattr(gxe, rule.expectation_type)(
-            **rule.kwargs, description=describe(rule, parameters), meta={"rule": rule.name, "routes_rows": True}
+            **rule.kwargs, description=describe(rule, parameters),
+            meta={"rule": rule.name, "routes_rows": True, "severity": severity[rule.name],
+                  "notes": {"format": "markdown",
+                            "content": [f"**severity: {severity[rule.name]}**: {SEVERITY_MEANING[severity[rule.name]]}"]}},
         )
         for rule in ROW_RULES
     ]

@@ -73,6 +73,28 @@ CREATE TABLE IF NOT EXISTS data_quality_metrics (
     CONSTRAINT data_quality_metrics_counts_add_up
         CHECK (total_records = valid_records + invalid_records + duplicate_records)
 );
+-- valid rows stored with at least one violation of a rule of severity warn (they count as valid), and the
+-- thresholds and severities in force when the batch was published, so a past batch's rules are known.
+ALTER TABLE data_quality_metrics ADD COLUMN IF NOT EXISTS warned_records INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE data_quality_metrics ADD COLUMN IF NOT EXISTS rules_in_force JSONB;
+
+-- Violations of rules of severity warn by stored rows (include/contract/rules.py): the row is in
+-- ecommerce_events, this says which rule it broke and why. One row per (event, rule).
+CREATE TABLE IF NOT EXISTS rule_violations (
+    id              BIGSERIAL   PRIMARY KEY,
+    event_id        TEXT        NOT NULL,
+    rule            TEXT        NOT NULL,
+    severity        TEXT        NOT NULL DEFAULT 'warn',
+    reason          TEXT        NOT NULL,
+    recorded_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    source_file     TEXT,
+    source_line     INTEGER,
+    airflow_run_id  TEXT,
+    spark_query_id  UUID,
+    spark_batch_id  BIGINT
+);
+CREATE INDEX IF NOT EXISTS ix_rule_violations_recorded ON rule_violations (recorded_at);
+CREATE INDEX IF NOT EXISTS ix_rule_violations_run ON rule_violations (airflow_run_id);
 
 -- Files that could not be read at all (no known header, not UTF-8 text, empty); moved to QUARANTINE_DIR.
 CREATE TABLE IF NOT EXISTS quarantined_files (
@@ -192,7 +214,8 @@ WITH batches AS (
            sum(duplicate_records)                                   AS duplicate_records,
            sum(late_records)                                        AS late_records,
            round(avg(processing_time_ms))                           AS avg_processing_time_ms,
-           sum(processing_time_ms)                                  AS processing_time_ms
+           sum(processing_time_ms)                                  AS processing_time_ms,
+           sum(warned_records)                                      AS warned_records
       FROM data_quality_metrics
      GROUP BY 1
 ), quarantine AS (
@@ -210,7 +233,9 @@ SELECT hour,
        coalesce(q.quarantined_files, 0)                             AS quarantined_files,
        round(100.0 * b.valid_records / nullif(b.valid_records + b.invalid_records, 0), 2) AS validity_rate,
        b.avg_processing_time_ms,
-       round(b.total_records * 1000.0 / nullif(b.processing_time_ms, 0), 2) AS throughput
+       round(b.total_records * 1000.0 / nullif(b.processing_time_ms, 0), 2) AS throughput,
+       -- valid rows stored with a warn-level violation (rule_violations has each one)
+       coalesce(b.warned_records, 0)                                AS warned_records
   FROM batches b FULL JOIN quarantine q USING (hour);
 
 -- State of the circuit breaker (include/ops/circuit_breaker.py): one row, shared by every run.
