@@ -41,11 +41,19 @@ class ContractError(ValueError):
     """The contract file is inconsistent; nothing may run on it."""
 
 
-def load_contract(path: Path = CONTRACT_FILE) -> dict:
-    """Read and check the contract file: the columns with their versions, the versions, the domains."""
+def load_contract(path: Path | None = None) -> dict:
+    """Read and check the contract file (default: the package's own, also from inside the code zip Spark
+    imports from): the columns with their versions, the versions, the domains."""
+    import importlib.resources
+
     import yaml
 
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if path is None:
+        path = CONTRACT_FILE
+        text = importlib.resources.files(__package__).joinpath(CONTRACT_FILE.name).read_text(encoding="utf-8")
+    else:
+        text = path.read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
     versions = tuple(raw["versions"])
     columns = tuple(
         Column(c["name"], c["type"], c["role"], c.get("since"), bool(c.get("required", False)), c.get("default"))

@@ -133,3 +133,16 @@ def test_the_readme_lists_the_versions_of_the_contract_file():
         base = next((listed[v] for v in listed if f"{v} +" in cell), set())
         listed[name] = base | {c for part in cell.split("`")[1::2] for c in part.split(",")}
         assert listed[name] == set(VERSIONS[name].columns), (name, row)
+
+
+@pytest.mark.unit
+def test_the_spark_executors_read_the_contract_from_inside_the_code_zip(tmp_path):
+    from include.airflow.packaging import build_code_archive
+
+    archive = build_code_archive(tmp_path)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import include.contract.versions as v; "
+             "assert '.zip' in v.__file__, v.__file__; print(','.join(v.VERSIONS))")
+    done = subprocess.run([sys.executable, "-c", probe, str(archive)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={k: val for k, val in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "v1,v2,v3"
