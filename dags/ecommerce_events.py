@@ -20,7 +20,7 @@ runs made by a backfill take `backfill_ingest → rederive`; the other path is s
 | `choose_path` | the every-minute path, or the backfill path for a run created by a backfill |
 | `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, at most `MAX_FILES_PER_TRIGGER` files per batch. Matches each file's columns by name (any order or case; unknown columns kept per row in `rescued_data`), upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
 | `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/contract/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
-| `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch, ledger marked published; a column name the feed never carried before raises one WARNING |
+| `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch (with the thresholds and severities in force), ledger marked published; violations of `warn` rules → `rule_violations` (the rows are stored); a broken `fail` rule fails the task before anything is written (the batch stays staged); a column name the feed never carried before raises one WARNING |
 | `backfill_ingest` | `spark-submit spark_jobs/backfill_batch.py`: re-reads from `ARCHIVE_DIR` exactly the files that landed in the run's data interval (batch mode: no checkpoint, no file moves) and stages their rows |
 | `rederive` | validates the re-read rows with the same suite and re-derives them in one transaction (`include/publish/backfill.py`) |
 | `quality_gate` | fails the run (after publishing) when the validity rate is below `MIN_VALIDITY_RATE` or a table-level check fails |
@@ -31,6 +31,11 @@ runs made by a backfill take `backfill_ingest → rederive`; the other path is s
 **Dead letters**: **Dead letters** in the navigation of this UI: rows with reasons, counts per rule, filters
 by rule / reason / time / file / run, CSV export (`/ecommerce/dead-letters?run_id=<run id>`). In SQL:
 `SELECT source_file, source_line, validation_errors, raw_data FROM dead_letter_events WHERE airflow_run_id = '<run id>';`
+
+**Variables** (*Admin → Variables*, read when each task runs, no restart): `ecommerce_max_price`,
+`ecommerce_min_validity_rate`, `ecommerce_rule_severity` (JSON, e.g. `{"category_known": "drop"}`; each
+rule is `warn`: stored and recorded in `rule_violations`, `drop`: dead-lettered, or `fail`: the run stops
+before publishing). Unset, the environment applies; a bad value fails `detect_work`, naming the Variable.
 
 **Connections**: `spark_default` (master; `local[*]` unless it says otherwise, e.g. `spark://host:7077` for a
 standalone cluster: see docs/scaling.md) and `ecommerce_postgres`.
