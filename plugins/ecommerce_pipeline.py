@@ -1,10 +1,11 @@
-"""Airflow plugin of the e-commerce pipeline: the "Data Quality" and "Dead letters" pages of the Airflow UI.
+"""Airflow plugin of the e-commerce pipeline: the "Data Quality", "Dead letters" and "Rule violations" pages of the Airflow UI.
 
 Airflow 3 way: a FastAPI app (``include/airflow/ui.py``) mounted by the api-server at ``/ecommerce``, and
-two navigation entries (``external_views`` with destination ``nav``) that show its pages inside the UI:
+three navigation entries (``external_views`` with destination ``nav``) that show its pages inside the UI:
 
 * Data Quality -> ``/ecommerce/data-docs/index.html``, the Great Expectations Data Docs
 * Dead letters -> ``/ecommerce/dead-letters``, recent dead-lettered rows, filters, counts per rule, CSV export
+* Rule violations -> ``/ecommerce/rule-violations``, stored rows that broke a ``warn`` rule, same filters and export
 
 Every Airflow process loads plugins (each task run does, for macros), so this module imports nothing
 heavy: the app is built on its first request, which only ever reaches the api-server. Its routes are
@@ -49,4 +50,6 @@ class EcommercePipelinePlugin(AirflowPlugin):
          "url_route": "data-quality", "nav_top_level": True},
         {"name": "Dead letters", "href": "ecommerce/dead-letters", "destination": "nav",
          "url_route": "dead-letters", "nav_top_level": True},
+        {"name": "Rule violations", "href": "ecommerce/rule-violations", "destination": "nav",
+         "url_route": "rule-violations", "nav_top_level": True},
     ]

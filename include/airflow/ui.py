@@ -28,7 +28,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from include.airflow import dead_letters
+from include.airflow import dead_letters, violations
 from include.names import DAG_ID
 from include.settings import Settings
 
@@ -173,6 +173,40 @@ def create_app() -> FastAPI:
 
         return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": 'attachment; filename="dead_letter_events.csv"',
+            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/rule-violations", response_class=HTMLResponse)
+    def rule_violations_page(request: Request) -> HTMLResponse:
+        descriptions = _rule_descriptions()
+        descriptions.pop(dead_letters.PARSE, None)
+        try:
+            violation_filter = violations.ViolationFilter.from_params(request.query_params)
+        except dead_letters.FilterError as error:
+            return _html("rule_violations.html", 400, error=str(error), params=dict(request.query_params),
+                         rows=[], counts=[], total=0, descriptions=descriptions, filter=None)
+        with _connect() as conn:
+            rows = violations.recent(conn, violation_filter)
+            total = violations.matching_count(conn, violation_filter)
+            counts = violations.counts_per_rule(conn, violation_filter)
+        return _html("rule_violations.html", rows=rows, counts=counts, total=total, descriptions=descriptions,
+                     filter=violation_filter, params=violation_filter.query_params(), error=None,
+                     export_max=dead_letters.EXPORT_MAX_ROWS)
+
+    @app.get("/rule-violations.csv")
+    def rule_violations_export(request: Request) -> StreamingResponse:
+        try:
+            violation_filter = violations.ViolationFilter.from_params(request.query_params)
+        except dead_letters.FilterError as error:
+            raise HTTPException(400, str(error)) from error
+
+        conn = _connect()
+
+        def body():
+            with conn:
+                yield from dead_letters.csv_lines(violations.export_rows(conn, violation_filter), violations.COLUMNS)
+
+        return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": 'attachment; filename="rule_violations.csv"',
             "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     return app

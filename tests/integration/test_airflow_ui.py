@@ -45,6 +45,9 @@ RULE_OF_DEFECT = {"negative_price": "price_in_range", "price_above_max": "price_
                   "purchase_without_user": "user_required_for_action", "zero_product_id": "product_id_positive"}
 
 
+GARDEN_EVENT_ID = "0f6d5b1e-9c3a-4e2b-8f7d-6a5c4b3a2910"
+
+
 def land_events(landing: Path) -> dict[str, str]:
     """Mostly valid generated files (well above MIN_VALIDITY_RATE) plus known dead letters; event_id -> rule."""
     generator = EventGenerator(5, invalid_ratio=0.02)
@@ -60,6 +63,9 @@ def land_events(landing: Path) -> dict[str, str]:
     # and markup, which the page must show as text
     crafted = [dict(row, event_id=event_id) for row, event_id in
                zip(generator.generate_batch(2, "v3"), (FORMULA_EVENT_ID, MARKUP_EVENT_ID))]
+    # a good row in a new category with a formula-like segment: stored, two warn-level violations
+    crafted.append(dict(generator.generate_batch(1, "v3")[0], event_id=GARDEN_EVENT_ID, category="garden",
+                        user_segment="@SUM(1+1)"))
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([V3.columns, *([r[c] for c in V3.columns] for r in crafted)])
     write_raw_file((buffer.getvalue() + FORMULA_RAW_LINE + "\n").encode(), landing)
@@ -128,12 +134,13 @@ def api_token(base: str) -> str:
 def test_without_an_airflow_session_the_pages_give_nothing_away(ui):
     base, known, run_id = ui
     pages = ["/ecommerce/dead-letters", f"/ecommerce/dead-letters?run_id={quote(run_id)}",
-             "/ecommerce/dead-letters.csv", "/ecommerce/data-docs/index.html"]
+             "/ecommerce/dead-letters.csv", "/ecommerce/data-docs/index.html",
+             "/ecommerce/rule-violations", "/ecommerce/rule-violations.csv"]
     for path in pages:
         for headers in ({}, {"Cookie": "_token=forged.jwt.value"}, {"Authorization": "Bearer forged.jwt.value"}):
             status, _, body = request(base, path, headers)
             assert status in (401, 403), (path, headers, status)
-            assert not any(event_id in body for event_id in known) and SUITE_NAME not in body, (path, body[:300])
+            assert not any(event_id in body for event_id in [*known, GARDEN_EVENT_ID]) and SUITE_NAME not in body, (path, body[:300])
         # a browser without a session is sent to Airflow's login page, and back afterwards
         status, headers, _ = request(base, path, {"Accept": "text/html"})
         assert status == 303 and headers["location"].startswith("/auth/login?next="), (path, status, headers)
@@ -174,6 +181,25 @@ def test_the_csv_export_lists_the_known_rows_and_is_formula_safe(ui):
     # the rule filter narrows the export to that rule
     status, _, body = request(base, "/ecommerce/dead-letters.csv?rule=event_id_is_uuid", auth)
     assert status == 200 and {r["failed_rules"] for r in csv.DictReader(io.StringIO(body))} == {"event_id_is_uuid"}
+
+
+def test_rule_violations_list_stored_rows_by_rule_and_export_formula_safe(ui, pipeline):
+    base, _, run_id = ui
+    assert pipeline.scalar("SELECT category FROM ecommerce_events WHERE event_id = %s", (GARDEN_EVENT_ID,)) == "garden"
+    auth = {"Authorization": f"Bearer {api_token(base)}"}
+    status, headers, body = request(base, "/ecommerce/rule-violations?" + urlencode({"run_id": run_id}), auth)
+    assert status == 200 and "default-src 'none'" in headers["content-security-policy"]
+    assert GARDEN_EVENT_ID in body and "category = garden" in body and "<code>category_known</code>" in body
+    status, _, body = request(base, "/ecommerce/rule-violations?" + urlencode({"rule": "category_known"}), auth)
+    assert status == 200 and "user_segment = @SUM" not in body and "category = garden" in body
+    status, headers, body = request(base, "/ecommerce/rule-violations.csv?" + urlencode({"run_id": run_id}), auth)
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    records = list(csv.DictReader(io.StringIO(body)))
+    assert {(r["event_id"], r["rule"], r["severity"]) for r in records} == {
+        (GARDEN_EVENT_ID, "category_known", "warn"), (GARDEN_EVENT_ID, "user_segment_known", "warn")}
+    assert all(not value.lstrip().startswith(("=", "+", "-", "@")) for r in records for value in r.values())
+    status, _, body = request(base, "/ecommerce/rule-violations?to=soon", auth)
+    assert status == 400 and "is not an ISO-8601 date or time" in body
 
 
 def test_the_page_filters_by_rule_and_run_and_shows_markup_as_text(ui):
@@ -261,6 +287,17 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
     assert "event_id_is_uuid" in counts
     browser.switch_to.default_content()
     browser.save_screenshot(str(OUTPUT_DIR / "dead_letters.png"))
+
+    # "Rule violations" lists the stored row in a new category, with its rule and severity
+    browser.find_element(By.XPATH, "//*[normalize-space(text())='Rule violations']").click()
+    frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Rule violations']")))
+    browser.switch_to.frame(frame)
+    table = wait.until(EC.presence_of_element_located((By.ID, "rule-violations")))
+    assert GARDEN_EVENT_ID in table.text and "category = garden" in table.text
+    counts = browser.find_element(By.XPATH, "//h2[normalize-space(.)='Counts per rule and severity']/following-sibling::table[1]").text
+    assert "category_known warn" in counts and "user_segment_known warn" in counts
+    browser.switch_to.default_content()
+    browser.save_screenshot(str(OUTPUT_DIR / "rule_violations.png"))
 
     # the Graph view of this every-minute run: its path ran, the backfill path is there but skipped
     graph_screenshot(browser, base, run_id, "graph_every_minute_run.png", TASK_IDS + BACKFILL_PATH)
