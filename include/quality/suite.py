@@ -10,15 +10,15 @@ from include.contract.rules import ROW_RULES, SEVERITY_MEANING, SUITE_NAME, TABL
 
 
 def build_suite(parameters: Mapping[str, Any], severity: Mapping[str, str] | None = None):
-    """The Great Expectations suite: each expectation's ``meta`` carries its rule name and severity (shown
-    in the Data Docs as a note), its description the reason."""
+    """The Great Expectations suite: each expectation's ``meta`` carries its rule name and severity, its
+    description the reason and the severity (the Data Docs show the description)."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     severity = severity or {rule.name: rule.severity for rule in ROW_RULES}
     expectations = [
         getattr(gxe, rule.expectation_type)(
-            **rule.kwargs, description=describe(rule, parameters),
+            **rule.kwargs, description=f"{describe(rule, parameters)} [severity: {severity[rule.name]}]",
             meta={"rule": rule.name, "routes_rows": True, "severity": severity[rule.name],
                   "notes": {"format": "markdown",
                             "content": [f"**severity: {severity[rule.name]}**: {SEVERITY_MEANING[severity[rule.name]]}"]}},

@@ -37,7 +37,7 @@ def test_suite_carries_every_rule_with_its_reason_and_thresholds_from_settings()
     assert set(by_rule) == {r.name for r in ROW_RULES} | {name for name, _, _ in TABLE_EXPECTATIONS}
     price = by_rule["price_in_range"]
     assert price.max_value == {"$PARAMETER": "max_price"}  # config, not a literal, sets the threshold
-    assert price.description == "price is not in (0, 750.0] (MAX_PRICE)"
+    assert price.description == "price is not in (0, 750.0] (MAX_PRICE) [severity: drop]"
     assert all(by_rule[r.name].meta["routes_rows"] for r in ROW_RULES)
 
 

@@ -267,6 +267,8 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
     wait.until(EC.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{run_id}')]")))
     body = browser.find_element(By.TAG_NAME, "body").text
     assert SUITE_NAME in body and "Expectation Validation Result" in body, body[:1000]
+    # each rule shows its severity; the new category is a warn-level violation of this run
+    assert "category is not a known category [severity: warn]" in body and "[severity: drop]" in body
     browser.switch_to.default_content()
     wait.until(lambda d: "/plugin/data-quality/ecommerce/data-docs/validations/" in d.current_url)  # UI follows
     time.sleep(1)
