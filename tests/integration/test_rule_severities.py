@@ -76,4 +76,6 @@ def test_a_bad_variable_fails_the_first_task_naming_it(pipeline, variable, value
     assert done.returncode == 1
     name = variable.removeprefix("AIRFLOW_VAR_").lower()
     assert f"Airflow Variable {name}={value!r}" in output and message in output, output[-3000:]
+    assert "[DAG TEST] starting task_id=detect_work" in output
+    assert "[DAG TEST] starting task_id=package_code" not in output  # it stopped at the first task
     assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger") == 0  # no Spark job ran
