@@ -209,6 +209,11 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
             """,
             (airflow_run_id,),
         ).rowcount
+        # warn-level violations of the lines that are events now (kept or stored by this run)
+        summary["violations_recorded"] = conn.execute(sql.record_violations(
+            f"{REVALIDATION_TABLE} c JOIN verdicts v USING (staging_row_id)", run_id="%s",
+            where="v.verdict = 'pass' AND (v.stored_event_id IS NOT NULL OR (c.source_file, c.source_line) IN "
+                  "(SELECT source_file, source_line FROM stored_now))"), (airflow_run_id,)).rowcount
         inserted = conn.execute("SELECT count(*) FROM stored_now").fetchone()[0]
         # dead_letters_updated/_added include the dead letters of the lines that moved out of ecommerce_events
         summary.update(moved_to_events=moved_in, moved_to_dead_letter=moved_out, events_added=inserted - moved_in)

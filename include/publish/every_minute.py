@@ -61,20 +61,12 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
         new_columns = _record_new_columns(conn, airflow_run_id)
         # warn-level violations of the rows about to be stored (rows that also break a drop rule are dead
         # letters, and the dead letter lists every rule they broke)
+        recorded = sql.record_violations(
+            "audit_candidates c JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)",
+            run_id="l.airflow_run_id", where=sql.PASSES_EVERY_RULE)
         warned = dict(((str(q), b), n) for q, b, n in conn.execute(
-            f"""
-            WITH recorded AS (
-                INSERT INTO rule_violations (event_id, rule, reason, source_file, source_line, airflow_run_id,
-                                             spark_query_id, spark_batch_id)
-                SELECT c.event_id, w.rule, w.reason, c.source_file, c.source_line, l.airflow_run_id,
-                       c.spark_query_id, c.spark_batch_id
-                  FROM rule_warnings w JOIN audit_candidates c USING (staging_row_id)
-                  JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
-                 WHERE {sql.PASSES_EVERY_RULE}
-                RETURNING spark_query_id, spark_batch_id, event_id
-            )
-            SELECT spark_query_id, spark_batch_id, count(DISTINCT event_id) FROM recorded GROUP BY 1, 2
-            """).fetchall())
+            f"WITH recorded AS ({recorded}) "
+            "SELECT spark_query_id, spark_batch_id, count(DISTINCT event_id) FROM recorded GROUP BY 1, 2").fetchall())
         in_force = json.dumps({"max_price": settings.max_price, "min_validity_rate": settings.min_validity_rate,
                                "severity": severities(settings)})
 

@@ -108,6 +108,9 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
                 """,
                 (airflow_run_id,),
             )
+            counts["violations_recorded"] = conn.execute(sql.record_violations(
+                f"{REVALIDATION_TABLE} c JOIN published p ON p.dead_letter_id = c.staging_row_id",
+                run_id="%s", where="TRUE"), (airflow_run_id,)).rowcount
             counts["published"] = conn.execute(
                 f"""
                 WITH replayed AS (

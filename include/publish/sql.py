@@ -104,6 +104,22 @@ def insert_events(source: str, *, run_id: str, where: str, returning: str, order
         RETURNING {returning}"""
 
 
+def record_violations(source: str, *, run_id: str, where: str) -> str:
+    """``INSERT … SELECT`` into ``rule_violations`` of the warn-level violations (temp table ``rule_warnings``)
+    of the candidate rows of ``source`` (a FROM clause aliasing the candidates ``c``) that ``where`` selects:
+    the rows stored in ``ecommerce_events`` by this transaction. An (event, rule) already recorded is kept as
+    it is, so a backfill re-deriving a window records nothing twice."""
+    return f"""
+        INSERT INTO rule_violations (event_id, rule, reason, source_file, source_line, airflow_run_id,
+                                     spark_query_id, spark_batch_id)
+        SELECT c.event_id, w.rule, w.reason, c.source_file, c.source_line, {run_id}, c.spark_query_id,
+               c.spark_batch_id
+          FROM rule_warnings w JOIN ({source}) USING (staging_row_id)
+         WHERE {where}
+        ON CONFLICT (event_id, rule) DO NOTHING
+        RETURNING spark_query_id, spark_batch_id, event_id"""
+
+
 def record_moves(direction: str, cause: str, rows: str) -> str:
     """``INSERT … SELECT`` into ``dead_letter_moves`` of the rows of ``rows`` (a FROM clause yielding
     event_id, source_file, source_line, dead_letter_id, failed_rules); the run id is the one parameter."""

@@ -4,6 +4,7 @@ row is dead-lettered with exactly the rule it broke."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -101,6 +102,8 @@ def test_every_rule_counts_exactly_its_failing_row_and_routing_agrees(audited, p
 
 def test_publish_dead_letters_each_failing_row_with_exactly_its_rule(audited, pipeline):
     settings, cases, result = audited
+    # every rule at severity drop, the domain rules too (their default is warn: tests/integration/test_rule_severities.py)
+    settings = replace(settings, rule_severity=json.dumps({rule.name: "drop" for rule in ROW_RULES}))
     with psycopg.connect(settings.postgres_conninfo) as conn:
         summary = publish(conn, result, settings, "rules_test")
     assert (summary.total, summary.valid, summary.invalid, summary.duplicates) == (

@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS rule_violations (
 );
 CREATE INDEX IF NOT EXISTS ix_rule_violations_recorded ON rule_violations (recorded_at);
 CREATE INDEX IF NOT EXISTS ix_rule_violations_run ON rule_violations (airflow_run_id);
+CREATE UNIQUE INDEX IF NOT EXISTS ux_rule_violations_event_rule ON rule_violations (event_id, rule);
 
 -- Files that could not be read at all (no known header, not UTF-8 text, empty); moved to QUARANTINE_DIR.
 CREATE TABLE IF NOT EXISTS quarantined_files (
