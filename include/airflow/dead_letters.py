@@ -46,22 +46,8 @@ class DeadLetterFilter:
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> DeadLetterFilter:
         """Parse query parameters (``rule``, ``reason``, ``from``, ``to``, ``file``, ``run_id``, ``limit``)."""
-        def text(name: str) -> str | None:
-            value = (params.get(name) or "").strip()
-            return value or None
-
-        raw_limit = text("limit")
-        try:
-            limit = int(raw_limit) if raw_limit else DEFAULT_LIMIT
-        except ValueError as error:
-            raise FilterError(f"limit={raw_limit!r} is not a whole number") from error
-        if not 1 <= limit <= MAX_LIMIT:
-            raise FilterError(f"limit must be between 1 and {MAX_LIMIT}")
-        failed_from, failed_to = parse_time(text("from"), "from"), parse_time(text("to"), "to")
-        if failed_from and failed_to and failed_from > failed_to:
-            raise FilterError("from is after to")
-        return cls(rule=text("rule"), reason=text("reason"), failed_from=failed_from, failed_to=failed_to,
-                   file=text("file"), run_id=text("run_id"), limit=limit)
+        rule, reason, start, end, file, run_id, limit = filter_params(params)
+        return cls(rule=rule, reason=reason, failed_from=start, failed_to=end, file=file, run_id=run_id, limit=limit)
 
     def where(self, *, with_rule: bool = True) -> tuple[str, list[Any]]:
         """A SQL WHERE clause over ``dead_letter_events`` and its bound parameters."""
@@ -90,12 +76,37 @@ class DeadLetterFilter:
 
     def query_params(self) -> dict[str, str]:
         """The filter as query parameters again (for links and the export), without the defaults."""
-        params = {"rule": self.rule, "reason": self.reason, "file": self.file, "run_id": self.run_id,
-                  "from": self.failed_from.isoformat() if self.failed_from else None,
-                  "to": self.failed_to.isoformat() if self.failed_to else None}
-        if self.limit != DEFAULT_LIMIT:
-            params["limit"] = str(self.limit)
-        return {key: value for key, value in params.items() if value}
+        return as_query_params(self.rule, self.reason, self.failed_from, self.failed_to, self.file, self.run_id,
+                               self.limit)
+
+
+def filter_params(params: Mapping[str, str]) -> tuple:
+    """The filters of a page from untrusted query parameters, checked: (rule, reason, from, to, file, run_id,
+    limit); empty values are None. Shared by the Dead letters and the Rule violations pages."""
+    def text(name: str) -> str | None:
+        value = (params.get(name) or "").strip()
+        return value or None
+
+    raw_limit = text("limit")
+    try:
+        limit = int(raw_limit) if raw_limit else DEFAULT_LIMIT
+    except ValueError as error:
+        raise FilterError(f"limit={raw_limit!r} is not a whole number") from error
+    if not 1 <= limit <= MAX_LIMIT:
+        raise FilterError(f"limit must be between 1 and {MAX_LIMIT}")
+    start, end = parse_time(text("from"), "from"), parse_time(text("to"), "to")
+    if start and end and start > end:
+        raise FilterError("from is after to")
+    return text("rule"), text("reason"), start, end, text("file"), text("run_id"), limit
+
+
+def as_query_params(rule, reason, start: datetime | None, end: datetime | None, file, run_id,
+                    limit: int) -> dict[str, str]:
+    """Filters as query parameters (the inverse of ``filter_params``), without empty ones and the default limit."""
+    params = {"rule": rule, "reason": reason, "file": file, "run_id": run_id,
+              "from": start.isoformat() if start else None, "to": end.isoformat() if end else None,
+              "limit": str(limit) if limit != DEFAULT_LIMIT else None}
+    return {key: value for key, value in params.items() if value}
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:

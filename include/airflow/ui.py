@@ -138,30 +138,27 @@ def create_app() -> FastAPI:
             return _html("no_data_docs.html", 404, folder=str(root))
         raise HTTPException(404, "Not found")
 
-    @app.get("/dead-letters", response_class=HTMLResponse)
-    def dead_letters_page(request: Request) -> HTMLResponse:
-        descriptions = _rule_descriptions()
+    def listing(request: Request, module, filter_class, template: str, descriptions: dict[str, str],
+                shape=lambda rows: rows) -> HTMLResponse:
+        """A page of a table: its rows under the filters of the query, counts per rule, or a 400 that says
+        which filter is wrong."""
         try:
-            dead_filter = dead_letters.DeadLetterFilter.from_params(request.query_params)
+            chosen = filter_class.from_params(request.query_params)
         except dead_letters.FilterError as error:
-            return _html("dead_letters.html", 400, error=str(error), params=dict(request.query_params),
+            return _html(template, 400, error=str(error), params=dict(request.query_params),
                          rows=[], counts=[], total=0, descriptions=descriptions, filter=None)
         with _connect() as conn:
-            rows = dead_letters.recent(conn, dead_filter)
-            total = dead_letters.matching_count(conn, dead_filter)
-            counts = dead_letters.counts_per_rule(conn, dead_filter)
-        for row in rows:
-            raw = row["raw_data"] or ""
-            row["raw_preview"] = raw if len(raw) <= RAW_PREVIEW_CHARS else raw[:RAW_PREVIEW_CHARS] + "…"
-            row["raw_length"] = len(raw)
-        return _html("dead_letters.html", rows=rows, counts=counts, total=total, descriptions=descriptions,
-                     filter=dead_filter, params=dead_filter.query_params(), error=None,
+            rows = module.recent(conn, chosen)
+            total = module.matching_count(conn, chosen)
+            counts = module.counts_per_rule(conn, chosen)
+        return _html(template, rows=shape(rows), counts=counts, total=total, descriptions=descriptions,
+                     filter=chosen, params=chosen.query_params(), error=None,
                      export_max=dead_letters.EXPORT_MAX_ROWS)
 
-    @app.get("/dead-letters.csv")
-    def dead_letters_export(request: Request) -> StreamingResponse:
+    def export(request: Request, module, filter_class, filename: str) -> StreamingResponse:
+        """Every matching row as spreadsheet-safe CSV, streamed."""
         try:
-            dead_filter = dead_letters.DeadLetterFilter.from_params(request.query_params)
+            chosen = filter_class.from_params(request.query_params)
         except dead_letters.FilterError as error:
             raise HTTPException(400, str(error)) from error
 
@@ -169,44 +166,36 @@ def create_app() -> FastAPI:
 
         def body():
             with conn:
-                yield from dead_letters.csv_lines(dead_letters.export_rows(conn, dead_filter))
+                yield from dead_letters.csv_lines(module.export_rows(conn, chosen), module.COLUMNS)
 
         return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition": 'attachment; filename="dead_letter_events.csv"',
+            "Content-Disposition": f'attachment; filename="{filename}"',
             "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+    def with_raw_preview(rows: list[dict]) -> list[dict]:
+        for row in rows:
+            raw = row["raw_data"] or ""
+            row["raw_preview"] = raw if len(raw) <= RAW_PREVIEW_CHARS else raw[:RAW_PREVIEW_CHARS] + "…"
+            row["raw_length"] = len(raw)
+        return rows
+
+    @app.get("/dead-letters", response_class=HTMLResponse)
+    def dead_letters_page(request: Request) -> HTMLResponse:
+        return listing(request, dead_letters, dead_letters.DeadLetterFilter, "dead_letters.html",
+                       _rule_descriptions(), with_raw_preview)
+
+    @app.get("/dead-letters.csv")
+    def dead_letters_export(request: Request) -> StreamingResponse:
+        return export(request, dead_letters, dead_letters.DeadLetterFilter, "dead_letter_events.csv")
 
     @app.get("/rule-violations", response_class=HTMLResponse)
     def rule_violations_page(request: Request) -> HTMLResponse:
         descriptions = _rule_descriptions()
         descriptions.pop(dead_letters.PARSE, None)
-        try:
-            violation_filter = violations.ViolationFilter.from_params(request.query_params)
-        except dead_letters.FilterError as error:
-            return _html("rule_violations.html", 400, error=str(error), params=dict(request.query_params),
-                         rows=[], counts=[], total=0, descriptions=descriptions, filter=None)
-        with _connect() as conn:
-            rows = violations.recent(conn, violation_filter)
-            total = violations.matching_count(conn, violation_filter)
-            counts = violations.counts_per_rule(conn, violation_filter)
-        return _html("rule_violations.html", rows=rows, counts=counts, total=total, descriptions=descriptions,
-                     filter=violation_filter, params=violation_filter.query_params(), error=None,
-                     export_max=dead_letters.EXPORT_MAX_ROWS)
+        return listing(request, violations, violations.ViolationFilter, "rule_violations.html", descriptions)
 
     @app.get("/rule-violations.csv")
     def rule_violations_export(request: Request) -> StreamingResponse:
-        try:
-            violation_filter = violations.ViolationFilter.from_params(request.query_params)
-        except dead_letters.FilterError as error:
-            raise HTTPException(400, str(error)) from error
-
-        conn = _connect()
-
-        def body():
-            with conn:
-                yield from dead_letters.csv_lines(violations.export_rows(conn, violation_filter), violations.COLUMNS)
-
-        return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition": 'attachment; filename="rule_violations.csv"',
-            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+        return export(request, violations, violations.ViolationFilter, "rule_violations.csv")
 
     return app

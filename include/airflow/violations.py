@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from include.airflow.dead_letters import DEFAULT_LIMIT, EXPORT_MAX_ROWS, MAX_LIMIT, FilterError, parse_time
+from include.airflow.dead_letters import DEFAULT_LIMIT, EXPORT_MAX_ROWS, as_query_params, filter_params
 
 COLUMNS = ("id", "recorded_at", "event_id", "rule", "severity", "reason", "source_file", "source_line",
            "airflow_run_id", "spark_batch_id")
@@ -30,21 +30,7 @@ class ViolationFilter:
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> ViolationFilter:
-        def text(name: str) -> str | None:
-            value = (params.get(name) or "").strip()
-            return value or None
-
-        raw_limit = text("limit")
-        try:
-            limit = int(raw_limit) if raw_limit else DEFAULT_LIMIT
-        except ValueError as error:
-            raise FilterError(f"limit={raw_limit!r} is not a whole number") from error
-        if not 1 <= limit <= MAX_LIMIT:
-            raise FilterError(f"limit must be between 1 and {MAX_LIMIT}")
-        start, end = parse_time(text("from"), "from"), parse_time(text("to"), "to")
-        if start and end and start > end:
-            raise FilterError("from is after to")
-        return cls(text("rule"), text("reason"), start, end, text("file"), text("run_id"), limit)
+        return cls(*filter_params(params))
 
     def where(self, *, with_rule: bool = True) -> tuple[str, list[Any]]:
         clauses, values = ["TRUE"], []
@@ -62,12 +48,8 @@ class ViolationFilter:
         return " AND ".join(clauses), values
 
     def query_params(self) -> dict[str, str]:
-        params = {"rule": self.rule, "reason": self.reason, "file": self.file, "run_id": self.run_id,
-                  "from": self.recorded_from.isoformat() if self.recorded_from else None,
-                  "to": self.recorded_to.isoformat() if self.recorded_to else None}
-        if self.limit != DEFAULT_LIMIT:
-            params["limit"] = str(self.limit)
-        return {key: value for key, value in params.items() if value}
+        return as_query_params(self.rule, self.reason, self.recorded_from, self.recorded_to, self.file,
+                               self.run_id, self.limit)
 
 
 def recent(conn, violation_filter: ViolationFilter) -> list[dict[str, Any]]:
