@@ -269,6 +269,12 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
     assert SUITE_NAME in body and "Expectation Validation Result" in body, body[:1000]
     # each rule shows its severity; the new category is a warn-level violation of this run
     assert "category is not a known category [severity: warn]" in body and "[severity: drop]" in body
+    warn_rule = browser.find_element(By.XPATH, "//*[contains(text(), 'category is not a known category [severity: warn]')]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", warn_rule)
+    browser.switch_to.default_content()
+    time.sleep(1)
+    browser.save_screenshot(str(OUTPUT_DIR / "data_docs_warn_rule.png"))
+    browser.switch_to.frame(frame)
     browser.switch_to.default_content()
     wait.until(lambda d: "/plugin/data-quality/ecommerce/data-docs/validations/" in d.current_url)  # UI follows
     time.sleep(1)
