@@ -19,7 +19,9 @@ Typing (numbers, timestamps) happens in Spark, which adds its own reasons to ``p
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ from include.contract.versions import (
 )
 
 # Compressed files are read like plain ones; the suffix says how (``include.storage.landing.FEED_SUFFIXES``).
-_DECOMPRESSORS = {".gz": ("gzip", "gzip"), ".bz2": ("bz2", "bzip2")}
+_DECOMPRESSORS = {".gz": (gzip.decompress, "gzip"), ".bz2": (bz2.decompress, "bzip2")}
 
 # Longest value accepted in one field. Real values are far shorter; anything longer is damage or abuse.
 MAX_FIELD_CHARS = 1024
@@ -93,9 +95,9 @@ def decompress(content: bytes, source_file: str) -> bytes:
     suffix = source_file[source_file.rfind("."):].lower()
     if suffix not in _DECOMPRESSORS:
         return content
-    module, name = _DECOMPRESSORS[suffix]
+    decompress_all, name = _DECOMPRESSORS[suffix]
     try:
-        return __import__(module).decompress(content)
+        return decompress_all(content)
     except (OSError, EOFError, ValueError) as error:
         raise FileRejected(f"not a readable {name} file: {error}") from None
 

@@ -390,13 +390,14 @@ def alert_new_columns(settings: Settings, new_columns: list[dict[str, str | None
     kept in ``rescued_data`` until the contract learns it (docs/data-contract.md)."""
     for column in new_columns:
         name = column["name"]
+        quoted = name.replace("'", "''")
         raise_alert(settings, Alert(
             WARNING, f"{NEW_COLUMN}:{name}", name, f"new column {name!r} in the feed",
             run_id=run_id, details=(
                 f"first seen in {column['source_file']}; sample value {shorten(str(column['sample']), 80)!r}",
                 "its values are kept per row in ecommerce_events.rescued_data (and dead_letter_events.rescued_data)",
-                f"SELECT rescued_data->>'{name}', count(*) FROM ecommerce_events "
-                f"WHERE rescued_data ? '{name}' GROUP BY 1 ORDER BY 2 DESC LIMIT 20;"),
+                f"SELECT rescued_data->>'{quoted}', count(*) FROM ecommerce_events "
+                f"WHERE rescued_data ? '{quoted}' GROUP BY 1 ORDER BY 2 DESC LIMIT 20;"),
             links=links(airflow_base_url(), run_id)))
 
 

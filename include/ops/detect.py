@@ -14,7 +14,7 @@ from include.ops import circuit_breaker
 from include.ops.alerts import alert_foreign_files
 from include.settings import Settings
 from include.storage.connections import with_connection
-from include.storage.landing import EMPTY_FILE_REASON, quarantine_unreadable_files, waiting_files
+from include.storage.landing import feed_suffix, quarantine_unreadable_files, waiting_files
 
 
 def detect_every_minute_work(settings: Settings, run_id: str | None) -> bool:
@@ -30,7 +30,7 @@ def detect_every_minute_work(settings: Settings, run_id: str | None) -> bool:
     moved, unpublished, decision = with_connection(settings, look)
     for path, reason in moved:
         print(f"quarantined {path}: {reason}")
-    alert_foreign_files(settings, [(path, reason) for path, reason in moved if reason != EMPTY_FILE_REASON], run_id)
+    alert_foreign_files(settings, [(path, reason) for path, reason in moved if feed_suffix(path.name) is None], run_id)
     waiting = waiting_files(settings.landing_dir)
     print(f"{len(waiting)} file(s) waiting in {settings.landing_dir}; {unpublished} batch(es) staged, unpublished")
     print(decision.message)

@@ -242,10 +242,11 @@ def rederive(settings: Settings, airflow_run_id: str) -> PublishSummary:
         counts = with_connection(settings, lambda conn: publish_backfill(conn, pinned, validation, settings,
                                                                          airflow_run_id))
     valid, invalid = counts["pass"], counts["rule"] + counts["parse"]
+    severity = severities(settings)
     return PublishSummary(
         path="backfill", total=counts["rows"], valid=valid, invalid=invalid, duplicates=counts["duplicate"],
-        validity_rate=validity_rate(valid, invalid), failing_rules=failing_rules(validation, severities(settings)),
-        warnings=failing_rules(validation, severities(settings), "warn"),
+        validity_rate=validity_rate(valid, invalid), failing_rules=failing_rules(validation, severity),
+        warnings=failing_rules(validation, severity, "warn"),
         table_checks=validation.table_checks, data_docs=validation.data_docs,
         moves={"input_files": pinned.input_files, **counts},
     )

@@ -36,8 +36,9 @@ _PENDING = "(spark_query_id, spark_batch_id) IN (SELECT * FROM pinned_batches)"
 def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, airflow_run_id: str) -> PublishSummary:
     """Publish the batches the audit pinned and validated."""
     batches = audit.batches
+    severity = severities(settings)
     if not batches:
-        return _summary([], audit, severities(settings))
+        return _summary([], audit, severity)
     with conn.transaction():
         sql.lock(conn)
         conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
@@ -48,7 +49,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             f"SELECT 1 FROM pipeline_batch_ledger WHERE {_PENDING} AND published_at IS NULL FOR UPDATE"
         ).fetchall())
         if unpublished == 0:
-            summary = _summary([], audit, severities(settings))
+            summary = _summary([], audit, severity)
             summary.already_published = True
             return summary
         if unpublished != len(batches):
@@ -68,7 +69,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             f"WITH recorded AS ({recorded}) "
             "SELECT spark_query_id, spark_batch_id, count(DISTINCT event_id) FROM recorded GROUP BY 1, 2").fetchall())
         in_force = json.dumps({"max_price": settings.max_price, "min_validity_rate": settings.min_validity_rate,
-                               "severity": severities(settings)})
+                               "severity": severity})
 
         lineage = sql.DEAD_LETTER_LINEAGE
         conn.execute(
@@ -150,7 +151,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
         clear_staged_rows(conn)
         conn.execute("TRUNCATE audit_candidates")
         faults.reached("publish_in_transaction")
-    summary = _summary(rows, audit, severities(settings))
+    summary = _summary(rows, audit, severity)
     summary.new_columns = new_columns
     return summary
 

@@ -70,23 +70,16 @@ def move_file(source: Path, target: Path) -> Path | None:
     return candidate
 
 
-def _candidates(landing_dir: Path) -> list[Path]:
+def _landed(landing_dir: Path) -> list[Path]:
+    """The files of LANDING_DIR, feed files or not (names starting with '.' or '_' are in-flight)."""
     if not landing_dir.is_dir():
         return []
-    return sorted(p for p in landing_dir.iterdir()
-                  if feed_suffix(p.name) and p.is_file() and not p.name.startswith((".", "_")))
-
-
-def _foreign(landing_dir: Path) -> list[Path]:
-    if not landing_dir.is_dir():
-        return []
-    return sorted(p for p in landing_dir.iterdir()
-                  if not feed_suffix(p.name) and p.is_file() and not p.name.startswith((".", "_")))
+    return sorted(p for p in landing_dir.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
 
 
 def waiting_files(landing_dir: Path) -> list[Path]:
     """Non-empty CSV files waiting for the Spark job (names starting with '.' or '_' are in-flight)."""
-    return [p for p in _candidates(landing_dir) if p.stat().st_size > 0]
+    return [p for p in _landed(landing_dir) if feed_suffix(p.name) and p.stat().st_size > 0]
 
 
 def quarantine_unreadable_files(
@@ -97,7 +90,7 @@ def quarantine_unreadable_files(
     they are older than the grace period (a producer may still be writing them). Returns (new path, reason)."""
     now = time.time() if now is None else now
     moved = []
-    for path in _candidates(settings.landing_dir) + _foreign(settings.landing_dir):
+    for path in _landed(settings.landing_dir):
         try:
             stat = path.stat()
         except FileNotFoundError:
