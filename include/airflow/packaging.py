@@ -14,10 +14,12 @@ It is written under the project's ``data/code`` directory, not the machine's tem
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -105,10 +107,20 @@ def class_archive_path(output_dir: Path | None = None) -> Path | None:
     return Path(output_dir or _class_archive_dir()) / f"{CLASS_ARCHIVE_PREFIX}{digest.hexdigest()[:16]}.jsa"
 
 
+# An archive no run has used for this long (another virtualenv, an older Spark or Java) is deleted by the next
+# build; archives in use are shared by several checkouts at once, so in use is "touched recently".
+CLASS_ARCHIVE_UNUSED_DAYS = 14
+
+
 def driver_java_options(output_dir: Path | None = None) -> str:
-    """``spark.driver.extraJavaOptions`` for a spark-submit: use the class-data archive when it exists."""
+    """``spark.driver.extraJavaOptions`` for a spark-submit: use the class-data archive when it exists (and
+    mark it as in use)."""
     archive = class_archive_path(output_dir)
-    return f"-XX:SharedArchiveFile={archive}" if archive is not None and archive.exists() else "-Xshare:auto"
+    if archive is None or not archive.exists():
+        return "-Xshare:auto"
+    with contextlib.suppress(OSError):
+        os.utime(archive)
+    return f"-XX:SharedArchiveFile={archive}"
 
 
 def build_class_archive(output_dir: Path | None = None, timeout_s: float = 300) -> Path | None:
@@ -149,7 +161,9 @@ def build_class_archive(output_dir: Path | None = None, timeout_s: float = 300) 
             return None
         os.chmod(partial, 0o644)
         os.replace(partial, target)
+        unused_since = time.time() - CLASS_ARCHIVE_UNUSED_DAYS * 86400
         for stale in target.parent.glob(f"{CLASS_ARCHIVE_PREFIX}*.jsa"):
-            if stale != target:
-                stale.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if stale != target and stale.stat().st_mtime < unused_since:
+                    stale.unlink()
         return target

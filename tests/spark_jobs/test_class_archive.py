@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,29 @@ def test_other_jars_name_another_archive_and_without_one_spark_starts_as_before(
     second = packaging.class_archive_path(tmp_path)
     assert first != second and first.parent == second.parent == tmp_path
     assert packaging.driver_java_options(tmp_path) == "-Xshare:auto"  # nothing written there: no archive flag
+
+
+def test_an_archive_in_use_elsewhere_is_kept_and_one_unused_for_weeks_is_deleted(tmp_path, monkeypatch):
+    """Two checkouts with their own virtualenvs each have an archive; building one must not evict the other."""
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "spark-core.jar").write_bytes(b"one")
+    monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+    other, old = tmp_path / "spark_classes_other.jsa", tmp_path / "spark_classes_old.jsa"
+    other.write_bytes(b"in use by another checkout")
+    old.write_bytes(b"unused")
+    weeks_ago = time.time() - (packaging.CLASS_ARCHIVE_UNUSED_DAYS + 1) * 86400
+    os.utime(old, (weeks_ago, weeks_ago))
+    target = packaging.class_archive_path(tmp_path)
+
+    def fake_spark_submit(command, **kwargs):
+        partial = next(arg.split("=", 2)[-1] for arg in command if "ArchiveClassesAtExit" in arg)
+        Path(partial).write_bytes(b"archive")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_spark_submit)
+    assert packaging.build_class_archive(tmp_path) == target and target.exists()
+    assert other.exists() and not old.exists()
+    os.utime(target, (weeks_ago, weeks_ago))
+    assert packaging.driver_java_options(tmp_path) == f"-XX:SharedArchiveFile={target}"
+    assert target.stat().st_mtime > weeks_ago + 86400  # using it marks it as in use
