@@ -18,6 +18,19 @@ from pathlib import Path
 PROJECT_ROOT = Path(os.environ.get("PIPELINE_HOME") or Path(__file__).resolve().parent.parent)
 
 
+class ByteSize(int):
+    """A number of bytes, written as an integer or with a k, m or g suffix (powers of 1024): ``32m``."""
+
+    _FACTORS = {"k": 2**10, "m": 2**20, "g": 2**30}
+
+    def __new__(cls, value: int | str = 0) -> ByteSize:
+        if isinstance(value, str):
+            text = value.strip().lower().removesuffix("b")
+            factor = cls._FACTORS.get(text[-1:], 1)
+            value = int(text[:-1] if factor > 1 else text) * factor
+        return super().__new__(cls, value)
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the pipeline cannot use; the message names it and says why."""
 
@@ -37,7 +50,11 @@ class Settings:
     postgres_password: str = "spark123"
     # streaming (the original system's TRIGGER_INTERVAL and WATERMARK_DELAY are accepted and ignored: the
     # DAG's every-minute schedule is the trigger, and events are never dropped as late, only flagged)
-    max_files_per_trigger: int = 10
+    # A micro-batch admits landed files up to MAX_BYTES_PER_TRIGGER bytes (on disk, so compressed for .csv.gz;
+    # at least one file; 32m is ~200k rows of the generator's mix); 0 = by file count only. MAX_FILES_PER_TRIGGER
+    # bounds the files parsed and staged at once: a batch holding more is staged in chunks of that many files.
+    max_bytes_per_trigger: ByteSize = ByteSize("32m")
+    max_files_per_trigger: int = 1000
     # data quality
     min_validity_rate: float = 95.0
     max_price: float = 10000.0
@@ -98,7 +115,8 @@ class Settings:
                     values[field.name] = kind(raw)
             except ValueError as error:
                 raise SettingsError(
-                    f"{field.name.upper()}={raw!r} is not a valid {kind.__name__}; "
+                    f"{field.name.upper()}={raw!r} is not a valid "
+                    f"{'size in bytes (e.g. 33554432 or 32m)' if kind is ByteSize else kind.__name__}; "
                     f"unset it to use the default {field.default!r}"
                 ) from error
         settings = cls(**values)
@@ -109,6 +127,8 @@ class Settings:
         problems = []
         if self.max_files_per_trigger < 1:
             problems.append("MAX_FILES_PER_TRIGGER must be at least 1")
+        if self.max_bytes_per_trigger < 0:
+            problems.append("MAX_BYTES_PER_TRIGGER must not be negative (0 = batches by file count only)")
         if not 0 <= self.min_validity_rate <= 100:
             problems.append("MIN_VALIDITY_RATE is a percentage between 0 and 100")
         if self.max_price <= 0:

@@ -4,7 +4,8 @@
 
 A Structured Streaming query over LANDING_DIR (``binaryFile`` source, so each file is read whole and its
 header decides its schema version) with ``trigger(availableNow=True)``: it processes every file that
-landed since the last run in batches of at most MAX_FILES_PER_TRIGGER files, commits its checkpoint in
+landed since the last run in batches of about MAX_BYTES_PER_TRIGGER bytes (~200k rows by default; a batch
+of more than MAX_FILES_PER_TRIGGER files is staged in chunks of that many), commits its checkpoint in
 CHECKPOINT_DIR, and stops. For each batch (``foreachBatch``):
 
 1. unless the ledger says this (query id, batch id) is already staged (a replay after a crash): parse and
@@ -59,6 +60,10 @@ from spark_jobs.transforms import (
 
 log = logging.getLogger("ingest_events")
 
+# Spark partitions of one staging call are numbered below this; a batch staged in several calls (chunks, or
+# file by file after a crash) numbers each call's partitions from a multiple of it.
+_PARTITIONS_PER_CHUNK = 100_000
+
 # The fixed schema of Spark's binaryFile source: each landed file is one row, read whole.
 BINARY_FILE_SCHEMA = "path STRING, modificationTime TIMESTAMP, length BIGINT, content BINARY"
 
@@ -97,8 +102,7 @@ class BatchWriter:
             else:
                 with_connection(settings, lambda conn: count_attempt(conn, [str(p) for p in files]))
                 clock.lap("ledger checks")
-                quarantined = stage_rows(batch, settings, query_id=query_id, batch_id=batch_id, started_at=started_at,
-                                         clock=clock)
+                quarantined = self._stage_in_chunks(batch, batch_id, query_id, started_at, sorted(uris), clock)
             recorded = with_connection(settings, lambda conn: record_staged_batch(
                 conn, query_id=query_id, batch_id=batch_id, airflow_run_id=self.airflow_run_id,
                 input_files=len(files), started_at=started_at, quarantined=quarantined,
@@ -117,6 +121,21 @@ class BatchWriter:
         log.info("batch %s: %d files staged (%d quarantined) in %.1f s (%s)", batch_id, len(files),
                  len(quarantined), (datetime.now(UTC) - started_at).total_seconds(), clock)
         faults.reached("after_moves")
+
+    def _stage_in_chunks(self, batch, batch_id, query_id, started_at, uris, clock) -> list[tuple[str, str, str]]:
+        """Stage the batch at once, or, when it holds more than MAX_FILES_PER_TRIGGER files (a byte-bounded
+        batch of many small files), in chunks of that many files, so that one parse and COPY never holds more.
+        Each chunk's Spark partitions are numbered apart (``partition_offset``), so no two share a key."""
+        limit = self.settings.max_files_per_trigger
+        if len(uris) <= limit:
+            return stage_rows(batch, self.settings, query_id=query_id, batch_id=batch_id, started_at=started_at,
+                              clock=clock)
+        quarantined = []
+        for chunk, first in enumerate(range(0, len(uris), limit)):
+            quarantined += stage_rows(batch.filter(F.col("path").isin(uris[first:first + limit])), self.settings,
+                                      query_id=query_id, batch_id=batch_id, started_at=started_at, clock=clock,
+                                      partition_offset=chunk * _PARTITIONS_PER_CHUNK)
+        return quarantined
 
     def _stage_file_by_file(self, batch, batch_id, query_id, started_at, uris, attempts) -> list[tuple[str, str, str]]:
         """After a crash in this batch: stage its files one at a time, so the file that crashes the job is
@@ -137,7 +156,8 @@ class BatchWriter:
                 continue
             with_connection(settings, lambda conn, path=path: count_attempt(conn, [path]))
             quarantined += stage_rows(batch.filter(F.col("path") == uri), settings, query_id=query_id,
-                                      batch_id=batch_id, started_at=started_at, partition_offset=(index + 1) * 100_000)
+                                      batch_id=batch_id, started_at=started_at,
+                                      partition_offset=(index + 1) * _PARTITIONS_PER_CHUNK)
             with_connection(settings, lambda conn, path=path: clear_attempts(conn, [path]))
         return quarantined
 
@@ -207,6 +227,18 @@ def checkpoint_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
+def landing_stream(spark: SparkSession, settings: Settings) -> DataFrame:
+    """The streaming source: each landed file whole, admitted per micro-batch up to MAX_BYTES_PER_TRIGGER
+    bytes (at least one file), or up to MAX_FILES_PER_TRIGGER files when that is 0. Spark takes one of its
+    two limits, never both; the file bound of a byte-bounded batch is kept by ``BatchWriter`` (chunks)."""
+    reader = spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA).option("pathGlobFilter", SPARK_GLOB)
+    if settings.max_bytes_per_trigger:
+        reader = reader.option("maxBytesPerTrigger", int(settings.max_bytes_per_trigger))
+    else:
+        reader = reader.option("maxFilesPerTrigger", settings.max_files_per_trigger)
+    return reader.load(str(settings.landing_dir))
+
+
 def run(settings: Settings, airflow_run_id: str | None) -> None:
     for directory in (settings.landing_dir, settings.archive_dir, settings.quarantine_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -214,13 +246,7 @@ def run(settings: Settings, airflow_run_id: str | None) -> None:
         spark = build_spark()
         try:
             warm_up(spark, settings)
-            landed = (
-                spark.readStream.format("binaryFile")
-                .schema(BINARY_FILE_SCHEMA)
-                .option("pathGlobFilter", SPARK_GLOB)
-                .option("maxFilesPerTrigger", settings.max_files_per_trigger)
-                .load(str(settings.landing_dir))
-            )
+            landed = landing_stream(spark, settings)
             query = (
                 landed.writeStream.foreachBatch(BatchWriter(settings, airflow_run_id))
                 .option("checkpointLocation", str(settings.checkpoint_dir))

@@ -12,9 +12,11 @@ pytestmark = pytest.mark.unit
 
 
 def test_defaults_are_those_of_the_original_system():
+    """Except MAX_FILES_PER_TRIGGER (10 there): batches are sized in bytes now, and it is their upper bound."""
     s = Settings.from_env({})
     assert (s.postgres_host, s.postgres_port, s.postgres_db, s.postgres_user) == ("localhost", 5433, "ecommerce", "spark")
-    assert s.max_files_per_trigger == 10 and s.min_validity_rate == 95.0 and s.max_price == 10000.0
+    assert s.max_bytes_per_trigger == 32 * 2**20 and s.max_files_per_trigger == 1000
+    assert s.min_validity_rate == 95.0 and s.max_price == 10000.0
     assert s.late_arrival_minutes == 5 and s.max_retries == 3 and s.circuit_breaker_threshold == 5
     assert s.landing_dir == PROJECT_ROOT / "data" / "landing"
 
@@ -33,11 +35,19 @@ def test_environment_overrides_and_relative_dirs_resolve_to_the_project(tmp_path
         ({"POSTGRES_PORT": "fivefour"}, "POSTGRES_PORT='fivefour' is not a valid int"),
         ({"MIN_VALIDITY_RATE": "120"}, "MIN_VALIDITY_RATE is a percentage"),
         ({"MAX_FILES_PER_TRIGGER": "0"}, "MAX_FILES_PER_TRIGGER must be at least 1"),
+        ({"MAX_BYTES_PER_TRIGGER": "lots"}, r"MAX_BYTES_PER_TRIGGER='lots' is not a valid size in bytes \(e.g. 33554432 or 32m\)"),
+        ({"MAX_BYTES_PER_TRIGGER": "-1"}, "MAX_BYTES_PER_TRIGGER must not be negative"),
     ],
 )
 def test_bad_values_fail_with_the_variable_named(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("raw", "size"), [("32m", 32 * 2**20), ("512K", 512 * 1024), ("1gb", 2**30),
+                                           ("200000", 200_000), ("0", 0)])
+def test_batch_size_is_read_as_bytes_with_an_optional_unit(raw, size):
+    assert Settings.from_env({"MAX_BYTES_PER_TRIGGER": raw}).max_bytes_per_trigger == size
 
 
 def test_conninfo_survives_awkward_passwords():
