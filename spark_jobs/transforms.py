@@ -16,6 +16,7 @@ from pyspark.sql import types as T
 from include import faults
 from include.contract.columns import PARSED_COLUMNS, TYPED_FEED_COLUMNS
 from include.contract.parser import FileRejected, parse_file
+from spark_jobs.columnar import PARSED_ARROW_SCHEMA, parse_plain_file
 
 PARSED_SCHEMA = T.StructType(
     [
@@ -23,9 +24,6 @@ PARSED_SCHEMA = T.StructType(
         for column in PARSED_COLUMNS
     ]
     + [T.StructField("file_error", T.StringType())]
-)
-_ARROW_PARSED_SCHEMA = pa.schema(
-    [pa.field(f.name, pa.int32() if f.name == "source_line" else pa.string()) for f in PARSED_SCHEMA.fields]
 )
 
 # Target type of each feed column that is not text (from the column table), as Spark spells it.
@@ -46,8 +44,10 @@ def local_path(uri: str) -> str:
 def parse_landed_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """``mapInArrow`` function: rows of the binaryFile source (path, content) -> parsed records.
 
-    A file that cannot be read at all becomes one record with ``file_error`` set and no event fields,
-    so the driver can quarantine it while the rest of the batch goes on.
+    A plain file (one line per record, no quotes; the common case) is split by Arrow's kernels
+    (``spark_jobs.columnar``); any other goes through the careful parser, record by record, with the
+    same result. A file that cannot be read at all becomes one record with ``file_error`` set and no event
+    fields, so the driver can quarantine it while the rest of the batch goes on.
     """
     for batch in batches:
         paths = batch.column("path").to_pylist()
@@ -57,11 +57,15 @@ def parse_landed_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
             faults.poison(content)
             source_file = local_path(uri)
             try:
-                records.extend(parse_file(content or b"", source_file))
+                plain = parse_plain_file(content or b"", source_file)
+                if plain is None:
+                    records.extend(parse_file(content or b"", source_file))
+                elif plain.num_rows:
+                    yield plain
             except FileRejected as rejected:
                 records.append({"source_file": source_file, "source_line": 0, "file_error": str(rejected)})
         if records:
-            yield pa.RecordBatch.from_pylist(records, schema=_ARROW_PARSED_SCHEMA)
+            yield pa.RecordBatch.from_pylist(records, schema=PARSED_ARROW_SCHEMA)
 
 
 def filter_file_errors(parsed: DataFrame) -> DataFrame:

@@ -123,7 +123,7 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
         raise FileRejected(str(error)) from None
     tap.take()
     width, version = match.width, match.version
-    plan = _migration_plan(match)
+    plan = migration_plan(match)
     rescued = match.rescued
 
     while True:
@@ -156,7 +156,7 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
         yield record
 
 
-def _migration_plan(match: HeaderMatch) -> tuple[tuple[str, int | None, str | None], ...]:
+def migration_plan(match: HeaderMatch) -> tuple[tuple[str, int | None, str | None], ...]:
     """Per canonical column: its position in the file's fields (None if absent) and its default.
 
     The per-record equivalent of ``versions.migrate`` without two dicts per record; the parser is the

@@ -1,11 +1,15 @@
-"""Structural parsing of landed files: every record keeps its raw text and line, damage gets a reason."""
+"""Structural parsing of landed files: every record keeps its raw text and line, damage gets a reason.
+
+Every input here is also read by the fast path (``tests.fixtures.parser_paths.both_paths``), which must
+agree with the careful parser or decline the file."""
 
 from __future__ import annotations
 
 import pytest
 
-from include.contract.parser import MAX_FIELD_CHARS, FileRejected, parse_file
+from include.contract.parser import MAX_FIELD_CHARS, FileRejected
 from include.contract.versions import V1, V2, V3
+from tests.fixtures.parser_paths import both_paths
 
 pytestmark = pytest.mark.unit
 
@@ -14,7 +18,7 @@ V2_ROW = "e1,7,s1,purchase,42,books,19.99,2,premium,2026-01-01T10:00:00"
 
 def parse(text: str | bytes, name: str = "/landing/f.csv") -> list[dict]:
     data = text.encode("utf-8") if isinstance(text, str) else text
-    return list(parse_file(data, name))
+    return both_paths(data, name)
 
 
 @pytest.mark.parametrize("version", [V1, V2, V3])
