@@ -31,7 +31,10 @@ CREATE TABLE IF NOT EXISTS ecommerce_events (
     spark_batch_id   BIGINT
 );
 CREATE INDEX IF NOT EXISTS ix_ecommerce_events_event_time ON ecommerce_events (event_time);
-CREATE INDEX IF NOT EXISTS ix_ecommerce_events_event_type ON ecommerce_events (event_type);
+-- No index on event_type: six values, so no query selects by it alone (the views aggregate whole days, and a
+-- filter by type over a time range goes through event_time); maintaining it cost every stored row a B-tree
+-- insert (docs/performance.md). Databases created before drop it here.
+DROP INDEX IF EXISTS ix_ecommerce_events_event_type;
 
 -- Rows that could not become events, with the raw input and every reason.
 CREATE TABLE IF NOT EXISTS dead_letter_events (
@@ -274,6 +277,7 @@ ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS status_changed_at TIMEST
 ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS typed_row JSONB;
 CREATE INDEX IF NOT EXISTS ix_dead_letter_events_source ON dead_letter_events (source_file, source_line);
 CREATE INDEX IF NOT EXISTS ix_dead_letter_events_open ON dead_letter_events (failed_at) WHERE status = 'open';
+-- Kept (measured need): a backfill asks, per re-read line, which event that line stored (include/publish/backfill.py).
 CREATE INDEX IF NOT EXISTS ix_ecommerce_events_source ON ecommerce_events (source_file, source_line);
 
 -- One row per backfill batch: the archived files of one DAG run's data interval, re-read in batch mode.
