@@ -44,7 +44,17 @@ test-integration: venv
 	@$(BIN)/python -m pytest -m integration
 
 # Own PostgreSQL and Airflow home in a temp dir; knobs: BENCH_ROWS, BENCH_SCHEDULER_MINUTES, ... (docs/performance.md)
+# The seed-style peer writes through PostgreSQL's JDBC driver from Debian's libpostgresql-jdbc-java: installed here
+# when missing and we are root (like .ci/run installs chromium); otherwise the bench stops and says how to get it.
+# BENCH_PEERS= (empty) or BENCH_PEERS=duckdb does without it.
+JDBC_JAR := /usr/share/java/postgresql.jar
 bench: venv
+	@if [[ ",$${BENCH_PEERS-seed_style,duckdb}," == *,seed_style,* && ! -f $(JDBC_JAR) ]] \
+	  && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing libpostgresql-jdbc-java (the JDBC driver of the bench's seed-style peer) ..."; \
+	  apt-get install -y -qq libpostgresql-jdbc-java >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq libpostgresql-jdbc-java >/dev/null; }; \
+	fi
 	@$(BIN)/python -m benchmarks.bench
 
 lint: venv

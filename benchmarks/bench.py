@@ -8,13 +8,26 @@ directories), like the integration tests' ``pipeline`` fixture. The phases:
 2. **copy**: the baseline. The same files are parsed in Python (not timed) and their storable rows (typed,
    one per event_id) are COPYed by psycopg into ``bench_copy_events``, a table shaped like
    ``ecommerce_events`` with its primary key; one transaction per file, one session. Timed: the COPYs.
-3. **pipeline**: the files are hard-linked into LANDING_DIR and the DAG is run with ``airflow dags test``
+   Untimed, the rows of that table that pass the contract's drop rules are counted (``rule_passing_rows``,
+   the rules' own routing SQL): what the pipeline and the DuckDB peer must store.
+3. **peers** (``BENCH_PEERS``, default ``seed_style,duckdb``; empty skips them): the same files, each peer
+   into its own table like ``bench_copy_events``, timed as a whole process (``benchmarks/peers.py``): a
+   naive PySpark job appending through JDBC (``seed_style``, JVM start included; needs Debian's
+   ``libpostgresql-jdbc-java``, which ``make bench`` installs when run as root) and a DuckDB script doing
+   the pipeline's work (``duckdb``). The stored rows are checked against ``copy_rows`` and
+   ``rule_passing_rows``; rows/s is input rows / seconds, as for the pipeline.
+4. **marginal** (``BENCH_MARGINAL_ROWS``, default 200,000; 0 skips it): the pipeline drains the first files
+   of the same set (that many rows) as in phase 5, then the events database is dropped and re-created and
+   the pipeline's directories emptied, so phase 5 starts from the state it always started from.
+   ``marginal_rows_per_s`` = (BENCH_ROWS - those rows) / (phase 5's seconds - this drain's seconds): the
+   throughput without the per-run fixed costs (CLI, JVM, warm-up), and ``marginal_ratio_to_copy`` its ratio.
+5. **pipeline**: the files are hard-linked into LANDING_DIR and the DAG is run with ``airflow dags test``
    (what ``make once`` does) until nothing waits and nothing is unpublished; timed: every run, CLI start
    included. Task durations come from the metadata database; RSS of the spark-submit process tree (JVM,
    Python driver, Python workers) is sampled every ``BENCH_RSS_INTERVAL`` s.
-4. **empty**: one more ``airflow dags test`` with nothing to do: its DAG-run duration and whether a JVM
+6. **empty**: one more ``airflow dags test`` with nothing to do: its DAG-run duration and whether a JVM
    appeared.
-5. **scheduler** (``BENCH_SCHEDULER_MINUTES`` > 0, default 3): a real scheduler, dag-processor and
+7. **scheduler** (``BENCH_SCHEDULER_MINUTES`` > 0, default 3): a real scheduler, dag-processor and
    api-server; first empty minutes (their DAG-run durations, JVMs), then the generator at its default rate
    (100 rows / 5 s) and at 100x (10,000 rows / 5 s), each for that many minutes. Freshness of a file = end
    of the ``publish`` task of the DAG run that published it - the file's modification time (the generator
@@ -52,6 +65,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
+from benchmarks.peers import PEERS, jdbc_jar_problem, measure_peer, rule_passing_count
 from include.names import DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 
@@ -70,8 +84,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def knob(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+def knob(name: str, default: str, *, allow_empty: bool = False) -> str:
+    """An environment knob: ``default`` when unset, and when empty unless ``allow_empty`` (``BENCH_PEERS=``)."""
+    value = os.environ.get(name)
+    return value if value is not None and (value or allow_empty) else default
 
 
 # ----------------------------------------------------------------------------------------- environment
@@ -197,6 +213,8 @@ def slow_statements(bench: Bench, top: int = 12) -> list[tuple[float, str]]:
 
 
 def measure_copy(bench: Bench, files: list[Path]) -> dict:
+    """The COPY baseline; also ``rule_passing_rows``, untimed: its stored rows that pass the rules that keep a
+    row out of ecommerce_events (``peers.rule_passing_count``), the count the DuckDB peer must store."""
     from include.contract.columns import EVENT_COLUMNS
 
     chunks, rows = storable_csv(files)
@@ -212,10 +230,12 @@ def measure_copy(bench: Bench, files: list[Path]) -> dict:
                 copy.write(chunk)
         seconds = time.monotonic() - started
         stored = conn.execute("SELECT count(*) FROM bench_copy_events").fetchone()[0]
+        passing = rule_passing_count(conn, "bench_copy_events", bench.settings)
         conn.execute("DROP TABLE bench_copy_events")
         conn.execute("CHECKPOINT")
     assert stored == rows, (stored, rows)
-    return {"copy_rows": rows, "copy_seconds": round(seconds, 2), "copy_rows_per_s": round(rows / seconds)}
+    return {"copy_rows": rows, "copy_seconds": round(seconds, 2), "copy_rows_per_s": round(rows / seconds),
+            "rule_passing_rows": passing}
 
 
 # ------------------------------------------------------------------------------------- process sampling
@@ -332,7 +352,8 @@ def backlog_left(bench: Bench) -> tuple[int, int]:
     return len(waiting_files(bench.settings.landing_dir)), unpublished
 
 
-def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: TreeSampler) -> dict:
+def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: TreeSampler,
+                     label: str = "pipeline") -> dict:
     landing = bench.settings.landing_dir
     landing.mkdir(parents=True, exist_ok=True)
     for path in files:
@@ -340,10 +361,10 @@ def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: 
     since = datetime.now(UTC)
     started, walls = time.time(), []
     for attempt in range(int(knob("BENCH_MAX_RUNS", "20"))):
-        wall, code = dags_test(bench, sampler, f"pipeline-{attempt}")
+        wall, code = dags_test(bench, sampler, f"{label}-{attempt}")
         walls.append(round(wall, 2))
         waiting, unpublished = backlog_left(bench)
-        say(f"pipeline run {attempt + 1}: {wall:.1f} s, exit {code}; {waiting} files waiting, {unpublished} unpublished")
+        say(f"{label} run {attempt + 1}: {wall:.1f} s, exit {code}; {waiting} files waiting, {unpublished} unpublished")
         if not waiting and not unpublished:
             break
     seconds = time.time() - started
@@ -366,6 +387,54 @@ def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: 
         "stored_rows": stored, "dlq_rows": dlq, "metric_rows": int(metrics), "quarantined_files": quarantined,
         "spark_batches": batches, "window": (started, started + seconds),
     }
+
+
+def reset_pipeline(bench: Bench) -> None:
+    """Back to the state ``start_environment`` left: the events database dropped and re-created with the schema
+    (empty tables, no statistics: as after ``scripts.pipeline init``), and LANDING_DIR, the archive, the
+    checkpoint, the quarantine and the Great Expectations directory removed. Airflow's metadata is kept, and so
+    is ALERT_FILE (the bench does not set its own: it is the checkout's)."""
+    from psycopg import sql
+
+    from include.storage.staging import apply_schema
+    from scripts.local_postgres import ensure_database
+
+    settings = bench.settings
+    admin = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.postgres_db)))
+    ensure_database(admin, settings.postgres_db)
+    with bench.connect() as conn:
+        apply_schema(conn)
+    for directory in (settings.landing_dir, settings.archive_dir, settings.checkpoint_dir, settings.quarantine_dir,
+                      settings.great_expectations_dir):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure_marginal_backlog(bench: Bench, files: list[Path], rows: int, file_rows: int, marginal_rows: int,
+                             sampler: TreeSampler) -> dict:
+    """Phase 4: drain the first files of ``files`` (``marginal_rows`` rows, whole files) through the pipeline,
+    exactly as ``measure_pipeline`` drains them all, then ``reset_pipeline``. Returns the small backlog's rows and
+    seconds; ``marginal`` turns them into the marginal rate once the full drain is measured."""
+    count = math.ceil(marginal_rows / file_rows)
+    small_rows = min(count * file_rows, rows)
+    if marginal_rows <= 0 or small_rows >= rows:
+        return {}
+    small = measure_pipeline(bench, files[:count], small_rows, sampler, label="marginal")
+    reset_pipeline(bench)
+    return {"marginal_backlog_rows": small_rows, "marginal_backlog_seconds": small["pipeline_seconds"],
+            "marginal_backlog_ok": small["dag_runs_ok"] and small["metric_rows"] == small_rows}
+
+
+def marginal(result: dict) -> dict:
+    """(rows_big - rows_small) / (seconds_big - seconds_small) and its ratio to COPY's rows/s."""
+    if "marginal_backlog_rows" not in result:
+        return {"marginal_rows_per_s": None, "marginal_ratio_to_copy": None}
+    extra_seconds = result["pipeline_seconds"] - result["marginal_backlog_seconds"]
+    if extra_seconds <= 0:
+        return {"marginal_rows_per_s": None, "marginal_ratio_to_copy": None}
+    rate = (result["rows"] - result["marginal_backlog_rows"]) / extra_seconds
+    return {"marginal_rows_per_s": round(rate), "marginal_ratio_to_copy": round(rate / result["copy_rows_per_s"], 3)}
 
 
 def rss_flatness(sampler: TreeSampler, window: tuple[float, float]) -> dict:
@@ -546,6 +615,12 @@ def main() -> int:
     file_rows = int(knob("BENCH_FILE_ROWS", "5000"))
     invalid = float(knob("BENCH_INVALID_RATIO", "0.02"))
     scheduler_minutes = float(knob("BENCH_SCHEDULER_MINUTES", "3"))
+    marginal_rows = int(knob("BENCH_MARGINAL_ROWS", "200000"))
+    peers = [name.strip() for name in knob("BENCH_PEERS", ",".join(PEERS), allow_empty=True).split(",") if name.strip()]
+    if unknown := sorted(set(peers) - set(PEERS)):
+        raise SystemExit(f"BENCH_PEERS: unknown peer(s) {', '.join(unknown)} (peers: {', '.join(PEERS)})")
+    if "seed_style" in peers and (problem := jdbc_jar_problem()):
+        raise SystemExit(problem)
     result: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
     bench = start_environment()
     if os.environ.get("MAX_FILES_PER_TRIGGER"):
@@ -557,7 +632,16 @@ def main() -> int:
         files = generate(bench.root / "source", rows, file_rows, invalid, int(knob("BENCH_SEED", "8")))
         say(f"generated {rows} rows in {len(files)} files in {time.monotonic() - started:.0f} s")
         result.update(measure_copy(bench, files))
-        say(f"raw COPY: {result['copy_rows']} rows in {result['copy_seconds']} s = {result['copy_rows_per_s']} rows/s")
+        say(f"raw COPY: {result['copy_rows']} rows in {result['copy_seconds']} s = {result['copy_rows_per_s']} rows/s "
+            f"({result['rule_passing_rows']} of them pass the rules)")
+        for name in peers:
+            result.update(measure_peer(bench, name, files, rows, result))
+            say(f"peer {name}: {rows} rows in {result[f'{name}_seconds']} s = {result[f'{name}_rows_per_s']} rows/s "
+                f"({result[f'{name}_ratio_to_copy']} x COPY); stored {result[f'{name}_rows']}")
+        result.update(measure_marginal_backlog(bench, files, rows, file_rows, marginal_rows, sampler))
+        if "marginal_backlog_rows" in result:
+            say(f"marginal: first backlog of {result['marginal_backlog_rows']} rows drained in "
+                f"{result['marginal_backlog_seconds']} s; pipeline state reset")
         if os.environ.get("BENCH_PG_LOG_MS"):
             log_slow_statements(bench, int(os.environ["BENCH_PG_LOG_MS"]))
         pipeline = measure_pipeline(bench, files, rows, sampler)
@@ -570,6 +654,10 @@ def main() -> int:
         result["ratio_to_copy"] = round(result["pipeline_rows_per_s"] / result["copy_rows_per_s"], 3)
         say(f"pipeline: {rows} rows in {result['pipeline_seconds']} s = {result['pipeline_rows_per_s']} rows/s "
             f"({result['ratio_to_copy']} x COPY); tasks {result['task_seconds']}")
+        result.update(marginal(result))
+        if result["marginal_rows_per_s"] is not None:
+            say(f"marginal: {result['marginal_rows_per_s']} rows/s between {result['marginal_backlog_rows']} and "
+                f"{rows} rows ({result['marginal_ratio_to_copy']} x COPY)")
         result.update(measure_empty(bench, sampler))
         say(f"empty run: {result['empty_run_s']} s (CLI {result['empty_run_cli_wall_s']} s), "
             f"JVM started: {result['empty_run_jvm']}")
