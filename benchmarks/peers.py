@@ -84,23 +84,6 @@ def rule_passing_count(conn: psycopg.Connection, table: str, settings: Settings)
                         ).fetchone()[0]
 
 
-def storable_event_ids(conn: psycopg.Connection, files: Sequence[Path], settings: Settings, *,
-                       rules: bool) -> set[str]:
-    """The event_ids of ``bench.storable_csv(files)`` (typed, first per event_id), with ``rules`` only those
-    that pass the rules (evaluated in PostgreSQL, on a temp table, like ``rule_passing_count``)."""
-    from benchmarks.bench import storable_csv
-
-    chunks, _ = storable_csv(list(files))
-    with conn.transaction():
-        conn.execute("CREATE TEMP TABLE storable_reference (LIKE ecommerce_events INCLUDING DEFAULTS) ON COMMIT DROP")
-        statement = f"COPY storable_reference ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT csv)"
-        with conn.cursor().copy(statement) as copy:
-            for chunk in chunks:
-                copy.write(chunk)
-        where = f"NOT coalesce({rule_failure_sql(settings)}, false)" if rules else "true"
-        return {row[0] for row in conn.execute(f"SELECT event_id FROM storable_reference WHERE {where}")}
-
-
 @dataclass
 class HeaderGroup:
     """Files that share one header line: one read of all of them, with the same column mapping."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from benchmarks.bench import marginal, storable_csv
-from benchmarks.peers import TABLES, create_events_table, jdbc_jar_problem, storable_event_ids
+from benchmarks.peers import TABLES, create_events_table, jdbc_jar_problem, rule_failure_sql
 from include.contract.columns import EVENT_COLUMNS
+from include.settings import Settings
 from scripts.generator import EventGenerator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,21 @@ def _reference(conn: psycopg.Connection, files: list[Path], columns: tuple[str, 
         for chunk in chunks:
             copy.write(chunk)
     return _stored(conn, "reference", columns)
+
+
+def storable_event_ids(conn: psycopg.Connection, files: Sequence[Path], settings: Settings, *,
+                       rules: bool) -> set[str]:
+    """The event_ids of ``bench.storable_csv(files)`` (typed, first per event_id), with ``rules`` only those
+    that pass the rules (evaluated in PostgreSQL, on a temp table, like ``rule_passing_count``)."""
+    chunks, _ = storable_csv(list(files))
+    with conn.transaction():
+        conn.execute("CREATE TEMP TABLE storable_reference (LIKE ecommerce_events INCLUDING DEFAULTS) ON COMMIT DROP")
+        statement = f"COPY storable_reference ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT csv)"
+        with conn.cursor().copy(statement) as copy:
+            for chunk in chunks:
+                copy.write(chunk)
+        where = f"NOT coalesce({rule_failure_sql(settings)}, false)" if rules else "true"
+        return {row[0] for row in conn.execute(f"SELECT event_id FROM storable_reference WHERE {where}")}
 
 
 @pytest.mark.integration
