@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
+from include.airflow.assets import PUBLISHED
 from include.contract.rules import RULES_BY_NAME
 from include.names import REPLAY_DAG_ID
 
@@ -61,8 +62,8 @@ from include.names import REPLAY_DAG_ID
     },
 )
 def ecommerce_dlq_replay():
-    @task
-    def replay(params: dict | None = None, run_id: str | None = None) -> dict:
+    @task(outlets=[PUBLISHED])
+    def replay(params: dict | None = None, run_id: str | None = None, outlet_events=None) -> dict:
         """Re-validate the selected open dead letters with the current suite; publish those that now pass."""
         from include.airflow.callbacks import settings_from_connection
         from include.publish.replay import replay as replay_dead_letters
@@ -83,6 +84,10 @@ def ecommerce_dlq_replay():
               f"{counts['parse_kind_skipped']} parse-kind and {counts['not_replayable']} without a typed row "
               f"skipped (re-read them with a backfill); failing rows per rule: "
               f"{counts['failing_rows_per_rule'] or 'none'}")
+        from include.airflow.assets import announce_replay
+
+        announced = announce_replay(outlet_events, counts)
+        print(f"asset events: {', '.join(announced) or 'none (nothing changed)'}")
         return counts
 
     replay()

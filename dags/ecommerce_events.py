@@ -68,6 +68,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronTriggerTimetable, dag, task
 
+from include.airflow.assets import PUBLISHED
 from include.airflow.callbacks import (
     alert_run_failure,
     alert_task_failure,
@@ -155,8 +156,8 @@ def ecommerce_events():
 
         return audit_staged_batches(settings_from_connection(), run_id).to_xcom()
 
-    @task(on_failure_callback=record_pipeline_failure)
-    def publish(audit_result: dict, run_id: str | None = None) -> dict:
+    @task(on_failure_callback=record_pipeline_failure, outlets=[PUBLISHED])
+    def publish(audit_result: dict, run_id: str | None = None, outlet_events=None) -> dict:
         """One transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events`, metrics."""
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -181,16 +182,18 @@ def ecommerce_events():
             print("new column(s) in the feed, kept in rescued_data: "
                   + ", ".join(c["name"] for c in summary.new_columns))
             alert_new_columns(settings, summary.new_columns, run_id)
+        _announce(outlet_events, summary)
         return summary.to_xcom()
 
-    @task(on_failure_callback=record_pipeline_failure)
-    def rederive(run_id: str | None = None) -> dict:
+    @task(on_failure_callback=record_pipeline_failure, outlets=[PUBLISHED])
+    def rederive(run_id: str | None = None, outlet_events=None) -> dict:
         """Validate the backfill's re-read rows with the suite and re-derive them (`include/publish/backfill.py`)."""
         from include.airflow.callbacks import settings_from_connection
         from include.publish.backfill import rederive as rederive_window
 
         summary = rederive_window(settings_from_connection(), run_id)
         print(summary.describe())
+        _announce(outlet_events, summary)
         return summary.to_xcom()
 
     @task(trigger_rule="none_failed_min_one_success")
@@ -215,6 +218,13 @@ def ecommerce_events():
             print(f"stored with warn-level violations (rule_violations): {summary.warned} row(s); "
                   + "; ".join(f"{r.rule}: {r.rows}" for r in summary.warnings))
         print(f"quality ok: validity {summary.validity_rate}% (threshold {settings.min_validity_rate}%)")
+
+    def _announce(outlet_events, summary) -> None:
+        from include.airflow.assets import announce_publish
+
+        announced = announce_publish(outlet_events, summary)
+        print(f"asset events: {', '.join(announced)}" if announced
+              else "no asset event: neither ecommerce_events nor dead_letter_events changed")
 
     def spark_job(task_id: str, script: str, arguments: list[str], doc: str) -> SparkSubmitOperator:
         return SparkSubmitOperator(

@@ -7,8 +7,9 @@ A task reads fields (``summary.validity_rate``), never string keys.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -101,6 +102,8 @@ class PublishSummary:
     already_published: bool = False
     # columns the contract does not know, seen for the first time in this publish: name, source_file, sample
     new_columns: list[dict[str, Any]] = field(default_factory=list)
+    # [earliest, latest] event_time (ISO) of the rows that entered or left ecommerce_events; None: no row did
+    event_time_span: list[str] | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +128,13 @@ class PublishSummary:
     @property
     def breached_checks(self) -> list[str]:
         return sorted(name for name, check in self.table_checks.items() if not check.success)
+
+
+def time_span(moments: Iterable[datetime | None]) -> list[str] | None:
+    """[earliest, latest] of ``moments`` as ISO strings (an XCom and an asset event's extra hold JSON), or
+    None when there is none."""
+    known = [moment for moment in moments if moment is not None]
+    return [min(known).isoformat(), max(known).isoformat()] if known else None
 
 
 def validity_rate(valid: int, invalid: int) -> float:

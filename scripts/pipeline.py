@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import psutil
 import psycopg
 
 from include.airflow.packaging import build_class_archive, class_archive_path
-from include.names import DAG_ID
+from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.staging import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
@@ -207,7 +208,11 @@ def run() -> int:
     env.setdefault("FEED_EXPECTED", "true")  # the generator below is the feed: silence from it is an alert
     password = admin_password(Path(env["AIRFLOW_HOME"]), env)
     _airflow(env, "dags", "reserialize", quiet=True)
-    _airflow(env, "dags", "unpause", DAG_ID, quiet=True)
+    # New DAGs start paused: the every-minute DAG, the daily archive retention and the example downstream DAG
+    # run without anyone clicking (the replay DAG is manual only). One CLI call: each costs seconds.
+    running = (DAG_ID, RETENTION_DAG_ID, HOURLY_REVENUE_DAG_ID)
+    _airflow(env, "dags", "unpause", "--treat-dag-id-as-regex", "--yes",
+             "^(" + "|".join(re.escape(dag_id) for dag_id in running) + ")$", quiet=True)
     airflow = str(Path(sys.executable).parent / "airflow")
     supervisor = Supervisor(env)
     stopping = False

@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from include.contract.rules import severities
 from include.publish import sql
 from include.quality.audit import MISSING_ID_KEY
-from include.results import PublishSummary, Validation, failing_rules, validity_rate
+from include.results import PublishSummary, Validation, failing_rules, time_span, validity_rate
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.landing import archived_files, window
@@ -173,6 +173,11 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
             """,
             (airflow_run_id,),
         ).rowcount
+        # the event times of the stored lines about to leave ecommerce_events (for the asset event's span)
+        leaving = conn.execute(
+            """SELECT min(e.event_time), max(e.event_time) FROM ecommerce_events e JOIN verdicts v
+                   ON e.source_file = v.source_file AND e.source_line = v.source_line
+                WHERE v.verdict IN ('rule', 'parse')""").fetchone()
         moves = sql.record_moves("to_dead_letter", "backfill", """
             gone g JOIN LATERAL (SELECT id AS dead_letter_id, failed_rules FROM dead_letter_events d
                                   WHERE d.source_file = g.source_file AND d.source_line = g.source_line
@@ -194,7 +199,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         inserted = sql.insert_events(
             f"{REVALIDATION_TABLE} c JOIN verdicts v USING (staging_row_id)", run_id="%s",
             where="v.verdict = 'pass' AND v.stored_event_id IS NULL", order_by="c.source_file, c.source_line",
-            returning="event_id, source_file, source_line")
+            returning="event_id, source_file, source_line, event_time")
         conn.execute(f"CREATE TEMP TABLE stored_now ON COMMIT DROP AS WITH stored AS ({inserted}) SELECT * FROM stored",
                      (airflow_run_id,))
         moved_in = conn.execute(
@@ -214,7 +219,8 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
             f"{REVALIDATION_TABLE} c JOIN verdicts v USING (staging_row_id)", run_id="%s",
             where="v.verdict = 'pass' AND (v.stored_event_id IS NOT NULL OR (c.source_file, c.source_line) IN "
                   "(SELECT source_file, source_line FROM stored_now))"), (airflow_run_id,)).rowcount
-        inserted = conn.execute("SELECT count(*) FROM stored_now").fetchone()[0]
+        inserted, *entering = conn.execute("SELECT count(*), min(event_time), max(event_time) FROM stored_now").fetchone()
+        summary["event_time_span"] = time_span([*leaving, *entering])
         # dead_letters_updated/_added include the dead letters of the lines that moved out of ecommerce_events
         summary.update(moved_to_events=moved_in, moved_to_dead_letter=moved_out, events_added=inserted - moved_in)
         conn.execute(
@@ -248,5 +254,6 @@ def rederive(settings: Settings, airflow_run_id: str) -> PublishSummary:
         validity_rate=validity_rate(valid, invalid), failing_rules=failing_rules(validation, severity),
         warnings=failing_rules(validation, severity, "warn"),
         table_checks=validation.table_checks, data_docs=validation.data_docs,
-        moves={"input_files": pinned.input_files, **counts},
+        moves={"input_files": pinned.input_files, **{k: v for k, v in counts.items() if k != "event_time_span"}},
+        event_time_span=counts["event_time_span"],
     )

@@ -30,7 +30,7 @@ import psycopg
 from include.contract.rules import severities
 from include.publish import sql
 from include.publish.backfill import REVALIDATION_TABLE
-from include.results import Validation, failing_rules
+from include.results import Validation, failing_rules, time_span
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.locks import revalidation_lock
@@ -99,15 +99,18 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
             sql.lock(conn)
             sql.route_rule_failures(conn, validation, settings, REVALIDATION_TABLE)
             inserted = sql.insert_events(f"{REVALIDATION_TABLE} c", run_id="%s", where=sql.PASSES_EVERY_RULE,
-                                         order_by="c.staging_row_id", returning="event_id")
+                                         order_by="c.staging_row_id", returning="event_id, event_time")
             conn.execute(
                 f"""
                 CREATE TEMP TABLE published ON COMMIT DROP AS
                 WITH stored AS ({inserted})
-                SELECT c.staging_row_id AS dead_letter_id FROM {REVALIDATION_TABLE} c JOIN stored USING (event_id)
+                SELECT c.staging_row_id AS dead_letter_id, stored.event_time
+                  FROM {REVALIDATION_TABLE} c JOIN stored USING (event_id)
                 """,
                 (airflow_run_id,),
             )
+            counts["event_time_span"] = time_span(
+                conn.execute("SELECT min(event_time), max(event_time) FROM published").fetchone())
             counts["violations_recorded"] = conn.execute(sql.record_violations(
                 f"{REVALIDATION_TABLE} c JOIN published p ON p.dead_letter_id = c.staging_row_id",
                 run_id="%s", where="TRUE"), (airflow_run_id,)).rowcount
@@ -179,4 +182,5 @@ def replay(settings: Settings, airflow_run_id: str, *, rule: str | None = None, 
         "resolved_already_stored": counts["resolved_already_stored"],
         "still_failing": counts["still_failing"],
         "failing_rows_per_rule": failing,
+        "event_time_span": None if dry_run else counts["event_time_span"],
     }

@@ -3,6 +3,9 @@ real spark-submit, Great Expectations audit and publish) -> a real PostgreSQL. N
 
 from __future__ import annotations
 
+import shutil
+from datetime import UTC, datetime
+
 import pytest
 
 from scripts.generator import EventGenerator
@@ -60,6 +63,38 @@ def test_generated_rows_land_once_files_are_archived_and_an_empty_minute_starts_
     assert "Airflow metadata database up to date" in output  # and it did not pay a metadata migration
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 1500
     assert pipeline.scalar("SELECT count(*) FROM data_quality_metrics") == 2
+
+
+def test_a_publish_announces_the_rows_it_stored_as_an_asset_event_and_a_run_that_stored_nothing_does_not(pipeline):
+    """What Airflow records (its metadata database) for a downstream DAG scheduled on `ecommerce_events`."""
+    pipeline.reset()
+    generate(pipeline, files=2, rows=200, seed=12)
+    started = datetime.now(UTC)
+    first = pipeline.once()
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+
+    # clean input: rows stored, no dead letter, so one event, for ecommerce_events only
+    [(asset, task, run_id, extra)] = pipeline.asset_events(started)
+    assert (asset, task) == ("ecommerce_events", "publish")
+    assert run_id.startswith("manual__")
+    assert {k: extra[k] for k in ("path", "rows", "valid", "dead_lettered", "duplicates", "validity_rate")} == {
+        "path": "every_minute", "rows": 400, "valid": 400, "dead_lettered": 0, "duplicates": 0,
+        "validity_rate": 100.0}
+    assert len(extra["batch_ids"]) == 1
+    earliest, latest = pipeline.query("SELECT min(event_time), max(event_time) FROM ecommerce_events")[0]
+    assert [datetime.fromisoformat(moment) for moment in extra["event_time_span"]] == [earliest, latest]
+
+    # the same rows land again under another name: publish runs and stores nothing new, so it announces
+    # nothing (the quality gate then fails the run: its table check `rows_arrived` sees no new row)
+    for path in pipeline.archive_dir.glob("*/*/*.csv"):
+        shutil.copy(path, pipeline.landing_dir / f"again_{path.name}")
+    again = datetime.now(UTC)
+    second = pipeline.once()
+    output = second.stdout + second.stderr
+    assert "published 1 batch(es): 400 rows -> 0 valid, 0 invalid, 400 duplicates" in output, output[-4000:]
+    assert "no asset event: neither ecommerce_events nor dead_letter_events changed" in output
+    assert second.returncode == 1 and "table check rows_arrived failed" in output
+    assert pipeline.asset_events(again) == []
 
 
 def test_make_once_migrates_the_airflow_metadata_only_when_airflow_or_the_database_changed(pipeline):

@@ -350,3 +350,16 @@ CREATE TABLE IF NOT EXISTS feed_columns_seen (
     first_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     airflow_run_id TEXT
 );
+
+-- The hourly revenue rollup the example downstream DAG `ecommerce_hourly_revenue` maintains: one row per UTC
+-- hour with purchases, recomputed whole for every hour a publish, backfill or replay touched (asset events of
+-- `ecommerce_events`), so running it twice over the same hours changes nothing.
+CREATE TABLE IF NOT EXISTS hourly_revenue (
+    hour            TIMESTAMPTZ   PRIMARY KEY,     -- the start of the UTC hour
+    purchases       INTEGER       NOT NULL,
+    units           BIGINT        NOT NULL,
+    revenue         NUMERIC(16, 2) NOT NULL,
+    buyers          INTEGER       NOT NULL,        -- distinct user_id
+    refreshed_at    TIMESTAMPTZ   NOT NULL DEFAULT now(),
+    airflow_run_id  TEXT                           -- the run of ecommerce_hourly_revenue that computed it
+);

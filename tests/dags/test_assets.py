@@ -1,0 +1,110 @@
+"""The tables as Airflow assets: who declares them, which events a writer emits, what the downstream DAG reads.
+
+The events are added to the Task SDK's own outlet-event accessors (what a running task gets as
+``outlet_events``). That a real scheduler runs ``ecommerce_hourly_revenue`` because rows were published is
+shown in tests/integration/test_make_run.py; the events a real run records, in test_ecommerce_events_dag.py.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from include.airflow.assets import (
+    DEAD_LETTERS_ASSET,
+    EVENTS_ASSET,
+    PUBLISHED,
+    announce_publish,
+    announce_replay,
+    hours_touched,
+    table_uri,
+)
+from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, REPLAY_DAG_ID
+from include.results import PublishSummary
+
+pytestmark = pytest.mark.unit
+
+
+def emitted(announce, *args) -> dict[str, dict]:
+    """asset name -> extra of the events that ``announce`` adds through the alias, as a task would."""
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    outlet_events = OutletEventAccessors()
+    announced = announce(outlet_events, *args)
+    events = {event.dest_asset_key.name: event.extra for event in outlet_events[PUBLISHED].asset_alias_events}
+    assert sorted(announced) == sorted(events)
+    return events
+
+
+def test_every_writer_of_the_two_tables_declares_the_alias_and_the_rollup_waits_on_the_events_asset(dagbag):
+    writers = {(DAG_ID, "publish"), (DAG_ID, "rederive"), (REPLAY_DAG_ID, "replay")}
+    declaring = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.outlets}
+    assert declaring == writers
+    for dag_id, task_id in writers:
+        assert dagbag.dags[dag_id].get_task(task_id).outlets == [PUBLISHED]
+    rollup = dagbag.dags[HOURLY_REVENUE_DAG_ID]
+    assert list(rollup.timetable.asset_condition.objects) == [EVENTS_ASSET]
+
+
+def test_the_uris_follow_the_postgres_providers_scheme_and_name_the_configured_database():
+    from airflow.providers.postgres.assets.postgres import sanitize_uri
+
+    for asset, table in ((EVENTS_ASSET, "ecommerce_events"), (DEAD_LETTERS_ASSET, "dead_letter_events")):
+        assert urlunsplit(sanitize_uri(urlsplit(asset.uri))) == asset.uri  # the provider accepts it unchanged
+        assert asset.uri.endswith(f"/public/{table}") and asset.name == table
+    assert table_uri("ecommerce_events", {"POSTGRES_HOST": "db.internal", "POSTGRES_PORT": "6432",
+                                          "POSTGRES_DB": "shop"}) == "postgres://db.internal:6432/shop/public/ecommerce_events"
+
+
+def every_minute(**counts) -> PublishSummary:
+    return PublishSummary(path="every_minute", batches=[{"batch_id": "q/1"}, {"batch_id": "q/2"}], **counts)
+
+
+def test_a_publish_announces_the_tables_it_changed_with_its_counts():
+    span = ["2026-12-01T09:58:00+00:00", "2026-12-01T10:01:00+00:00"]
+    both = emitted(announce_publish, every_minute(total=100, valid=90, invalid=8, duplicates=2, validity_rate=91.84,
+                                                  event_time_span=span))
+    assert both == {name: {"path": "every_minute", "rows": 100, "valid": 90, "dead_lettered": 8, "duplicates": 2,
+                           "validity_rate": 91.84, "batch_ids": ["q/1", "q/2"], "event_time_span": span}
+                    for name in ("ecommerce_events", "dead_letter_events")}
+    assert emitted(announce_publish, every_minute(total=5, valid=5, event_time_span=span)).keys() == {"ecommerce_events"}
+    assert emitted(announce_publish, every_minute(total=3, invalid=3)).keys() == {"dead_letter_events"}
+
+
+def test_a_publish_that_wrote_nothing_announces_nothing():
+    assert emitted(announce_publish, every_minute(total=40, duplicates=40)) == {}  # every row already stored
+    assert emitted(announce_publish, PublishSummary(path="every_minute")) == {}   # every file quarantined
+
+
+def test_a_backfill_announces_rows_that_moved_either_way_and_nothing_for_an_identical_rerun():
+    span = ["2026-11-30T10:00:05+00:00", "2026-11-30T10:00:50+00:00"]
+    moved_out = PublishSummary(path="backfill", total=10, valid=9, invalid=1, event_time_span=span,
+                               moves={"moved_to_dead_letter": 1, "dead_letters_added": 1})
+    assert emitted(announce_publish, moved_out).keys() == {"ecommerce_events", "dead_letter_events"}
+    assert emitted(announce_publish, moved_out)["ecommerce_events"]["moves"] == moved_out.moves
+    rerun = PublishSummary(path="backfill", total=10, valid=9, invalid=1,
+                           moves={"moved_to_dead_letter": 0, "dead_letters_added": 0, "dead_letters_updated": 0})
+    assert emitted(announce_publish, rerun) == {}
+
+
+def replay_counts(**changes) -> dict:
+    return {"dry_run": False, "candidates": 4, "published": 0, "still_failing": 0, "resolved_already_stored": 0,
+            "event_time_span": None, **changes}
+
+
+def test_a_replay_announces_what_it_changed_and_a_dry_run_nothing():
+    span = ["2026-11-30T10:00:05+00:00", "2026-11-30T10:00:50+00:00"]
+    applied = emitted(announce_replay, replay_counts(published=3, still_failing=1, event_time_span=span))
+    assert applied.keys() == {"ecommerce_events", "dead_letter_events"}
+    assert applied["ecommerce_events"] == {"path": "replay", "rows": 4, "valid": 3, "dead_lettered": 1,
+                                           "resolved": 0, "event_time_span": span}
+    assert emitted(announce_replay, replay_counts(still_failing=4)).keys() == {"dead_letter_events"}
+    assert emitted(announce_replay, replay_counts(published=3, dry_run=True, event_time_span=span)) == {}
+
+
+def test_the_rollup_refreshes_the_whole_utc_hours_the_events_touched():
+    spans = [["2026-12-01T09:58:00+00:00", "2026-12-01T10:01:00+00:00"], None,
+             ["2026-12-01T12:30:00+05:30", "2026-12-01T07:59:59.999999+00:00"]]  # 12:30+05:30 is 07:00 UTC
+    assert hours_touched(spans) == ("2026-12-01T07:00:00+00:00", "2026-12-01T11:00:00+00:00")
+    assert hours_touched([None]) == (None, None)  # nothing named: every hour
