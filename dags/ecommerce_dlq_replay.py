@@ -19,7 +19,9 @@ and thresholds as every run (`MAX_PRICE`, …, as configured **now**), then in o
 | `file` | only dead letters of this source file (full landing path or just the file name) |
 | `dry_run` | **on by default**: count what would happen and change nothing |
 
-The counts are printed in the task log and are the task's return value (XCom `return_value`).
+The counts are printed in the task log and are the task's return value (XCom `return_value`). A real run
+(not a dry run) that changed rows emits asset events for `ecommerce_events` / `dead_letter_events` (README
+"Assets"), so DAGs scheduled on them (e.g. `ecommerce_hourly_revenue`) pick up the replayed rows.
 
 **Parse-kind dead letters** (lines that could not be parsed or typed) are not replayed here: they have no
 typed row to validate. After a parser fix, re-read their files with a backfill of the window they landed in
@@ -34,7 +36,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from include.airflow.assets import PUBLISHED
+from include.airflow.assets import DEAD_LETTERS_ASSET, PUBLISHED
 from include.contract.rules import RULES_BY_NAME
 from include.names import REPLAY_DAG_ID
 
@@ -62,7 +64,7 @@ from include.names import REPLAY_DAG_ID
     },
 )
 def ecommerce_dlq_replay():
-    @task(outlets=[PUBLISHED])
+    @task(inlets=[DEAD_LETTERS_ASSET], outlets=[PUBLISHED])  # lineage on the Assets page; events: the alias
     def replay(params: dict | None = None, run_id: str | None = None, outlet_events=None) -> dict:
         """Re-validate the selected open dead letters with the current suite; publish those that now pass."""
         from include.airflow.callbacks import settings_from_connection

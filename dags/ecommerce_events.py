@@ -20,9 +20,9 @@ runs made by a backfill take `backfill_ingest → rederive`; the other path is s
 | `choose_path` | the every-minute path, or the backfill path for a run created by a backfill |
 | `ingest` | `spark-submit spark_jobs/ingest_events.py`: Structured Streaming over `LANDING_DIR` with `trigger(availableNow=True)`, checkpoint in `CHECKPOINT_DIR`, micro-batches of about `MAX_BYTES_PER_TRIGGER` bytes (32m, ~200k rows; staged in chunks of at most `MAX_FILES_PER_TRIGGER` files). Matches each file's columns by name (any order or case; unknown columns kept per row in `rescued_data`), upcasts to v3, types the rows (rows that cannot be typed keep their reason), COPYs them into `staging_events`, records the batch in the ledger, moves the files to `ARCHIVE_DIR/YYYY-MM-DD/HH/` (unreadable ones to `QUARANTINE_DIR`) |
 | `audit` | runs the Great Expectations suite `ecommerce_events.contract` (`include/contract/rules.py`) over every staged, unpublished row; rebuilds the **Data Docs** |
-| `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch (with the thresholds and severities in force), ledger marked published; violations of `warn` rules → `rule_violations` (the rows are stored); a broken `fail` rule fails the task before anything is written (the batch stays staged); a column name the feed never carried before raises one WARNING |
+| `publish` | one transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events` (raw line + every broken rule), one `data_quality_metrics` row per batch (with the thresholds and severities in force), ledger marked published; violations of `warn` rules → `rule_violations` (the rows are stored); a broken `fail` rule fails the task before anything is written (the batch stays staged); a column name the feed never carried before raises one WARNING; then one **asset event** per table it changed (`ecommerce_events`, `dead_letter_events`; none when it stored nothing), with the counts as `extra` (README "Assets") |
 | `backfill_ingest` | `spark-submit spark_jobs/backfill_batch.py`: re-reads from `ARCHIVE_DIR` exactly the files that landed in the run's data interval (batch mode: no checkpoint, no file moves) and stages their rows |
-| `rederive` | validates the re-read rows with the same suite and re-derives them in one transaction (`include/publish/backfill.py`) |
+| `rederive` | validates the re-read rows with the same suite and re-derives them in one transaction (`include/publish/backfill.py`); asset events like `publish` |
 | `quality_gate` | fails the run (after publishing) when the validity rate is below `MIN_VALIDITY_RATE` or a table-level check fails |
 
 **Data Docs**: **Data Quality** in the navigation of this UI (`/ecommerce/data-docs/index.html`); on disk
@@ -68,7 +68,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from include.airflow.assets import PUBLISHED
+from include.airflow.assets import DEAD_LETTERS_ASSET, EVENTS_ASSET, PUBLISHED
 from include.airflow.callbacks import (
     alert_run_failure,
     alert_task_failure,
@@ -185,7 +185,8 @@ def ecommerce_events():
         _announce(outlet_events, summary)
         return summary.to_xcom()
 
-    @task(on_failure_callback=record_pipeline_failure, outlets=[PUBLISHED])
+    # a backfill reads both tables (the lines stored and dead-lettered before) and rewrites them
+    @task(on_failure_callback=record_pipeline_failure, inlets=[EVENTS_ASSET, DEAD_LETTERS_ASSET], outlets=[PUBLISHED])
     def rederive(run_id: str | None = None, outlet_events=None) -> dict:
         """Validate the backfill's re-read rows with the suite and re-derive them (`include/publish/backfill.py`)."""
         from include.airflow.callbacks import settings_from_connection

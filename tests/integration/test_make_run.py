@@ -36,7 +36,7 @@ import psutil
 import psycopg
 import pytest
 
-from include.names import DAG_ID, PUBLISH_LOCK
+from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, PUBLISH_LOCK
 from scripts.airflow_env import ADMIN_USER
 from scripts.generator import EventGenerator
 from tests.fixtures.browser import headless_chromium, log_in
@@ -62,6 +62,7 @@ class Stack:
     airflow_db: str
     scheduled_before: int = 0
     descendants: set[psutil.Process] = field(default_factory=set)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def output(self) -> str:
         return self.log_path.read_text()
@@ -394,6 +395,70 @@ def test_an_airflow_dags_trigger_run_without_logical_date_processes_what_has_lan
 def test_a_run_from_the_ui_trigger_button_without_logical_date_processes_what_has_landed(
         make_run, manual_runs, pipeline):
     assert_processed_what_had_landed(make_run, pipeline, manual_runs[WAYS[3]])
+
+
+def test_published_rows_run_the_hourly_revenue_dag_through_the_events_asset(make_run, pipeline):
+    """The example downstream DAG is scheduled on the asset `ecommerce_events`: the scheduler runs it because
+    publishes stored rows (run type asset_triggered, each run consuming their events), never on a clock, and
+    its rollup then equals the hourly purchases in ecommerce_events. Exactly the runs that stored rows
+    announced them (that a run storing nothing announces nothing: test_ecommerce_events_dag.py)."""
+    stack = make_run
+    deadline = time.monotonic() + 420
+    while not stack.metadata("SELECT 1 FROM dag_run WHERE dag_id = %s AND state = 'success'", (HOURLY_REVENUE_DAG_ID,)):
+        stack.assert_alive()
+        assert time.monotonic() < deadline, stack.output()[-3000:]
+        time.sleep(3)
+
+    # hold every publish back, then let the downstream DAG catch up with the events already announced
+    gate = PublishGate(pipeline.settings.postgres_conninfo)
+    try:
+        deadline = time.monotonic() + 300
+        while stack.metadata(
+            "SELECT (SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id = %s)"
+            " + (SELECT count(*) FROM dag_run WHERE dag_id = %s AND state IN ('queued', 'running'))",
+            (HOURLY_REVENUE_DAG_ID, HOURLY_REVENUE_DAG_ID))[0][0]:
+            stack.assert_alive()
+            assert time.monotonic() < deadline, "ecommerce_hourly_revenue did not catch up"
+            time.sleep(2)
+        rollup = pipeline.query("SELECT hour, purchases, units, revenue FROM hourly_revenue ORDER BY hour")
+        expected = pipeline.query(
+            "SELECT date_trunc('hour', event_time, 'UTC'), count(*), sum(quantity), sum(total_amount) "
+            "FROM ecommerce_events WHERE event_type = 'purchase' GROUP BY 1 ORDER BY 1")
+        publishers = {run for (run,) in pipeline.query(
+            "SELECT l.published_by_run_id FROM pipeline_batch_ledger l JOIN data_quality_metrics m "
+            "USING (spark_query_id, spark_batch_id) GROUP BY 1 HAVING sum(m.valid_records) > 0")}
+        runs = stack.metadata("SELECT run_type, state FROM dag_run WHERE dag_id = %s", (HOURLY_REVENUE_DAG_ID,))
+        consumed = stack.metadata(
+            "SELECT e.source_run_id FROM dagrun_asset_event x JOIN asset_event e ON e.id = x.event_id "
+            "JOIN dag_run d ON d.id = x.dag_run_id JOIN asset a ON a.id = e.asset_id "
+            "WHERE d.dag_id = %s AND a.name = 'ecommerce_events' AND e.timestamp >= %s",
+            (HOURLY_REVENUE_DAG_ID, stack.started))
+        announced = stack.metadata(
+            "SELECT e.source_run_id, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.name = 'ecommerce_events' AND e.source_dag_id = %s AND e.timestamp >= %s",
+            (DAG_ID, stack.started))
+    finally:
+        gate.close()
+    assert rollup and rollup == expected
+    assert {run_type for run_type, _ in runs} == {"asset_triggered"}
+    assert {state for _, state in runs} == {"success"}
+    assert {run for run, _ in announced} == publishers
+    assert {task for _, task in announced} == {"publish"}
+    assert {run for (run,) in consumed} == publishers
+
+    with headless_chromium() as driver:
+        log_in(driver, stack.base, ADMIN_USER, PASSWORD, "/assets")
+        wait_for_text(driver, "dead_letter_events")
+        driver.save_screenshot(str(OUTPUT_DIR / "assets.png"))
+        driver.get(f"{stack.base}/dags/{HOURLY_REVENUE_DAG_ID}")
+        wait_for_text(driver, "refresh_rollup")
+        driver.save_screenshot(str(OUTPUT_DIR / "hourly_revenue_dag.png"))
+
+
+def wait_for_text(driver, text: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(lambda d: text in d.find_element("tag name", "body").text)
 
 
 def test_make_run_schedules_the_dag_and_ctrl_c_leaves_nothing_behind(make_run, pipeline):
