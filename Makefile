@@ -4,6 +4,7 @@
 #   make test-fast  the inner loop: unit tests + the tests against one real PostgreSQL (under 3 minutes)
 #   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
 #   make bench  throughput vs raw COPY, empty minute, freshness, memory (own PostgreSQL; see docs/performance.md)
+# run, once and env read the checkout's .env when present (the environment wins; scripts/env_file.py).
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
@@ -25,10 +26,10 @@ $(STAMP): requirements.txt constraints.txt
 venv: $(STAMP)
 
 run: venv
-	@$(BIN)/python -m scripts.pipeline run
+	@$(BIN)/python -m scripts.pipeline run --env-file .env
 
 once: venv
-	@$(BIN)/python -m scripts.pipeline once
+	@$(BIN)/python -m scripts.pipeline once --env-file .env
 
 test: venv
 	@$(BIN)/python -m pytest
@@ -62,7 +63,7 @@ lint: venv
 
 # Print the environment of the local Airflow, for using the airflow CLI by hand: eval "$(make -s env)"
 env: venv
-	@$(BIN)/python -m scripts.airflow_env
+	@$(BIN)/python -m scripts.airflow_env --env-file .env
 
 # Stop the local PostgreSQL and delete all local state (database, checkpoints, archive, Airflow home), also a
 # database kept outside the checkout because the postgres user cannot enter it (root, private directory).

@@ -4,6 +4,10 @@
     python -m scripts.pipeline once   # init, then one run of the DAG (`airflow dags test`); exit 0 / 1
     python -m scripts.pipeline run    # init, then Airflow + the generator until Ctrl+C
 
+`make run` / `make once` add ``--env-file .env``: the checkout's .env (when present) fills in what the
+environment does not set (scripts/env_file.py). The tests run these commands without it, so a developer's
+.env never changes what they test.
+
 When POSTGRES_HOST is local (localhost / 127.0.0.1) the project-local cluster in data/postgres is
 initialised and started as needed; `run` stops it again on exit if it started it.
 """
@@ -29,6 +33,7 @@ from include.names import DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.staging import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
+from scripts.env_file import EnvFileError, load_env_file
 from scripts.local_postgres import LocalPostgres, ensure_database
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -267,7 +272,14 @@ def run() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["init", "once", "run"])
+    parser.add_argument("--env-file", help="a .env file (relative: to the checkout) for what the environment lacks")
     args = parser.parse_args(argv)
+    if args.env_file:
+        try:
+            if loaded := load_env_file(args.env_file):
+                say(f"{args.env_file}: {', '.join(sorted(loaded))}")
+        except EnvFileError as error:
+            raise SystemExit(f"[pipeline] {error}") from None
     if args.command == "init":
         Environment.prepare()
         return 0
