@@ -5,22 +5,24 @@
 #   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
 #   make bench  throughput vs raw COPY, empty minute, freshness, memory (own PostgreSQL; see docs/performance.md)
 # run, once and env read the checkout's .env when present (the environment wins; scripts/env_file.py).
+# One virtualenv serves every target, with requirements-dev.txt (the runtime pins plus pytest, selenium, ruff,
+# duckdb): a checkout is a development environment. The Docker image installs requirements.txt alone.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Reinstall when the pins change.
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
 .PHONY: venv run once test test-fast test-unit test-integration lint clean env bench
 
-$(STAMP): requirements.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing pinned requirements into $(VENV) (first time: about 2 minutes) ..."
 	@$(BIN)/python -m pip install -q --upgrade pip $(PIP_QUIET)
-	@$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt $(PIP_QUIET)
+	@$(BIN)/python -m pip install -q -r requirements-dev.txt -c constraints.txt $(PIP_QUIET)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
