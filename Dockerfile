@@ -12,5 +12,6 @@ RUN apt-get update \
 ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64
 
 USER airflow
+# The runtime pins only: pytest, selenium, ruff and duckdb (requirements-dev.txt) have no business in production.
 COPY requirements.txt constraints.txt /tmp/
 RUN pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/constraints.txt

@@ -4,43 +4,53 @@
 #   make test-fast  the inner loop: unit tests + the tests against one real PostgreSQL (under 3 minutes)
 #   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
 #   make bench  throughput vs raw COPY, empty minute, freshness, memory (own PostgreSQL; see docs/performance.md)
+# run, once and env read the checkout's .env when present (the environment wins; scripts/env_file.py).
+# One virtualenv serves every target, with requirements-dev.txt (the runtime pins plus pytest, selenium, ruff,
+# duckdb): a checkout is a development environment. The Docker image installs requirements.txt alone.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Reinstall when the pins change.
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -c1-12)
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
+# What the machine must provide (README "Prerequisites"), checked before minutes go into pip or a test run.
+PREFLIGHT := $(SHELL) scripts/preflight.sh
 
-.PHONY: venv run once test test-fast test-unit test-integration lint clean env bench
+.PHONY: venv run once test test-fast test-unit test-integration lint clean env bench preflight
 
-$(STAMP): requirements.txt constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	@test -x $(BIN)/python || { $(PREFLIGHT) python "$(PYTHON)" && $(PYTHON) -m venv $(VENV); }
 	@echo "installing pinned requirements into $(VENV) (first time: about 2 minutes) ..."
 	@$(BIN)/python -m pip install -q --upgrade pip $(PIP_QUIET)
-	@$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt $(PIP_QUIET)
+	@$(BIN)/python -m pip install -q -r requirements-dev.txt -c constraints.txt $(PIP_QUIET)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
 
-run: venv
-	@$(BIN)/python -m scripts.pipeline run
+# Java (Spark) and the PostgreSQL server binaries, for the targets that start them; listed before `venv` in
+# their prerequisites so a machine without them learns it before the install, not after.
+preflight:
+	@$(PREFLIGHT) java postgres
 
-once: venv
-	@$(BIN)/python -m scripts.pipeline once
+run: preflight venv
+	@$(BIN)/python -m scripts.pipeline run --env-file .env
 
-test: venv
+once: preflight venv
+	@$(BIN)/python -m scripts.pipeline once --env-file .env
+
+test: preflight venv
 	@$(BIN)/python -m pytest
 
 # The inner loop (under 3 minutes): unit tests plus the tests against one real PostgreSQL (no Spark, no Airflow).
-test-fast: venv
+test-fast: preflight venv
 	@$(BIN)/python -m pytest -m "unit or db"
 
-test-unit: venv
+test-unit: preflight venv
 	@$(BIN)/python -m pytest -m unit
 
-test-integration: venv
+test-integration: preflight venv
 	@$(BIN)/python -m pytest -m integration
 
 # Own PostgreSQL and Airflow home in a temp dir; knobs: BENCH_ROWS, BENCH_SCHEDULER_MINUTES, ... (docs/performance.md)
@@ -48,7 +58,7 @@ test-integration: venv
 # when missing and we are root (like .ci/run installs chromium); otherwise the bench stops and says how to get it.
 # BENCH_PEERS= (empty) or BENCH_PEERS=duckdb does without it.
 JDBC_JAR := /usr/share/java/postgresql.jar
-bench: venv
+bench: preflight venv
 	@if [[ ",$${BENCH_PEERS-seed_style,duckdb}," == *,seed_style,* && ! -f $(JDBC_JAR) ]] \
 	  && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing libpostgresql-jdbc-java (the JDBC driver of the bench's seed-style peer) ..."; \
@@ -62,7 +72,7 @@ lint: venv
 
 # Print the environment of the local Airflow, for using the airflow CLI by hand: eval "$(make -s env)"
 env: venv
-	@$(BIN)/python -m scripts.airflow_env
+	@$(BIN)/python -m scripts.airflow_env --env-file .env
 
 # Stop the local PostgreSQL and delete all local state (database, checkpoints, archive, Airflow home), also a
 # database kept outside the checkout because the postgres user cannot enter it (root, private directory).

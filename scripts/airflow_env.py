@@ -8,10 +8,12 @@ the two connections the DAG needs come from the environment unless the user alre
 * AIRFLOW_CONN_ECOMMERCE_POSTGRES built from POSTGRES_*
 
     eval "$(.venv/bin/python -m scripts.airflow_env)"   # then use the `airflow` CLI against this setup
+    eval "$(make -s env)"                                # the same, with the checkout's .env read first
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -101,7 +103,20 @@ def airflow_environment(
     return env
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="print the local Airflow's environment as shell exports")
+    parser.add_argument("--env-file", help="a .env file (relative: to the checkout) for what the environment lacks")
+    args = parser.parse_args(argv)
+    if args.env_file:
+        from scripts.env_file import EnvFileError, load_env_file
+
+        try:
+            loaded = load_env_file(args.env_file)
+        except EnvFileError as error:
+            raise SystemExit(str(error)) from None
+        # `eval "$(make -s env)"` must leave the shell as configured as the pipeline it talks to
+        for key in sorted(loaded):
+            print(f"export {key}={shlex.quote(loaded[key])}")
     for key, value in airflow_environment(Settings.from_env()).items():
         print(f"export {key}={shlex.quote(value)}")
     return 0

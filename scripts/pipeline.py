@@ -4,6 +4,10 @@
     python -m scripts.pipeline once   # init, then one run of the DAG (`airflow dags test`); exit 0 / 1
     python -m scripts.pipeline run    # init, then Airflow + the generator until Ctrl+C
 
+`make run` / `make once` add ``--env-file .env``: the checkout's .env (when present) fills in what the
+environment does not set (scripts/env_file.py). The tests run these commands without it, so a developer's
+.env never changes what they test.
+
 When POSTGRES_HOST is local (localhost / 127.0.0.1) the project-local cluster in data/postgres is
 initialised and started as needed; `run` stops it again on exit if it started it.
 """
@@ -30,6 +34,7 @@ from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.staging import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
+from scripts.env_file import EnvFileError, load_env_file
 from scripts.local_postgres import LocalPostgres, ensure_database
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -205,7 +210,10 @@ def _wait_for_http(url: str, timeout: float, supervisor: Supervisor) -> None:
 def run() -> int:
     environment = Environment.prepare()
     env, settings = environment.env, environment.settings
-    env.setdefault("FEED_EXPECTED", "true")  # the generator below is the feed: silence from it is an alert
+    # the generator below is the feed: silence from it is an alert. Empty counts as unset, as for every setting
+    # (a shell that sourced .env.example exports FEED_EXPECTED as an empty string)
+    if not env.get("FEED_EXPECTED", "").strip():
+        env["FEED_EXPECTED"] = "true"
     password = admin_password(Path(env["AIRFLOW_HOME"]), env)
     _airflow(env, "dags", "reserialize", quiet=True)
     # New DAGs start paused: the every-minute DAG, the daily archive retention and the example downstream DAG
@@ -272,7 +280,14 @@ def run() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["init", "once", "run"])
+    parser.add_argument("--env-file", help="a .env file (relative: to the checkout) for what the environment lacks")
     args = parser.parse_args(argv)
+    if args.env_file:
+        try:
+            if loaded := load_env_file(args.env_file):
+                say(f"{args.env_file}: {', '.join(sorted(loaded))}")
+        except EnvFileError as error:
+            raise SystemExit(f"[pipeline] {error}") from None
     if args.command == "init":
         Environment.prepare()
         return 0

@@ -1,0 +1,98 @@
+"""`make` on a machine that lacks a prerequisite stops at once with one line saying what to install, instead of
+failing deep inside pip (a Python older than 3.11) or minutes later inside Spark or initdb."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+MAKE = shutil.which("make")
+# what the Makefile and scripts/preflight.sh call besides the checked tools (SHELL is /bin/bash, by path)
+TOOLS = ("cat", "sha256sum", "cut", "sed", "sort", "tail")
+
+
+def bin_dir(tmp_path: Path, **scripts: str) -> Path:
+    """A PATH directory holding the everyday tools and the given fake commands, and nothing else."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    for tool in TOOLS:
+        (directory / tool).symlink_to(shutil.which(tool))
+    for name, body in scripts.items():
+        script = directory / name
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    return directory
+
+
+def make(tmp_path: Path, *args: str, path: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {key: value for key, value in os.environ.items()
+               if key not in ("JAVA_HOME", "PG_BIN_DIR", "MAKEFLAGS", "MAKELEVEL")}
+    environ.update(PATH=str(path), **env)
+    # a virtualenv path of its own: were a check to pass, nothing would touch the checkout's .venv
+    return subprocess.run([MAKE, "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", *args], env=environ,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_python_older_than_3_11_stops_before_the_virtualenv_with_the_version_and_the_way_out(tmp_path):
+    path = bin_dir(tmp_path, **{"python3.10": 'echo "3.10"'})
+    done = make(tmp_path, "PYTHON=python3.10", "venv", path=path)
+    assert done.returncode != 0
+    assert "`python3.10` is Python 3.10; the project needs 3.11 or newer" in done.stderr
+    assert "make PYTHON=python3.12 run" in done.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_a_missing_python_is_named(tmp_path):
+    done = make(tmp_path, "PYTHON=python3.99", "venv", path=bin_dir(tmp_path))
+    assert done.returncode != 0 and "no `python3.99` on PATH" in done.stderr
+
+
+def test_missing_java_stops_run_before_anything_is_installed(tmp_path):
+    done = make(tmp_path, "run", path=bin_dir(tmp_path))
+    assert done.returncode != 0
+    assert "no `java` on PATH (Spark needs Java 17)" in done.stderr
+    assert "apt-get install openjdk-17-jre-headless" in done.stderr
+    assert "installing pinned requirements" not in done.stdout and not (tmp_path / "venv").exists()
+
+
+def test_missing_postgresql_server_binaries_are_named(tmp_path):
+    path = bin_dir(tmp_path, java="exit 0")
+    empty = tmp_path / "no-postgres"
+    empty.mkdir()
+    done = make(tmp_path, "preflight", path=path, PG_BIN_DIR=str(empty))
+    assert done.returncode != 0
+    assert f"PG_BIN_DIR={empty} holds no initdb and pg_ctl" in done.stderr
+
+
+def test_present_prerequisites_pass(tmp_path):
+    pg = tmp_path / "pg"
+    pg.mkdir()
+    for binary in ("initdb", "pg_ctl"):
+        (pg / binary).write_text("#!/bin/sh\n")
+        (pg / binary).chmod(0o755)
+    done = make(tmp_path, "preflight", path=bin_dir(tmp_path, java="exit 0"), PG_BIN_DIR=str(pg))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize("target", ["run", "once", "test", "test-fast", "test-unit", "test-integration", "bench"])
+def test_every_target_that_starts_spark_or_postgresql_checks_first(target):
+    dry = subprocess.run([MAKE, "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    commands = dry.stdout.splitlines()
+    assert commands[0].endswith("scripts/preflight.sh java postgres"), (target, commands[:3])
+
+
+def test_pg_bin_dir_in_the_env_file_counts_as_it_does_for_the_pipeline(tmp_path):
+    """`make` does not read .env, the pipeline does: preflight looks for PG_BIN_DIR there too."""
+    (tmp_path / ".env").write_text("POSTGRES_DB=x\nexport PG_BIN_DIR='/nowhere/bin'  # a comment\n")
+    environ = {key: value for key, value in os.environ.items() if key != "PG_BIN_DIR"}
+    done = subprocess.run(["/bin/sh", str(ROOT / "scripts" / "preflight.sh"), "postgres"], cwd=tmp_path, env=environ,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "PG_BIN_DIR=/nowhere/bin holds no initdb" in done.stderr
