@@ -3,8 +3,21 @@
 
 Trigger it by hand (*Trigger DAG* → fill in the form, or `airflow dags trigger ecommerce_dlq_replay
 --conf '{"rule": "price_in_range", "dry_run": false}'`). It selects the **open**, **rule**-kind rows of
-`dead_letter_events` that match the parameters, validates them again with the same Great Expectations suite
-and thresholds as every run (`MAX_PRICE`, …, as configured **now**), then in one transaction:
+`dead_letter_events` that match the parameters and validates them again with the same Great Expectations
+suite and thresholds as every run (`MAX_PRICE`, …, as configured **now**).
+
+```
+dry_run ─► wants_changes ─► approve ─► apply
+```
+
+| task | what it does |
+| --- | --- |
+| `dry_run` | counts what a replay would do (would be published, would still fail per rule, already stored) and changes nothing |
+| `wants_changes` | with `dry_run` on (the default), or nothing to change, the run ends here |
+| `approve` | **waits for a person** (*Required actions* in the navigation, or the task's page): the form shows the dry run's counts; **Approve** goes on, **Reject** ends the run without changes; unanswered for a day, the task fails |
+| `apply` | replays exactly the dead letters the dry run selected (none written since), in one transaction; if another writer changed them meanwhile, it changes nothing and fails, asking for a new run. The approver is recorded in `dead_letter_moves.approved_by` |
+
+What the replay does to each selected dead letter:
 
 | outcome | what happens to the dead letter |
 | --- | --- |
@@ -17,9 +30,9 @@ and thresholds as every run (`MAX_PRICE`, …, as configured **now**), then in o
 | `rule` | only dead letters that broke this rule (empty: any rule) |
 | `failed_from`, `failed_to` | only dead letters written in [from, to) (`failed_at`, UTC) |
 | `file` | only dead letters of this source file (full landing path or just the file name) |
-| `dry_run` | **on by default**: count what would happen and change nothing |
+| `dry_run` | **on by default**: count what would happen and change nothing (no approval asked) |
 
-The counts are printed in the task log and are the task's return value (XCom `return_value`). A real run
+The counts are printed in the task logs and are the tasks' return values (XCom `return_value`). A real run
 (not a dry run) that changed rows emits asset events for `ecommerce_events` / `dead_letter_events` (README
 "Assets"), so DAGs scheduled on them (e.g. `ecommerce_hourly_revenue`) pick up the replayed rows.
 
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from include.airflow.assets import DEAD_LETTERS_ASSET, PUBLISHED
@@ -64,35 +78,78 @@ from include.names import REPLAY_DAG_ID
     },
 )
 def ecommerce_dlq_replay():
-    @task(inlets=[DEAD_LETTERS_ASSET], outlets=[PUBLISHED])  # lineage on the Assets page; events: the alias
-    def replay(params: dict | None = None, run_id: str | None = None, outlet_events=None) -> dict:
-        """Re-validate the selected open dead letters with the current suite; publish those that now pass."""
+    def _replay(params: dict, run_id: str | None, **approved) -> dict:
         from include.airflow.callbacks import settings_from_connection
-        from include.publish.replay import replay as replay_dead_letters
+        from include.publish.replay import replay
 
         def moment(value):
             return datetime.fromisoformat(value) if value else None
 
-        params = params or {}
-        counts = replay_dead_letters(
-            settings_from_connection(), run_id, rule=params.get("rule") or None,
-            failed_from=moment(params.get("failed_from")), failed_to=moment(params.get("failed_to")),
-            source_file=params.get("file") or None, dry_run=bool(params.get("dry_run", True)),
-        )
-        print(("DRY RUN (nothing changed): " if counts["dry_run"] else "")
-              + f"{counts['selected']} open dead letter(s) selected; {counts['candidates']} re-validated: "
-              f"{counts['published']} now pass and were published, {counts['still_failing']} still fail "
-              f"(attempt count +1), {counts['resolved_already_stored']} resolved (event already stored); "
-              f"{counts['parse_kind_skipped']} parse-kind and {counts['not_replayable']} without a typed row "
-              f"skipped (re-read them with a backfill); failing rows per rule: "
-              f"{counts['failing_rows_per_rule'] or 'none'}")
+        return replay(settings_from_connection(), run_id, rule=params.get("rule") or None,
+                      failed_from=moment(params.get("failed_from")), failed_to=moment(params.get("failed_to")),
+                      source_file=params.get("file") or None, **approved)
+
+    def _describe(counts: dict) -> str:
+        return (("DRY RUN (nothing changed): " if counts["dry_run"] else "")
+                + f"{counts['selected']} open dead letter(s) selected; {counts['candidates']} re-validated: "
+                f"{counts['published']} now pass and were published, {counts['still_failing']} still fail "
+                f"(attempt count +1), {counts['resolved_already_stored']} resolved (event already stored); "
+                f"{counts['parse_kind_skipped']} parse-kind and {counts['not_replayable']} without a typed row "
+                f"skipped (re-read them with a backfill); failing rows per rule: "
+                f"{counts['failing_rows_per_rule'] or 'none'}")
+
+    @task(multiple_outputs=True)  # the approval form reads two of the keys
+    def dry_run(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Re-validate the selected open dead letters and count what a replay would do; change nothing."""
+        from include.airflow.approval import approval_body, approval_subject
+
+        counts = _replay(params or {}, run_id, dry_run=True)
+        print(_describe(counts))
+        return {**counts, "approval_subject": approval_subject(counts), "approval_body": approval_body(counts)}
+
+    @task.short_circuit
+    def wants_changes(counts: dict, params: dict | None = None) -> bool:
+        """A dry run (the default) ends here, and so does a selection a replay would not change."""
+        if (params or {}).get("dry_run", True):
+            print("dry_run is on: nothing was changed (trigger with dry_run off to replay, after an approval)")
+            return False
+        if not any(counts[key] for key in ("published", "still_failing", "resolved_already_stored")):
+            print("the selection holds no dead letter a replay would change: no approval asked")
+            return False
+        return True
+
+    counted = dry_run()
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject=counted["approval_subject"],
+        body=counted["approval_body"],
+        response_timeout=timedelta(days=1),  # unanswered for a day: the task fails and the run ends unchanged
+        doc_md="Waits for a person: **Approve** replays exactly what the dry run counted, **Reject** ends the run "
+               "without changes (*Required actions* in the navigation, or the task's page).",
+    )
+
+    @task(inlets=[DEAD_LETTERS_ASSET], outlets=[PUBLISHED])  # lineage on the Assets page; events: the alias
+    def apply(counts: dict, params: dict | None = None, run_id: str | None = None, ti=None,
+              outlet_events=None) -> dict:
+        """Replay what the approved dry run counted, recording the approver with every replayed row."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.airflow.approval import approver
         from include.airflow.assets import announce_replay
+        from include.publish.replay import APPROVED_COUNTS, SelectionChanged
 
-        announced = announce_replay(outlet_events, counts)
+        who = approver(ti.xcom_pull(task_ids="approve"))
+        try:
+            done = _replay(params or {}, run_id, dry_run=False, up_to_id=counts["up_to_id"], approved_by=who,
+                           expected={key: counts[key] for key in APPROVED_COUNTS})
+        except SelectionChanged as error:  # the same on every retry: fail now
+            raise AirflowFailException(str(error)) from error
+        print(f"approved by {who}: " + _describe(done))
+        announced = announce_replay(outlet_events, done)
         print(f"asset events: {', '.join(announced) or 'none (nothing changed)'}")
-        return counts
+        return done
 
-    replay()
+    wants_changes(counted) >> approve >> apply(counted)
 
 
 ecommerce_dlq_replay()

@@ -1,9 +1,9 @@
 """The two tables this pipeline publishes, as Airflow assets, and the asset events its writers emit.
 
 Three tasks write ``ecommerce_events`` and ``dead_letter_events``: ``publish`` (every-minute path),
-``rederive`` (backfill path) and ``replay`` (``ecommerce_dlq_replay``). Each declares the asset alias
-``ecommerce_published`` as its outlet and, once its transaction has committed, adds one event for each table
-it changed, with the run's counts as the event's ``extra``. A DAG scheduled on ``EVENTS_ASSET`` (e.g.
+``rederive`` (backfill path) and ``apply`` (``ecommerce_dlq_replay``, after its approval). Each declares the
+asset alias ``ecommerce_published`` as its outlet and, once its transaction has committed, adds one event
+for each table it changed, with the run's counts as the event's ``extra``. A DAG scheduled on ``EVENTS_ASSET`` (e.g.
 ``ecommerce_hourly_revenue``) then runs because rows were published, not on a clock.
 
 Why an alias and not the two assets as outlets: Airflow emits an event for every declared asset whenever the

@@ -42,10 +42,17 @@ class _DryRun(Exception):
     """Raised inside the replay transaction to roll it back after counting."""
 
 
+class SelectionChanged(RuntimeError):
+    """The approved dry run no longer describes what the replay would do; nothing was changed."""
+
+
 def selection(rule: str | None, failed_from: datetime | None, failed_to: datetime | None,
-              source_file: str | None) -> tuple[str, dict[str, Any]]:
-    """SQL predicate over ``dead_letter_events d`` for the open dead letters the operator asked for."""
+              source_file: str | None, up_to_id: int | None = None) -> tuple[str, dict[str, Any]]:
+    """SQL predicate over ``dead_letter_events d`` for the open dead letters the operator asked for;
+    ``up_to_id`` leaves out dead letters written after a dry run (the highest id it selected)."""
     clauses = ["d.status = 'open'"]
+    if up_to_id is not None:
+        clauses.append("d.id <= %(up_to_id)s")
     if rule:
         clauses.append("%(rule)s = ANY(d.failed_rules)")
     if failed_from:
@@ -55,7 +62,7 @@ def selection(rule: str | None, failed_from: datetime | None, failed_to: datetim
     if source_file:  # a full path, or just the file name
         clauses.append("(d.source_file = %(file)s OR d.source_file LIKE '%%/' || %(file)s)")
     return " AND ".join(clauses), {"rule": rule, "failed_from": failed_from, "failed_to": failed_to,
-                                   "file": source_file}
+                                   "file": source_file, "up_to_id": up_to_id}
 
 
 def prepare_candidates(conn: psycopg.Connection, where: str, params: dict[str, Any]) -> dict[str, int]:
@@ -66,7 +73,8 @@ def prepare_candidates(conn: psycopg.Connection, where: str, params: dict[str, A
             f"""
             SELECT count(*),
                    count(*) FILTER (WHERE d.error_kind = 'parse'),
-                   count(*) FILTER (WHERE d.error_kind = 'rule' AND d.typed_row IS NULL)
+                   count(*) FILTER (WHERE d.error_kind = 'rule' AND d.typed_row IS NULL),
+                   max(d.id)
               FROM dead_letter_events d WHERE {where}
             """,
             params,
@@ -87,12 +95,18 @@ def prepare_candidates(conn: psycopg.Connection, where: str, params: dict[str, A
         ).rowcount
         conn.execute(f"ANALYZE {REVALIDATION_TABLE}")
     return {"selected": counts[0], "parse_kind_skipped": counts[1], "not_replayable": counts[2],
-            "candidates": candidates}
+            "candidates": candidates, "up_to_id": counts[3]}
+
+
+# what a dry run shows the approver and the approved replay must then do again
+APPROVED_COUNTS = ("published", "still_failing", "resolved_already_stored")
 
 
 def apply(conn: psycopg.Connection, validation: Validation | None, settings: Settings, where: str,
-          params: dict[str, Any], airflow_run_id: str, dry_run: bool) -> dict[str, int]:
-    """Route, publish and update the dead letters in one transaction (rolled back for a dry run)."""
+          params: dict[str, Any], airflow_run_id: str, dry_run: bool, approved_by: str | None = None,
+          expected: dict[str, int] | None = None) -> dict[str, int]:
+    """Route, publish and update the dead letters in one transaction (rolled back for a dry run, and when
+    the counts differ from the ``expected`` ones of the approved dry run: ``SelectionChanged``)."""
     counts: dict[str, int] = {}
     try:
         with conn.transaction():
@@ -123,9 +137,9 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
                       FROM published p WHERE d.id = p.dead_letter_id
                     RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.failed_rules
                 )
-                {sql.record_moves("to_events", "replay", "replayed")}
+                {sql.record_moves("to_events", "replay", "replayed", approved=True)}
                 """,
-                (airflow_run_id,),
+                (airflow_run_id, approved_by),
             ).rowcount
             counts["resolved_already_stored"] = conn.execute(
                 f"""
@@ -153,6 +167,12 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
                 """,
                 params,
             ).rowcount
+            if expected is not None and {k: counts[k] for k in APPROVED_COUNTS} != {k: expected[k] for k in APPROVED_COUNTS}:
+                raise SelectionChanged(
+                    "the selected dead letters changed since the dry run that was approved (approved: "
+                    + ", ".join(f"{k} {expected[k]}" for k in APPROVED_COUNTS) + "; now: "
+                    + ", ".join(f"{k} {counts[k]}" for k in APPROVED_COUNTS)
+                    + "); nothing was changed: trigger the replay again and approve the new counts")
             if dry_run:
                 raise _DryRun
     except _DryRun:
@@ -161,16 +181,22 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
 
 
 def replay(settings: Settings, airflow_run_id: str, *, rule: str | None = None, failed_from: datetime | None = None,
-           failed_to: datetime | None = None, source_file: str | None = None, dry_run: bool = True) -> dict[str, Any]:
-    """Re-validate the selected open dead letters; return the counts (what would happen, for a dry run)."""
+           failed_to: datetime | None = None, source_file: str | None = None, dry_run: bool = True,
+           up_to_id: int | None = None, approved_by: str | None = None,
+           expected: dict[str, int] | None = None) -> dict[str, Any]:
+    """Re-validate the selected open dead letters; return the counts (what would happen, for a dry run).
+
+    The replay DAG runs a dry run, has a person approve its counts, then replays with the dry run's
+    ``up_to_id`` (no dead letter written since joins the selection), the approver, and the dry run's counts
+    as ``expected``: if another writer changed the selected rows meanwhile, nothing is changed."""
     from include.quality.audit import validate
 
-    where, params = selection(rule, failed_from, failed_to, source_file)
+    where, params = selection(rule, failed_from, failed_to, source_file, up_to_id)
     with revalidation_lock(settings):
         prepared = with_connection(settings, lambda conn: prepare_candidates(conn, where, params))
         validation = validate(settings, airflow_run_id, table=REVALIDATION_TABLE) if prepared["candidates"] else None
         counts = with_connection(settings, lambda conn: apply(conn, validation, settings, where, params,
-                                                              airflow_run_id, dry_run))
+                                                              airflow_run_id, dry_run, approved_by, expected))
         with_connection(settings, lambda conn: conn.execute(f"TRUNCATE {REVALIDATION_TABLE}"))
     failing = {rule.rule: rule.rows for rule in failing_rules(validation, severities(settings))}
     return {
@@ -182,5 +208,6 @@ def replay(settings: Settings, airflow_run_id: str, *, rule: str | None = None, 
         "resolved_already_stored": counts["resolved_already_stored"],
         "still_failing": counts["still_failing"],
         "failing_rows_per_rule": failing,
+        "approved_by": approved_by,
         "event_time_span": None if dry_run else counts["event_time_span"],
     }

@@ -38,13 +38,13 @@ def emitted(announce, *args) -> dict[str, dict]:
 
 
 def test_every_writer_of_the_two_tables_declares_the_alias_and_the_rollup_waits_on_the_events_asset(dagbag):
-    writers = {(DAG_ID, "publish"), (DAG_ID, "rederive"), (REPLAY_DAG_ID, "replay")}
+    writers = {(DAG_ID, "publish"), (DAG_ID, "rederive"), (REPLAY_DAG_ID, "apply")}
     declaring = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.outlets}
     assert declaring == writers
     for dag_id, task_id in writers:
         assert dagbag.dags[dag_id].get_task(task_id).outlets == [PUBLISHED]
     # declared where they are read, so both assets exist (group ecommerce) before their first event
-    assert dagbag.dags[REPLAY_DAG_ID].get_task("replay").inlets == [DEAD_LETTERS_ASSET]
+    assert dagbag.dags[REPLAY_DAG_ID].get_task("apply").inlets == [DEAD_LETTERS_ASSET]
     assert dagbag.dags[DAG_ID].get_task("rederive").inlets == [EVENTS_ASSET, DEAD_LETTERS_ASSET]
     rollup = dagbag.dags[HOURLY_REVENUE_DAG_ID]
     assert list(rollup.timetable.asset_condition.objects) == [EVENTS_ASSET]

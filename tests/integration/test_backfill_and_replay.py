@@ -5,8 +5,9 @@ through the every-minute path (`make once`) under two MAX_PRICE values. Then the
 a scheduler are started and `airflow backfill create` re-reads one minute under a third MAX_PRICE: exactly
 that minute's files are re-read, rows move both ways between the dead-letter table and the events table,
 each move is recorded, nothing else changes, and a second identical backfill changes no row. Finally the
-replay DAG (`airflow dags test ecommerce_dlq_replay` with its params): a dry run changes nothing, a real
-one publishes exactly the dead letters that pass the current rule.
+replay DAG through the REST API: a dry run changes nothing; a real one waits at its approval step, where a
+rejection changes nothing and an approval publishes exactly the dead letters that pass the current rule,
+recording the approver.
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
 
-from scripts.airflow_env import admin_password
+from include.names import REPLAY_DAG_ID
+from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator
 from scripts.pipeline import Supervisor, _wait_for_http
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
-from tests.fixtures.ui import graph_screenshot, log_in
+from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, log_in
 
 pytestmark = pytest.mark.integration
 
@@ -94,11 +99,60 @@ def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[str, float]:
     return run_id, time.monotonic() - started
 
 
-def replay(env: dict, **conf) -> dict:
-    done = airflow(env, "dags", "test", "ecommerce_dlq_replay", "--conf", json.dumps(conf))
-    output = done.stdout + done.stderr
-    assert "open dead letter(s) selected" in output, output[-3000:]
-    return output
+def api_token(base: str) -> str:
+    request = urllib.request.Request(
+        f"{base}/auth/token", data=json.dumps({"username": ADMIN_USER, "password": PASSWORD}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["access_token"]
+
+
+def rest(base: str, token: str, method: str, path: str, body: dict | None = None):
+    """One call of Airflow's REST API as the admin; the decoded JSON answer."""
+    request = urllib.request.Request(
+        f"{base}{path}", data=json.dumps(body).encode() if body is not None else None, method=method,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"{method} {path}: {error.code} {error.read().decode()[:1000]}") from error
+
+
+def run_path(run_id: str) -> str:
+    return f"/api/v2/dags/{REPLAY_DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+
+
+def trigger_replay(pipeline, base: str, token: str, *, dry_run: bool, wait_for: str = "finished") -> str:
+    """POST a run of the replay DAG (rule price_in_range); wait until it finished (or its approval waits)."""
+    run_id = rest(base, token, "POST", f"/api/v2/dags/{REPLAY_DAG_ID}/dagRuns",
+                  {"logical_date": None, "conf": {"rule": "price_in_range", "dry_run": dry_run}})["dag_run_id"]
+    if wait_for == "finished":
+        assert wait_for_replay(pipeline, run_id) == "success", pipeline.task_states(run_id, REPLAY_DAG_ID)
+    else:
+        deadline = time.monotonic() + 300
+        while pipeline.task_states(run_id, REPLAY_DAG_ID).get("approve") != wait_for:
+            assert time.monotonic() < deadline, pipeline.task_states(run_id, REPLAY_DAG_ID)
+            time.sleep(2)
+    return run_id
+
+
+def answer(base: str, token: str, run_id: str, option: str) -> None:
+    """Answer the approval step through the REST API (what the UI's form sends)."""
+    done = rest(base, token, "PATCH", f"{run_path(run_id)}/taskInstances/approve/-1/hitlDetails",
+                {"chosen_options": [option], "params_input": {}})
+    assert done["chosen_options"] == [option]
+
+
+def wait_for_replay(pipeline, run_id: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [(state,)] = pipeline.airflow_query("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
+                                            (REPLAY_DAG_ID, run_id))
+        if state in ("success", "failed"):
+            return state
+        time.sleep(2)
+    raise AssertionError(f"{run_id} did not finish: {pipeline.task_states(run_id, REPLAY_DAG_ID)}")
 
 
 def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_what_passes(pipeline, tmp_path,
@@ -159,74 +213,107 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
                          ("choose_path", "backfill_ingest", "rederive", "ingest", "quality_gate"))
         second_id, timings["backfill 2 (identical)"] = backfill(pipeline, env, window_end)
         after_second = tables(pipeline)
+
+        ledger = pipeline.query(
+            "SELECT input_files, input_rows, source_files, summary FROM pipeline_backfill_ledger ORDER BY staged_at")
+        assert len(ledger) == 2
+        for files, rows, sources, _ in ledger:  # exactly the window's files, every line of them
+            assert (files, sorted(sources), rows) == (2, sorted(window_files), stored_lines)
+        first, second = ledger[0][3], ledger[1][3]
+        assert (first["moved_to_events"], first["moved_to_dead_letter"]) == (expected_in, expected_out)
+        moves = pipeline.query("SELECT direction, cause, source_file, count(*) FROM dead_letter_moves GROUP BY 1, 2, 3")
+        assert sorted(moves) == sorted([("to_events", "backfill", window_low, expected_in),
+                                        ("to_dead_letter", "backfill", window_high, expected_out)])
+        assert pipeline.scalar("SELECT count(*) FROM ecommerce_events WHERE source_file = %s AND price > 150",
+                               (window_high,)) == 0
+        assert pipeline.scalar(
+            "SELECT count(*) FROM dead_letter_events WHERE source_file = %s AND status = 'resolved'", (window_low,)
+        ) == expected_in
+        # never both: no line is stored and an open dead letter at once; no event stored twice
+        assert pipeline.scalar(
+            "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
+            "WHERE d.status = 'open'") == 0
+        assert pipeline.scalar(
+            "SELECT count(*) FROM (SELECT source_file, source_line FROM dead_letter_events "
+            "GROUP BY 1, 2 HAVING count(*) > 1) t") == 0
+        # the other minutes were not re-read: their rows are exactly as before (some would move under 150)
+        assert {k: [r for r in v if any(f in map(str, r) for f in outside)] for k, v in after_first.items()
+                if k != "moves"} == {k: v for k, v in outside_before.items() if k != "moves"}
+        # batch mode: no file moved, the streaming checkpoint untouched
+        assert files_under(pipeline.archive_dir) == archive_before
+        assert files_under(pipeline.settings.checkpoint_dir) == checkpoint_before
+        assert list(pipeline.landing_dir.glob("*.csv")) == []
+        # the identical second backfill changed no row
+        assert after_second == after_first
+        assert (second["moved_to_events"], second["moved_to_dead_letter"], second["events_added"],
+                second["dead_letters_added"], second["dead_letters_updated"]) == (0, 0, 0, 0, 0)
+
+        airflow(env, "dags", "pause", "ecommerce_events")  # no scheduled run competes with the replays below
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        # Dead-letter replay under the default MAX_PRICE (10000; the Variable overrides this stack's 150), through
+        # the REST API as an operator would: a dry run changes nothing; a real one waits for an approval, a
+        # rejected one changes nothing, an approved one publishes exactly the dead letters that pass now.
+        token = api_token(base)
+        rest(base, token, "POST", "/api/v2/variables", {"key": "ecommerce_max_price", "value": "10000"})
+        airflow(env, "dags", "unpause", REPLAY_DAG_ID)
+        passing_now = pipeline.scalar(
+            "SELECT count(*) FROM dead_letter_events WHERE status = 'open' AND failed_rules = '{price_in_range}' "
+            "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 10000")
+        selected = [i for (i,) in pipeline.query(
+            "SELECT id FROM dead_letter_events WHERE status = 'open' AND 'price_in_range' = ANY(failed_rules)")]
+        still_failing = len(selected) - passing_now
+        assert passing_now > 0 and still_failing > 0
+        before = tables(pipeline)
+
+        started = time.monotonic()
+        dry = trigger_replay(pipeline, base, token, dry_run=True)
+        timings["replay dry run"] = time.monotonic() - started
+        assert pipeline.task_states(dry, REPLAY_DAG_ID) == {"dry_run": "success", "wants_changes": "success",
+                                                            "approve": "skipped", "apply": "skipped"}
+        counted = rest(base, token, "GET", f"{run_path(dry)}/taskInstances/dry_run/xcomEntries/return_value")["value"]
+        assert (counted["published"], counted["still_failing"]) == (passing_now, still_failing)
+        assert tables(pipeline) == before
+
+        rejected = trigger_replay(pipeline, base, token, dry_run=False, wait_for="awaiting_input")
+        form = rest(base, token, "GET", f"{run_path(rejected)}/taskInstances/approve/-1/hitlDetails")
+        assert form["options"] == ["Approve", "Reject"]
+        assert f"| pass now: stored in `ecommerce_events` | **{passing_now}** |" in form["body"]
+        assert form["subject"].startswith(f"Replay dead letters: {passing_now} would be stored, {still_failing} would")
+        browser.get(f"{base}/dags/{REPLAY_DAG_ID}/runs/{quote(rejected, safe='')}/tasks/approve/required_actions")
+        WebDriverWait(browser, 60).until(lambda d: "would be stored" in d.find_element(By.TAG_NAME, "body").text)
+        time.sleep(1)
+        browser.save_screenshot(str(OUTPUT_DIR / "replay_approval_form.png"))
+        answer(base, token, rejected, "Reject")
+        assert wait_for_replay(pipeline, rejected) == "success"
+        assert pipeline.task_states(rejected, REPLAY_DAG_ID)["apply"] == "skipped"
+        assert tables(pipeline) == before  # rejected: nothing changed
+
+        events_before = pipeline.scalar("SELECT count(*) FROM ecommerce_events")
+        started = time.monotonic()
+        approved = trigger_replay(pipeline, base, token, dry_run=False, wait_for="awaiting_input")
+        answer(base, token, approved, "Approve")
+        assert wait_for_replay(pipeline, approved) == "success"
+        timings["replay (dry run, approval, apply)"] = time.monotonic() - started
+        assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == events_before + passing_now
+        assert pipeline.query("SELECT status, replay_attempts, count(*) FROM dead_letter_events WHERE id = ANY(%s) "
+                              "GROUP BY 1, 2 ORDER BY 1", (selected,)) == [("open", 1, still_failing),
+                                                                          ("replayed", 1, passing_now)]
+        # every replayed row names its approver (the REST API's user)
+        assert pipeline.query("SELECT approved_by, airflow_run_id, count(*) FROM dead_letter_moves "
+                              "WHERE cause = 'replay' AND direction = 'to_events' GROUP BY 1, 2"
+                              ) == [(ADMIN_USER, approved, passing_now)]
+        assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE NOT id = ANY(%s) AND replay_attempts > 0",
+                               (selected,)) == 0  # dead letters outside the selection were not touched
+        assert pipeline.scalar(
+            "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
+            "WHERE d.status = 'open'") == 0
     finally:
-        airflow(env, "dags", "pause", "ecommerce_events")
+        for command in (("dags", "pause", "ecommerce_events"), ("dags", "pause", REPLAY_DAG_ID),
+                        ("variables", "delete", "ecommerce_max_price")):  # later tests set MAX_PRICE themselves
+            subprocess.run([AIRFLOW, *command], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=300)
         supervisor.stop()
-
-    ledger = pipeline.query(
-        "SELECT input_files, input_rows, source_files, summary FROM pipeline_backfill_ledger ORDER BY staged_at")
-    assert len(ledger) == 2
-    for files, rows, sources, _ in ledger:  # exactly the window's files, every line of them
-        assert (files, sorted(sources), rows) == (2, sorted(window_files), stored_lines)
-    first, second = ledger[0][3], ledger[1][3]
-    assert (first["moved_to_events"], first["moved_to_dead_letter"]) == (expected_in, expected_out)
-    moves = pipeline.query("SELECT direction, cause, source_file, count(*) FROM dead_letter_moves GROUP BY 1, 2, 3")
-    assert sorted(moves) == sorted([("to_events", "backfill", window_low, expected_in),
-                                    ("to_dead_letter", "backfill", window_high, expected_out)])
-    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events WHERE source_file = %s AND price > 150",
-                           (window_high,)) == 0
-    assert pipeline.scalar(
-        "SELECT count(*) FROM dead_letter_events WHERE source_file = %s AND status = 'resolved'", (window_low,)
-    ) == expected_in
-    # never both: no line is stored and an open dead letter at once; no event stored twice
-    assert pipeline.scalar(
-        "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
-        "WHERE d.status = 'open'") == 0
-    assert pipeline.scalar(
-        "SELECT count(*) FROM (SELECT source_file, source_line FROM dead_letter_events "
-        "GROUP BY 1, 2 HAVING count(*) > 1) t") == 0
-    # the other minutes were not re-read: their rows are exactly as before (some would move under 150)
-    assert {k: [r for r in v if any(f in map(str, r) for f in outside)] for k, v in after_first.items()
-            if k != "moves"} == {k: v for k, v in outside_before.items() if k != "moves"}
-    # batch mode: no file moved, the streaming checkpoint untouched
-    assert files_under(pipeline.archive_dir) == archive_before
-    assert files_under(pipeline.settings.checkpoint_dir) == checkpoint_before
-    assert list(pipeline.landing_dir.glob("*.csv")) == []
-    # the identical second backfill changed no row
-    assert after_second == after_first
-    assert (second["moved_to_events"], second["moved_to_dead_letter"], second["events_added"],
-            second["dead_letters_added"], second["dead_letters_updated"]) == (0, 0, 0, 0, 0)
-
-    # Dead-letter replay under the default MAX_PRICE (10000): dry run first, then for real.
-    replay_env = {**pipeline.env, **QUALITY_OFF}
-    passing_now = pipeline.scalar(
-        "SELECT count(*) FROM dead_letter_events WHERE status = 'open' AND failed_rules = '{price_in_range}' "
-        "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 10000")
-    selected = [i for (i,) in pipeline.query(
-        "SELECT id FROM dead_letter_events WHERE status = 'open' AND 'price_in_range' = ANY(failed_rules)")]
-    still_failing = len(selected) - passing_now
-    assert passing_now > 0 and still_failing > 0
-    started = time.monotonic()
-    dry = replay(replay_env, rule="price_in_range", dry_run=True)
-    timings["replay dry run"] = time.monotonic() - started
-    assert f"{passing_now} now pass" in dry and f"{still_failing} still fail" in dry
-    assert tables(pipeline) == after_second
-    events_before = pipeline.scalar("SELECT count(*) FROM ecommerce_events")
-    started = time.monotonic()
-    done = replay(replay_env, rule="price_in_range", dry_run=False)
-    timings["replay"] = time.monotonic() - started
-    assert f"{passing_now} now pass" in done
-    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == events_before + passing_now
-    assert pipeline.query("SELECT status, replay_attempts, count(*) FROM dead_letter_events WHERE id = ANY(%s) "
-                          "GROUP BY 1, 2 ORDER BY 1", (selected,)) == [("open", 1, still_failing),
-                                                                      ("replayed", 1, passing_now)]
-    assert pipeline.scalar("SELECT count(*) FROM dead_letter_moves WHERE cause = 'replay' AND direction = 'to_events'"
-                           ) == passing_now
-    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE NOT id = ANY(%s) AND replay_attempts > 0",
-                           (selected,)) == 0  # dead letters outside the selection were not touched
-    assert pipeline.scalar(
-        "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
-        "WHERE d.status = 'open'") == 0
 
     report = {"window_files": len(window_files), "rows_reread": stored_lines, "moved_to_events": expected_in,
               "moved_to_dead_letter": expected_out, "replay_published": passing_now,

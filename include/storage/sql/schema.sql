@@ -310,6 +310,8 @@ CREATE TABLE IF NOT EXISTS dead_letter_moves (
     airflow_run_id  TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_dead_letter_moves_source ON dead_letter_moves (source_file, source_line);
+-- who approved a replay (the Airflow user who chose "Approve" in the replay DAG's approval step); NULL: a backfill
+ALTER TABLE dead_letter_moves ADD COLUMN IF NOT EXISTS approved_by TEXT;
 
 -- What a backfill or a replay validates with the same suite (a table of its own, so neither ever touches
 -- the every-minute runs' audit_candidates). Used under the advisory lock "ecommerce_events revalidation".
