@@ -55,12 +55,17 @@ VEGA_SCRIPTS = re.compile(r'<script src="https://cdn\.jsdelivr\.net/npm/vega(?:-
 GX_WEB_ASSETS = re.compile(r"https://great-expectations-web-assets\.s3\.us-east-2\.amazonaws\.com/"
                            r"(logo-long|full_logo_dark)\.png(?:\?[^\"'()\s]*)?")
 
+# GX links a validation page's favicon one folder short of the site's root (it counts the folders of a
+# suite name without dots), so it is linked from the root here, like the logo.
+FAVICON = re.compile(r'href="(?:\.{1,2}/)*static/images/favicon\.ico"')
+
 _CDN_ADDRESS = re.compile("|".join(re.escape(url) for url in sorted(CDN_ASSETS, key=len, reverse=True)))
 
 
 def offline_page(html: str, page_path: str) -> str:
     """``html`` of the site's page at ``page_path`` (relative to the site's root, e.g. ``index.html``)
-    with CDN and S3 addresses replaced by relative links to the vendored files and the site's own logo.
+    with CDN and S3 addresses replaced by relative links to the vendored files and the site's own logo
+    and favicon.
 
     Relative links keep working wherever the Airflow UI is mounted (a proxy sub-path too): the site is
     served at ``<prefix>/data-docs/`` and the vendored files at ``<prefix>/vendor/``.
@@ -70,4 +75,5 @@ def offline_page(html: str, page_path: str) -> str:
     if "vegaEmbed(" not in html:
         html = VEGA_SCRIPTS.sub("", html)
     html = _CDN_ADDRESS.sub(lambda match: to_vendor + CDN_ASSETS[match.group(0)], html)
+    html = FAVICON.sub(f'href="{to_site_root}static/images/favicon.ico"', html)
     return GX_WEB_ASSETS.sub(to_site_root + "static/images/logo-long.png", html)

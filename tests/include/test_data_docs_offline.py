@@ -59,6 +59,13 @@ def test_gx_logo_comes_from_the_site_itself_without_the_usage_ping():
     assert "url('../../../../../static/images/logo-long.png')" in rewritten
 
 
+@pytest.mark.parametrize(("page", "gx_link"), [("index.html", "./static/images/favicon.ico"),
+                                               (VALIDATION_PAGE, "../../../../static/images/favicon.ico")])
+def test_the_favicon_is_linked_from_the_site_root(page, gx_link):
+    [favicon] = loaded_addresses(offline_page(f'<link rel="shortcut icon" href="{gx_link}" type="image/x-icon"/>', page))
+    assert urljoin(SITE + page, favicon) == SITE + "static/images/favicon.ico"
+
+
 def test_vega_is_left_out_unless_the_page_draws_a_chart():
     vega = "".join(f'<script src="https://cdn.jsdelivr.net/npm/{name}"></script>\n'
                    for name in ("vega@5", "vega-lite@5", "vega-embed@6"))
