@@ -388,7 +388,7 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
     browser.save_screenshot(str(OUTPUT_DIR / "dag_grid.png"))
 
     # "Data Quality" in the navigation shows the Data Docs inside the UI: their home page, then this
-    # run's validation result (the index lists runs with scripts from public CDNs, which CI may not reach)
+    # run's validation result
     wait.until(EC.element_to_be_clickable((By.XPATH, "//*[normalize-space(text())='Data Quality']"))).click()
     frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Data Quality']")))
     browser.switch_to.frame(frame)
