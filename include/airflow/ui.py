@@ -2,7 +2,8 @@
 
 * ``/ecommerce/data-docs/{path}`` serves the Great Expectations Data Docs site that every audit rebuilds
   (``GREAT_EXPECTATIONS_DIR``/gx/uncommitted/data_docs/local_site); ``/ecommerce/data-docs/index.html``
-  is its home page.
+  is its home page. Its pages link the vendored copies of their CDN scripts and styles, served at
+  ``/ecommerce/vendor/{path}`` (include/airflow/data_docs_offline.py), so they render without internet.
 * ``/ecommerce/dead-letters`` lists the newest ``dead_letter_events`` rows with their reasons and counts
   per rule; query parameters ``rule``, ``reason``, ``from``, ``to``, ``file``, ``run_id``, ``limit`` filter
   it. ``/ecommerce/dead-letters.csv`` exports the same selection (formula-safe, see include/dead_letters).
@@ -29,6 +30,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.airflow import dead_letters, violations
+from include.airflow.data_docs_offline import VENDOR_DIR, offline_page
 from include.names import DAG_ID
 from include.settings import Settings
 
@@ -49,6 +51,8 @@ PAGE_HEADERS = {
 }
 DATA_DOCS_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Content-Type-Options": "nosniff",
                      "Cache-Control": "no-cache"}
+# A vendored file never changes under its <package>@<version> folder; private, as every route needs a login.
+VENDOR_HEADERS = {"Cache-Control": "private, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
 
 
 def data_docs_dir(settings: Settings | None = None) -> Path:
@@ -133,9 +137,20 @@ def create_app() -> FastAPI:
         root = data_docs_dir().resolve()
         target = (root / path).resolve()
         if target.is_relative_to(root) and target.is_file():
+            if target.suffix == ".html":
+                return HTMLResponse(offline_page(target.read_text(encoding="utf-8"), path), headers=DATA_DOCS_HEADERS)
             return FileResponse(target, headers=DATA_DOCS_HEADERS)
         if path == "index.html":
             return _html("no_data_docs.html", 404, folder=str(root))
+        raise HTTPException(404, "Not found")
+
+    @app.get("/vendor/{path:path}", name="vendor")
+    def vendor(path: str) -> FileResponse:
+        """A vendored script, stylesheet or font of the Data Docs; nothing outside its folder."""
+        root = VENDOR_DIR.resolve()
+        target = (root / path).resolve()
+        if target.is_relative_to(root) and target.is_file():
+            return FileResponse(target, headers=VENDOR_HEADERS)
         raise HTTPException(404, "Not found")
 
     def listing(request: Request, module, filter_class, template: str, descriptions: dict[str, str],

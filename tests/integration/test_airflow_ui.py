@@ -18,16 +18,18 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 import pytest
 
 from include.contract.versions import V3
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator, write_raw_file
+from tests.fixtures.browser import headless_chromium
+from tests.fixtures.browser import log_in as log_in_as
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
 from tests.fixtures.processes import stop_process_group
-from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, log_in
+from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, loaded_addresses, log_in
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +137,8 @@ def test_without_an_airflow_session_the_pages_give_nothing_away(ui):
     base, known, run_id = ui
     pages = ["/ecommerce/dead-letters", f"/ecommerce/dead-letters?run_id={quote(run_id)}",
              "/ecommerce/dead-letters.csv", "/ecommerce/data-docs/index.html",
-             "/ecommerce/rule-violations", "/ecommerce/rule-violations.csv"]
+             "/ecommerce/rule-violations", "/ecommerce/rule-violations.csv",
+             "/ecommerce/vendor/jquery@3.7.1/dist/jquery.min.js"]
     for path in pages:
         for headers in ({}, {"Cookie": "_token=forged.jwt.value"}, {"Authorization": "Bearer forged.jwt.value"}):
             status, _, body = request(base, path, headers)
@@ -156,9 +159,139 @@ def test_the_data_docs_route_serves_nothing_outside_the_site(ui, pipeline):
     for path in ("/ecommerce/data-docs/..%2F..%2F..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd",
                  "/ecommerce/data-docs/%2Fetc%2Fpasswd", "/ecommerce/data-docs/..%2f..%2f..%2fgreat_expectations.yml",
                  "/ecommerce/data-docs/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
-                 f"/ecommerce/data-docs/{quote(str(gx_config), safe='')}"):
+                 f"/ecommerce/data-docs/{quote(str(gx_config), safe='')}",
+                 "/ecommerce/vendor/..%2F..%2F..%2Fsettings.py", "/ecommerce/vendor/%2Fetc%2Fpasswd"):
         status, _, body = request(base, path, auth)
         assert status == 404 and "root:" not in body and "config_version" not in body, (path, status, body[:200])
+        assert "Settings" not in body, (path, body[:200])
+
+
+def site_pages(pipeline, run_id: str) -> list[str]:
+    """The Data Docs' home page, the suite's page and this run's validation result, relative to the site."""
+    site = pipeline.settings.great_expectations_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+    [result] = (site / "validations" / "ecommerce_events" / "contract" / run_id).glob("*/*.html")
+    return ["index.html", "expectations/ecommerce_events/contract.html", result.relative_to(site).as_posix()]
+
+
+def test_no_page_loads_a_script_style_or_image_from_the_internet(ui, pipeline):
+    """Every address a Data Docs page loads is one the plugin serves; the plugin's own pages load nothing."""
+    base, _, run_id = ui
+    auth = {"Authorization": f"Bearer {api_token(base)}"}
+    for page in site_pages(pipeline, run_id):
+        page_url = f"{base}/ecommerce/data-docs/{quote(page)}"
+        status, _, body = request(base, urlsplit(page_url).path, auth)
+        assert status == 200 and "Great Expectations" in body, (page, status)
+        addresses = [urljoin(page_url, address) for address in loaded_addresses(body)]
+        assert len(addresses) > 10 and [a for a in addresses if not a.startswith(base + "/")] == [], page
+        # GX writes a sample value into the page as raw HTML: the dead letter MARKUP_EVENT_ID is an <img src=x>
+        for address in (a for a in addresses if a != urljoin(page_url, "x")):
+            status, headers, _ = request(base, urlsplit(address).path, auth)
+            assert status == 200, (page, address, status)
+            if address.endswith((".css", ".js")):
+                assert headers["content-type"].startswith(("text/css", "text/javascript")), (address, headers)
+    for page in ("/ecommerce/dead-letters", "/ecommerce/rule-violations"):
+        status, _, body = request(base, page, auth)
+        assert status == 200 and loaded_addresses(body) == [], page
+
+
+def test_the_data_docs_render_styled_without_internet(ui, pipeline):
+    """A browser that reaches nothing but the api-server sees the Data Docs styled and their run list drawn."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    with headless_chromium(offline=True) as browser:
+        try:
+            look_at_the_data_docs_offline(ui, browser, pipeline)
+        except Exception:
+            browser.save_screenshot(str(OUTPUT_DIR / "failure-offline.png"))
+            (OUTPUT_DIR / "failure-offline.html").write_text(browser.page_source)
+            raise
+
+
+# What the page's stylesheets and scripts came to: each value is only what the vendored files give
+# (a browser's defaults are a serif font, block rows and no icon font, and no jQuery at all).
+PAGE_STATE = """
+const done = arguments[arguments.length - 1];
+document.fonts.ready.then(() => {
+  const style = (selector, pseudo) => getComputedStyle(document.querySelector(selector), pseudo || null);
+  const tables = [...document.querySelectorAll('table[data-toggle="table"]')];
+  done({
+    bodyFont: style('body').fontFamily,
+    rowDisplay: style('.row').display,
+    navbarDisplay: style('.navbar').display,
+    iconFont: style('.fas', '::before').fontFamily,
+    iconFontFaces: [...document.fonts].filter(f => f.family.includes('Font Awesome 6 Free'))
+                                      .map(f => f.weight + ' ' + f.status),
+    emptyStylesheets: [...document.querySelectorAll('link[rel=stylesheet]')]
+                        .filter(link => !link.sheet || link.sheet.cssRules.length === 0).map(link => link.href),
+    loadedFrom: [...document.querySelectorAll('script[src], link[rel=stylesheet], img[src]')]
+                  .map(e => e.src || e.href),
+    libraries: window.jQuery ? [jQuery.fn.jquery, typeof jQuery.fn.bootstrapTable, typeof jQuery.fn.tooltip,
+                                typeof jQuery.fn.datepicker, typeof window.Popper] : [],
+    tables: tables.length,
+    tablesDrawn: tables.filter(t => t.closest('.bootstrap-table')).length,
+  });
+});
+"""
+
+
+def fetch_outcome(browser, url: str) -> str:
+    return browser.execute_async_script(
+        "const done = arguments[1];"
+        "fetch(arguments[0], {mode: 'no-cors', cache: 'no-store'}).then(() => done('loaded'), e => done('failed: ' + e));",
+        url)
+
+
+def assert_styled_by_the_vendored_files(browser, base: str) -> dict:
+    state = browser.execute_async_script(PAGE_STATE)
+    assert state["bodyFont"].startswith("-apple-system") and "Segoe UI" in state["bodyFont"], state  # Bootstrap's reboot
+    assert state["rowDisplay"] == "flex" and state["navbarDisplay"] == "flex", state  # Bootstrap's grid and navbar
+    assert '"Font Awesome 6 Free"' in state["iconFont"] and "900 loaded" in state["iconFontFaces"], state
+    assert state["emptyStylesheets"] == [] and len(state["loadedFrom"]) > 10, state
+    assert [address for address in state["loadedFrom"] if not address.startswith(base + "/")] == [], state
+    assert state["libraries"] == ["3.7.1", "function", "function", "function", "function"], state
+    assert state["tables"] >= 1 and state["tablesDrawn"] == state["tables"], state  # bootstrap-table drew them
+    return state
+
+
+def look_at_the_data_docs_offline(ui, browser, pipeline) -> None:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, run_id = ui
+    wait = WebDriverWait(browser, 60)
+    home = "/ecommerce/data-docs/index.html"
+    log_in_as(browser, base, ADMIN_USER, PASSWORD, home)  # Airflow's login page, then back to the Data Docs
+    wait.until(lambda d: urlsplit(d.current_url).path == home)
+
+    # the internet is really out of reach, by name and by address, while the api-server answers
+    for outside in ("https://cdn.jsdelivr.net/npm/jquery@3.7.1/dist/jquery.min.js",
+                    "https://code.jquery.com/jquery-3.7.1.min.js", "http://1.1.1.1/"):
+        assert fetch_outcome(browser, outside).startswith("failed: TypeError"), outside
+    assert fetch_outcome(browser, f"{base}/ecommerce/vendor/jquery@3.7.1/dist/jquery.min.js") == "loaded"
+
+    # the home page: styled, and its run list drawn by bootstrap-table, naming this run
+    runs = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".bootstrap-table .ge-index-page-validation-results-table")))
+    wait.until(lambda _: run_id in runs.text)
+    assert_styled_by_the_vendored_files(browser, base)
+    time.sleep(1)
+    browser.save_screenshot(str(OUTPUT_DIR / "data_docs_offline_index.png"))
+
+    # a click on the run's row opens its validation result (bootstrap-table's row click handler)
+    runs.find_element(By.XPATH, f".//tr[contains(., '{run_id}')]").click()
+    # GX writes sample values into the page as raw HTML, so the dead letter MARKUP_EVENT_ID's onerror runs
+    # there, once per place it is shown, and opens an alert; close them, if they come, to look at the page
+    with contextlib.suppress(TimeoutException):
+        while True:
+            WebDriverWait(browser, 3).until(EC.alert_is_present()).dismiss()
+    wait.until(lambda d: "/ecommerce/data-docs/validations/" in d.current_url)
+    wait.until(EC.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{run_id}')]")))
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert SUITE_NAME in body and "Expectation Validation Result" in body, body[:1000]
+    assert unquote(urlsplit(browser.current_url).path) == "/ecommerce/data-docs/" + site_pages(pipeline, run_id)[2]
+    assert_styled_by_the_vendored_files(browser, base)
+    time.sleep(1)
+    browser.save_screenshot(str(OUTPUT_DIR / "data_docs_offline_validation.png"))
 
 
 def test_the_csv_export_lists_the_known_rows_and_is_formula_safe(ui):
@@ -255,7 +388,7 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
     browser.save_screenshot(str(OUTPUT_DIR / "dag_grid.png"))
 
     # "Data Quality" in the navigation shows the Data Docs inside the UI: their home page, then this
-    # run's validation result (the index lists runs with scripts from public CDNs, which CI may not reach)
+    # run's validation result
     wait.until(EC.element_to_be_clickable((By.XPATH, "//*[normalize-space(text())='Data Quality']"))).click()
     frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Data Quality']")))
     browser.switch_to.frame(frame)
