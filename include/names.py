@@ -9,6 +9,7 @@ from __future__ import annotations
 DAG_ID = "ecommerce_events"
 REPLAY_DAG_ID = "ecommerce_dlq_replay"
 RETENTION_DAG_ID = "ecommerce_archive_retention"
+HOUSEKEEPING_DAG_ID = "ecommerce_housekeeping"  # prunes Airflow metadata, logs and pipeline history daily
 HOURLY_REVENUE_DAG_ID = "ecommerce_hourly_revenue"  # the example downstream DAG (scheduled on an asset)
 
 # Airflow connections
