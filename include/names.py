@@ -9,12 +9,14 @@ from __future__ import annotations
 DAG_ID = "ecommerce_events"
 REPLAY_DAG_ID = "ecommerce_dlq_replay"
 RETENTION_DAG_ID = "ecommerce_archive_retention"
+HOUSEKEEPING_DAG_ID = "ecommerce_housekeeping"  # prunes Airflow metadata, logs and pipeline history daily
 HOURLY_REVENUE_DAG_ID = "ecommerce_hourly_revenue"  # the example downstream DAG (scheduled on an asset)
 
 # Airflow connections
 POSTGRES_CONN_ID = "ecommerce_postgres"
 SPARK_CONN_ID = "spark_default"
 SLACK_CONN_ID = "slack_alerts"
+METADATA_CONN_ID = "airflow_metadata"  # Airflow's own database, for `airflow db clean` in ecommerce_housekeeping
 
 # PostgreSQL advisory locks (include.storage.locks), by what each one guards.
 PUBLISH_LOCK = "ecommerce_events publish"            # every writer of ecommerce_events / dead_letter_events

@@ -35,7 +35,8 @@ class SettingsError(ValueError):
     """An environment variable holds a value the pipeline cannot use; the message names it and says why."""
 
 
-def _project_path(value: str) -> Path:
+def project_path(value: str) -> Path:
+    """``value`` as a path; relative ones resolve against the project root."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
 
@@ -82,6 +83,20 @@ class Settings:
     # archived files older than this many days are deleted by the ecommerce_archive_retention DAG (0 = keep all);
     # a backfill can only re-read windows still in the archive
     archive_retention_days: int = 30
+    # housekeeping (include/ops/housekeeping.py, the daily ecommerce_housekeeping DAG); 0 days keeps all.
+    # Airflow's metadata (runs, task instances, XComs, audit log, jobs, asset events) and the task log files under
+    # $AIRFLOW_HOME/logs share one retention: a task log is only reachable through its run in the UI.
+    airflow_metadata_retention_days: int = 30
+    # data_quality_metrics, published ledger rows, rule_violations, dead_letter_moves, stale file_attempts and
+    # recovered alert state
+    pipeline_history_retention_days: int = 90
+    # dead letters that were replayed or resolved (open ones are never deleted)
+    resolved_dead_letter_retention_days: int = 30
+    # where `make run` writes the components' output (<component>.log); each file above COMPONENT_LOG_MAX_BYTES
+    # (0 = never rotate) is rotated into .1 .. .COMPONENT_LOG_BACKUPS, as is ALERT_FILE
+    pipeline_log_dir: Path = PROJECT_ROOT / "data" / "logs"
+    component_log_max_bytes: ByteSize = ByteSize("50m")
+    component_log_backups: int = 3
     # Great Expectations project (suite store, validation results, Data Docs under gx/uncommitted/data_docs)
     great_expectations_dir: Path = PROJECT_ROOT / "data" / "great_expectations"
     # validation results kept for the Data Docs (older ones are pruned; the database keeps every count)
@@ -110,7 +125,7 @@ class Settings:
                 if kind is bool:
                     values[field.name] = raw.lower() in {"1", "true", "yes", "on"}
                 elif issubclass(kind, Path):
-                    values[field.name] = _project_path(raw)
+                    values[field.name] = project_path(raw)
                 else:
                     values[field.name] = kind(raw)
             except ValueError as error:
@@ -142,6 +157,14 @@ class Settings:
             problems.append("CIRCUIT_BREAKER_THRESHOLD must be at least 1")
         if self.archive_retention_days < 0:
             problems.append("ARCHIVE_RETENTION_DAYS must not be negative (0 keeps the archive forever)")
+        problems += [f"{name} must not be negative (0 keeps everything)" for name, days in (
+            ("AIRFLOW_METADATA_RETENTION_DAYS", self.airflow_metadata_retention_days),
+            ("PIPELINE_HISTORY_RETENTION_DAYS", self.pipeline_history_retention_days),
+            ("RESOLVED_DEAD_LETTER_RETENTION_DAYS", self.resolved_dead_letter_retention_days)) if days < 0]
+        if self.component_log_max_bytes < 0:
+            problems.append("COMPONENT_LOG_MAX_BYTES must not be negative (0 never rotates the component logs)")
+        if self.component_log_backups < 0:
+            problems.append("COMPONENT_LOG_BACKUPS must not be negative (0 keeps no rotated copy)")
         if self.alert_cooldown_minutes < 0 or self.alert_no_data_minutes < 1 or self.alert_dead_letter_window_minutes < 1:
             problems.append("ALERT_COOLDOWN_MINUTES >= 0, ALERT_NO_DATA_MINUTES >= 1, ALERT_DEAD_LETTER_WINDOW_MINUTES >= 1")
         if problems:

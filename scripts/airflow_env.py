@@ -6,6 +6,7 @@ the two connections the DAG needs come from the environment unless the user alre
 
 * AIRFLOW_CONN_SPARK_DEFAULT      master from SPARK_MASTER (default `local[*]`)
 * AIRFLOW_CONN_ECOMMERCE_POSTGRES built from POSTGRES_*
+* AIRFLOW_CONN_AIRFLOW_METADATA   the metadata database's URL, for the housekeeping DAG's `airflow db clean`
 
     eval "$(.venv/bin/python -m scripts.airflow_env)"   # then use the `airflow` CLI against this setup
     eval "$(make -s env)"                                # the same, with the checkout's .env read first
@@ -100,6 +101,12 @@ def airflow_environment(
                 "password": settings.postgres_password,
             }
         )
+    if "AIRFLOW_CONN_AIRFLOW_METADATA" not in environ:
+        # A task process has no metadata database in Airflow 3 (the Task SDK blanks sql_alchemy_conn, in its
+        # environment too), so the one task that runs `airflow db clean` gets the URL through a connection:
+        # the same URL the components use, whether built here or configured by the user.
+        url = environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or metadata_url
+        env["AIRFLOW_CONN_AIRFLOW_METADATA"] = json.dumps({"conn_type": "generic", "extra": {"sql_alchemy_conn": url}})
     return env
 
 

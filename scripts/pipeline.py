@@ -30,7 +30,7 @@ import psutil
 import psycopg
 
 from include.airflow.packaging import build_class_archive, class_archive_path
-from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, RETENTION_DAG_ID
+from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.staging import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
@@ -38,7 +38,8 @@ from scripts.env_file import EnvFileError, load_env_file
 from scripts.local_postgres import LocalPostgres, ensure_database
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-LOG_DIR = Path(os.environ.get("PIPELINE_LOG_DIR") or PROJECT_ROOT / "data" / "logs")
+# Resolved as Settings resolves PIPELINE_LOG_DIR, so the housekeeping DAG rotates the files written here.
+LOG_DIR = Settings.from_env({"PIPELINE_LOG_DIR": os.environ.get("PIPELINE_LOG_DIR", "")}).pipeline_log_dir
 
 
 def say(message: str) -> None:
@@ -216,9 +217,9 @@ def run() -> int:
         env["FEED_EXPECTED"] = "true"
     password = admin_password(Path(env["AIRFLOW_HOME"]), env)
     _airflow(env, "dags", "reserialize", quiet=True)
-    # New DAGs start paused: the every-minute DAG, the daily archive retention and the example downstream DAG
-    # run without anyone clicking (the replay DAG is manual only). One CLI call: each costs seconds.
-    running = (DAG_ID, RETENTION_DAG_ID, HOURLY_REVENUE_DAG_ID)
+    # New DAGs start paused: the every-minute DAG, the daily archive retention and housekeeping and the example
+    # downstream DAG run without anyone clicking (the replay DAG is manual only). One CLI call: each costs seconds.
+    running = (DAG_ID, RETENTION_DAG_ID, HOUSEKEEPING_DAG_ID, HOURLY_REVENUE_DAG_ID)
     _airflow(env, "dags", "unpause", "--treat-dag-id-as-regex", "--yes",
              "^(" + "|".join(re.escape(dag_id) for dag_id in running) + ")$", quiet=True)
     airflow = str(Path(sys.executable).parent / "airflow")

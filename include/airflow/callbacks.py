@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from include.names import POSTGRES_CONN_ID
+from include.names import METADATA_CONN_ID, POSTGRES_CONN_ID
 from include.settings import Settings, get_settings
 
 # Settings an operator changes in the UI (Admin -> Variables) without a restart: read when a task runs, over
@@ -38,6 +38,23 @@ def settings_from_connection(conn_id: str = POSTGRES_CONN_ID, live: bool = True)
         return with_live_variables(settings)
     except SettingsError as error:  # a retry would read the same value: fail the task now, saying which one
         raise AirflowFailException(str(error)) from error
+
+
+def metadata_database_url(conn_id: str = METADATA_CONN_ID) -> str:
+    """The SQLAlchemy URL of Airflow's metadata database, from the connection ``conn_id`` (extra
+    ``sql_alchemy_conn``): a task cannot read it from the configuration, the Task SDK blanks it there."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+
+    try:
+        url = BaseHook.get_connection(conn_id).extra_dejson.get("sql_alchemy_conn")
+    except AirflowNotFoundException as error:
+        raise AirflowFailException(
+            f"connection {conn_id!r} is not defined: set AIRFLOW_CONN_{conn_id.upper()} to "
+            '{"conn_type": "generic", "extra": {"sql_alchemy_conn": "<the metadata database URL>"}}') from error
+    if not url:
+        raise AirflowFailException(f"connection {conn_id!r} has no extra 'sql_alchemy_conn' (the metadata database URL)")
+    return url
 
 
 def with_live_variables(settings: Settings, lookup=None) -> Settings:

@@ -1,4 +1,4 @@
-"""The replay and retention DAGs: manual-only replay with typed params that default to a dry run."""
+"""The replay, retention and housekeeping DAGs: manual-only replay with typed params that default to a dry run."""
 
 from __future__ import annotations
 
@@ -26,3 +26,14 @@ def test_archive_retention_runs_daily(dagbag):
     dag = dagbag.dags["ecommerce_archive_retention"]
     assert dag.schedule == "@daily"
     assert [t.task_id for t in dag.tasks] == ["delete_expired_archive"]
+
+
+def test_housekeeping_runs_daily_with_one_independent_task_per_kind(dagbag):
+    dag = dagbag.dags["ecommerce_housekeeping"]
+    assert dag.schedule == "@daily" and dag.catchup is False and dag.max_active_runs == 1
+    # one task per kind, none waiting for another: a failure of one does not hold the others back
+    assert {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} == {
+        "prune_airflow_metadata": [], "prune_logs": [], "prune_pipeline_tables": []}
+    for setting in ("AIRFLOW_METADATA_RETENTION_DAYS", "PIPELINE_HISTORY_RETENTION_DAYS",
+                    "RESOLVED_DEAD_LETTER_RETENTION_DAYS", "COMPONENT_LOG_MAX_BYTES", "COMPONENT_LOG_BACKUPS"):
+        assert f"`{setting}`" in dag.doc_md, setting

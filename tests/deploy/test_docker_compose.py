@@ -216,3 +216,14 @@ def test_ports_bind_to_loopback_only():
     for service in SERVICES.values():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), port
+
+
+def test_the_housekeeping_task_cleans_the_metadata_database_the_components_use():
+    """A task cannot read sql_alchemy_conn in Airflow 3; connection airflow_metadata must carry the same URL."""
+    from include.names import METADATA_CONN_ID
+
+    env = env_of("airflow-worker")
+    secret = {"POSTGRES_PASSWORD": "p", "POSTGRES_USER": "u"}
+    metadata = json.loads(interpolate(env[f"AIRFLOW_CONN_{METADATA_CONN_ID.upper()}"], secret))
+    assert metadata["conn_type"] == "generic"
+    assert metadata["extra"]["sql_alchemy_conn"] == interpolate(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], secret)

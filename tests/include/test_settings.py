@@ -37,6 +37,12 @@ def test_environment_overrides_and_relative_dirs_resolve_to_the_project(tmp_path
         ({"MAX_FILES_PER_TRIGGER": "0"}, "MAX_FILES_PER_TRIGGER must be at least 1"),
         ({"MAX_BYTES_PER_TRIGGER": "lots"}, r"MAX_BYTES_PER_TRIGGER='lots' is not a valid size in bytes \(e.g. 33554432 or 32m\)"),
         ({"MAX_BYTES_PER_TRIGGER": "-1"}, "MAX_BYTES_PER_TRIGGER must not be negative"),
+        ({"AIRFLOW_METADATA_RETENTION_DAYS": "-1"}, r"AIRFLOW_METADATA_RETENTION_DAYS must not be negative \(0 keeps"),
+        ({"PIPELINE_HISTORY_RETENTION_DAYS": "90d"}, "PIPELINE_HISTORY_RETENTION_DAYS='90d' is not a valid int"),
+        ({"RESOLVED_DEAD_LETTER_RETENTION_DAYS": "-7"}, "RESOLVED_DEAD_LETTER_RETENTION_DAYS must not be negative"),
+        ({"COMPONENT_LOG_MAX_BYTES": "big"}, "COMPONENT_LOG_MAX_BYTES='big' is not a valid size in bytes"),
+        ({"COMPONENT_LOG_MAX_BYTES": "-1"}, "COMPONENT_LOG_MAX_BYTES must not be negative"),
+        ({"COMPONENT_LOG_BACKUPS": "-1"}, "COMPONENT_LOG_BACKUPS must not be negative"),
     ],
 )
 def test_bad_values_fail_with_the_variable_named(env, message):
@@ -48,6 +54,18 @@ def test_bad_values_fail_with_the_variable_named(env, message):
                                            ("200000", 200_000), ("0", 0)])
 def test_batch_size_is_read_as_bytes_with_an_optional_unit(raw, size):
     assert Settings.from_env({"MAX_BYTES_PER_TRIGGER": raw}).max_bytes_per_trigger == size
+
+
+def test_housekeeping_defaults_and_overrides():
+    s = Settings.from_env({})
+    assert (s.airflow_metadata_retention_days, s.pipeline_history_retention_days,
+            s.resolved_dead_letter_retention_days) == (30, 90, 30)
+    assert s.component_log_max_bytes == 50 * 2**20 and s.component_log_backups == 3
+    assert s.pipeline_log_dir == PROJECT_ROOT / "data" / "logs"
+    s = Settings.from_env({"COMPONENT_LOG_MAX_BYTES": "1k", "PIPELINE_LOG_DIR": "elsewhere",
+                           "PIPELINE_HISTORY_RETENTION_DAYS": "0"})
+    assert s.component_log_max_bytes == 1024 and s.pipeline_log_dir == PROJECT_ROOT / "elsewhere"
+    assert s.pipeline_history_retention_days == 0  # 0 is valid: keep everything
 
 
 def test_conninfo_survives_awkward_passwords():
