@@ -28,6 +28,9 @@ runs made by a backfill take `backfill_ingest → rederive`; the other path is s
 **Data Docs**: **Data Quality** in the navigation of this UI (`/ecommerce/data-docs/index.html`); on disk
 `data/great_expectations/gx/uncommitted/data_docs/local_site/index.html` (`GREAT_EXPECTATIONS_DIR`).
 
+**This run's pages**: the tabs **Validation of this run** (its Data Docs validation page) and **Dead letters
+of this run** of every run's page; the alerts link to them.
+
 **Dead letters**: **Dead letters** in the navigation of this UI: rows with reasons, counts per rule, filters
 by rule / reason / time / file / run, CSV export (`/ecommerce/dead-letters?run_id=<run id>`). In SQL:
 `SELECT source_file, source_line, validation_errors, raw_data FROM dead_letter_events WHERE airflow_run_id = '<run id>';`

@@ -256,7 +256,9 @@ def run() -> int:
             ],
         )
         ui = env["AIRFLOW__API__BASE_URL"]
-        _wait_for_http(f"{ui}/api/v2/monitor/health", 180, supervisor)
+        # asked where it listens: the base URL may be a proxy's public address this machine cannot reach
+        host = env["AIRFLOW__API__HOST"].replace("0.0.0.0", "127.0.0.1")
+        _wait_for_http(f"http://{host}:{env['AIRFLOW__API__PORT']}/api/v2/monitor/health", 180, supervisor)
         say(f"Airflow UI: {ui}  (login: {ADMIN_USER} / {password})")
         say(f"generator writing into {settings.landing_dir}; DAG {DAG_ID} runs every minute")
         say(f"logs: {LOG_DIR}/<component>.log, task logs under {env['AIRFLOW_HOME']}/logs")

@@ -2,7 +2,8 @@
 
 * ``/ecommerce/data-docs/{path}`` serves the Great Expectations Data Docs site that every audit rebuilds
   (``GREAT_EXPECTATIONS_DIR``/gx/uncommitted/data_docs/local_site); ``/ecommerce/data-docs/index.html``
-  is its home page. Its pages link the vendored copies of their CDN scripts and styles, served at
+  is its home page. ``/ecommerce/run-validation?run_id=<run id>`` redirects to one run's validation page
+  (the DAG run page's tab "Validation of this run"). Its pages link the vendored copies of their CDN scripts and styles, served at
   ``/ecommerce/vendor/{path}`` (include/airflow/data_docs_offline.py), so they render without internet.
 * ``/ecommerce/dead-letters`` lists the newest ``dead_letter_events`` rows with their reasons and counts
   per rule; query parameters ``rule``, ``reason``, ``from``, ``to``, ``file``, ``run_id``, ``limit`` filter
@@ -19,10 +20,11 @@ processes that load plugins never pay for FastAPI, Jinja or the auth manager.
 
 from __future__ import annotations
 
+import glob
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -53,6 +55,21 @@ DATA_DOCS_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Con
                      "Cache-Control": "no-cache"}
 # A vendored file never changes under its <package>@<version> folder; private, as every route needs a login.
 VENDOR_HEADERS = {"Cache-Control": "private, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
+
+
+def validation_page(site: Path, run_id: str) -> str | None:
+    """The path (relative to the Data Docs site) of the newest validation page of the Airflow run ``run_id``.
+
+    GX files a validation under ``validations/<suite>/<run name>/<run time>/<batch>.html`` and every
+    validation here is run with the Airflow run id as its run name (include/quality/audit.py)."""
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        return None
+    pages = [page for folder in (site / "validations").glob(f"**/{glob.escape(run_id)}") if folder.is_dir()
+             for page in folder.glob("*/*.html")]
+    if not pages:
+        return None
+    newest = max(pages, key=lambda page: (page.parent.name, page.stat().st_mtime))
+    return newest.relative_to(site).as_posix()
 
 
 def data_docs_dir(settings: Settings | None = None) -> Path:
@@ -143,6 +160,15 @@ def create_app() -> FastAPI:
         if path == "index.html":
             return _html("no_data_docs.html", 404, folder=str(root))
         raise HTTPException(404, "Not found")
+
+    @app.get("/run-validation", name="run_validation")
+    def run_validation(run_id: str = "") -> Response:
+        """The Data Docs validation page of one Airflow run (its newest validation: an audit, a backfill's
+        re-derive or a replay), or a page saying why there is none."""
+        page = validation_page(data_docs_dir(), run_id) if run_id else None
+        if page is None:
+            return _html("no_run_validation.html", 404, run_id=run_id)
+        return RedirectResponse(f"data-docs/{quote(page, safe='/')}", status_code=307)
 
     @app.get("/vendor/{path:path}", name="vendor")
     def vendor(path: str) -> FileResponse:

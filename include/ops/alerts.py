@@ -105,13 +105,15 @@ def decide_clear(current: AlertState | None, now: datetime) -> tuple[bool, Alert
 # --- message rendering (pure) ---------------------------------------------------------------------------------
 
 def links(base_url: str, run_id: str | None, dag_id: str = DAG_ID) -> dict[str, str]:
-    """Where to look: the run in the Airflow UI, the Data Docs and the run's dead letters (UI plugin pages)."""
+    """Where to look, in the Airflow UI at ``base_url`` (AIRFLOW__API__BASE_URL: the address colleagues
+    reach it at): the run's page and its two tabs (the plugin's run views: this run's validation in the Data
+    Docs, this run's dead letters); without a run, the Data Docs."""
     base = base_url.rstrip("/")
-    found = {"Data Docs": f"{base}/ecommerce/data-docs/index.html"}
-    if run_id:
-        found = {"Airflow run": f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}", **found,
-                 "Dead letters": f"{base}/ecommerce/dead-letters?run_id={quote(run_id, safe='')}"}
-    return found
+    if not run_id:
+        return {"Data Docs": f"{base}/ecommerce/data-docs/index.html"}
+    run = f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return {"Airflow run": run, "Validation of this run": f"{run}/plugin/run-validation",
+            "Dead letters of this run": f"{run}/plugin/run-dead-letters"}
 
 
 def dead_letter_sql(run_id: str) -> str:

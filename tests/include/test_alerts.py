@@ -84,11 +84,15 @@ def test_a_quality_breach_message_says_what_where_and_how_to_look():
     assert "200 total, 150 valid, 48 dead-lettered, 2 duplicates" in text
     assert "price_within_range: 30 row(s), e.g. event_id e-1, e-2, e-3" in text and "e-4" not in text
     quoted = "scheduled__2026-03-01T12%3A00%3A00%2B00%3A00"
-    assert alert.links == {
-        "Airflow run": f"http://127.0.0.1:8080/dags/ecommerce_events/runs/{quoted}",
-        "Data Docs": "http://127.0.0.1:8080/ecommerce/data-docs/index.html",
-        "Dead letters": f"http://127.0.0.1:8080/ecommerce/dead-letters?run_id={quoted}",
+    run_page = f"http://127.0.0.1:8080/dags/ecommerce_events/runs/{quoted}"
+    assert alert.links == {  # the run's page and its two tabs (plugin run views)
+        "Airflow run": run_page,
+        "Validation of this run": f"{run_page}/plugin/run-validation",
+        "Dead letters of this run": f"{run_page}/plugin/run-dead-letters",
     }
+    # no run (e.g. the feed went quiet): the Data Docs, at whatever public address is configured
+    assert alerts.links("https://airflow.shop.example/", None) == {
+        "Data Docs": "https://airflow.shop.example/ecommerce/data-docs/index.html"}
     assert f"WHERE airflow_run_id = '{RUN_ID}'" in text
 
 

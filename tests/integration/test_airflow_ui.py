@@ -138,7 +138,7 @@ def test_without_an_airflow_session_the_pages_give_nothing_away(ui):
     pages = ["/ecommerce/dead-letters", f"/ecommerce/dead-letters?run_id={quote(run_id)}",
              "/ecommerce/dead-letters.csv", "/ecommerce/data-docs/index.html",
              "/ecommerce/rule-violations", "/ecommerce/rule-violations.csv",
-             "/ecommerce/vendor/jquery@3.7.1/dist/jquery.min.js"]
+             "/ecommerce/vendor/jquery@3.7.1/dist/jquery.min.js", f"/ecommerce/run-validation?run_id={quote(run_id)}"]
     for path in pages:
         for headers in ({}, {"Cookie": "_token=forged.jwt.value"}, {"Authorization": "Bearer forged.jwt.value"}):
             status, _, body = request(base, path, headers)
@@ -442,3 +442,56 @@ def walk_through_the_ui(ui, browser, pipeline) -> None:
 
     # the Graph view of this every-minute run: its path ran, the backfill path is there but skipped
     graph_screenshot(browser, base, run_id, "graph_every_minute_run.png", TASK_IDS + BACKFILL_PATH)
+
+
+def test_a_run_page_has_tabs_with_this_runs_dead_letters_and_validation(ui, browser, pipeline):
+    """The plugin's run views (external_views, destination dag_run): the tabs the alerts link to."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from include.ops.alerts import links
+
+    base, known, run_id = ui
+    wait = WebDriverWait(browser, 60)
+    log_in(browser, base, PASSWORD)
+    tabs = links(base, run_id)
+    # the grid view labels a run's tabs (the graph view, which graph_screenshot leaves chosen, shows icons)
+    browser.execute_script("localStorage.setItem('default_dag_view', arguments[0])", '"grid"')
+    try:
+        browser.get(tabs["Airflow run"])
+        for name in ("Dead letters of this run", "Validation of this run"):  # both tabs on the run's page
+            wait.until(EC.presence_of_element_located((By.XPATH, f"//*[normalize-space(text())='{name}']")))
+
+        # the alert's link opens the tab: this run's dead letters, inside the UI
+        browser.get(tabs["Dead letters of this run"])
+        frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Dead letters of this run']")))
+        browser.switch_to.frame(frame)
+        table = wait.until(EC.presence_of_element_located((By.ID, "dead-letters")))
+        assert all(event_id in table.text for event_id in known)
+        assert browser.execute_script("return new URLSearchParams(location.search).get('run_id')") == run_id
+        browser.switch_to.default_content()
+        time.sleep(1)
+        browser.save_screenshot(str(OUTPUT_DIR / "run_tab_dead_letters.png"))
+
+        # and this run's own validation page of the Data Docs
+        browser.get(tabs["Validation of this run"])
+        frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Validation of this run']")))
+        browser.switch_to.frame(frame)
+        wait.until(lambda d: "Expectation Validation Result" in d.find_element(By.TAG_NAME, "body").text)
+        path = unquote(browser.execute_script("return location.pathname"))
+        assert path.startswith(f"/ecommerce/data-docs/validations/ecommerce_events/contract/{run_id}/"), path
+        browser.switch_to.default_content()
+        time.sleep(1)
+        browser.save_screenshot(str(OUTPUT_DIR / "run_tab_validation.png"))
+    except Exception:
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(OUTPUT_DIR / "failure-run-tabs.png"))
+        raise
+
+    # a run that validated nothing gets a page that says so, not an error
+    auth = {"Authorization": f"Bearer {api_token(base)}"}
+    status, _, body = request(base, "/ecommerce/run-validation?run_id=manual__2026-01-01T00%3A00%3A00%2B00%3A00", auth)
+    assert status == 404 and "No Great Expectations validation of run" in body
+    status, _, body = request(base, "/ecommerce/run-validation?run_id=..", auth)
+    assert status == 404

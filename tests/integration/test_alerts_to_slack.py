@@ -10,6 +10,7 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -106,8 +107,9 @@ def test_quality_breach_is_said_once_and_its_recovery_once(pipeline, slack, tmp_
     assert any(event_id in text for (event_id,) in pipeline.query(
         "SELECT event_id FROM dead_letter_events WHERE %s = ANY(failed_rules)", (top_rule,)))
     base = pipeline.env["AIRFLOW__API__BASE_URL"]
-    assert f"<{base}/ecommerce/data-docs/index.html|Data Docs>" in text
-    assert f"{base}/ecommerce/dead-letters?run_id=" in text and f"{base}/dags/ecommerce_events/runs/" in text
+    run_page = f"{base}/dags/ecommerce_events/runs/{quote(run_id, safe='')}"
+    assert f"<{run_page}/plugin/run-validation|Validation of this run>" in text
+    assert f"<{run_page}/plugin/run-dead-letters|Dead letters of this run>" in text
     # the query in the message lists exactly this run's dead letters
     query = text.split("```")[1]
     assert len(pipeline.query(query)) == invalid
