@@ -31,7 +31,7 @@ from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator
 from scripts.pipeline import Supervisor, _wait_for_http
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
-from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, log_in
+from tests.fixtures.ui import OUTPUT_DIR, api_token, graph_screenshot, log_in
 
 pytestmark = pytest.mark.integration
 
@@ -97,14 +97,6 @@ def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[str, float]:
                         "success"),
         **dict.fromkeys(("ingest", "audit", "publish"), "skipped")}
     return run_id, time.monotonic() - started
-
-
-def api_token(base: str) -> str:
-    request = urllib.request.Request(
-        f"{base}/auth/token", data=json.dumps({"username": ADMIN_USER, "password": PASSWORD}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["access_token"]
 
 
 def rest(base: str, token: str, method: str, path: str, body: dict | None = None):
@@ -255,7 +247,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
         # Dead-letter replay under the default MAX_PRICE (10000; the Variable overrides this stack's 150), through
         # the REST API as an operator would: a dry run changes nothing; a real one waits for an approval, a
         # rejected one changes nothing, an approved one publishes exactly the dead letters that pass now.
-        token = api_token(base)
+        token = api_token(base, PASSWORD)
         rest(base, token, "POST", "/api/v2/variables", {"key": "ecommerce_max_price", "value": "10000"})
         airflow(env, "dags", "unpause", REPLAY_DAG_ID)
         passing_now = pipeline.scalar(

@@ -41,7 +41,7 @@ from scripts.airflow_env import ADMIN_USER
 from scripts.generator import EventGenerator
 from tests.fixtures.browser import headless_chromium, log_in
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
-from tests.fixtures.ui import OUTPUT_DIR
+from tests.fixtures.ui import OUTPUT_DIR, api_token
 
 # the first test's setup pays for the whole chain of runs (a few minutes; on a loaded machine far more)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -151,20 +151,12 @@ def _answers(url: str) -> bool:
 
 # --- the ways a run is triggered by hand ------------------------------------------------------------------------
 
-def api_token(base: str) -> str:
-    request = urllib.request.Request(
-        f"{base}/auth/token", data=json.dumps({"username": ADMIN_USER, "password": PASSWORD}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["access_token"]
-
-
 def trigger_through_rest_api(stack: Stack, logical_date: datetime | None) -> str:
     """POST /api/v2/dags/{dag_id}/dagRuns; Airflow 3 requires the key, and allows null for a manual run."""
     body = {"logical_date": logical_date.isoformat() if logical_date else None}
     request = urllib.request.Request(
         f"{stack.base}/api/v2/dags/{DAG_ID}/dagRuns", data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_token(stack.base)}"})
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_token(stack.base, PASSWORD)}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())["dag_run_id"]
