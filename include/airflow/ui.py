@@ -51,8 +51,17 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-DATA_DOCS_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'", "X-Content-Type-Options": "nosniff",
-                     "Cache-Control": "no-cache"}
+# The Data Docs load everything from this server (include/airflow/data_docs_offline.py) and run GX's inline
+# scripts; they fetch nothing and submit no form. The sample values on them are escaped when the pages are
+# built (include/quality/audit.py); this policy is the second line: a script that got in anyway could not
+# load code from elsewhere or call the API. jsDelivr stays for the Vega scripts of a page that draws a chart.
+DATA_DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+                               "connect-src 'none'; object-src 'none'; form-action 'none'; base-uri 'none'; "
+                               "frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache",
+}
 # A vendored file never changes under its <package>@<version> folder; private, as every route needs a login.
 VENDOR_HEADERS = {"Cache-Control": "private, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
 

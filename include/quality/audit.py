@@ -3,15 +3,17 @@
 1. ``prepare_candidates`` pins the batches the ledger shows as staged but unpublished and fills
    ``audit_candidates`` with their rows that parsed, one per event_id (the first occurrence: earliest
    batch, then file name, then line), leaving out event_ids already stored: the rows that would be published if every rule passed.
-2. ``validate`` runs the suite over that table through a GX checkpoint (the Data Docs are rebuilt by the
-   checkpoint's UpdateDataDocsAction) and returns a JSON-able summary: per rule the number of failing rows,
-   whether it passed, and a few sample event_ids; the table-level checks; the Data Docs address.
+2. ``validate`` runs the suite over that table through a GX checkpoint, rebuilds the Data Docs pages of
+   that validation from an HTML-escaped copy of its result (``_build_data_docs``), and returns a JSON-able
+   summary: per rule the number of failing rows, whether it passed, and a few sample event_ids; the
+   table-level checks; the Data Docs address.
 
 The publish step (``include.publish.every_minute``) routes rows with that summary.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import time
 from pathlib import Path
@@ -117,11 +119,46 @@ def _checkpoint(context, settings: Settings, table: str = ASSET):
         gx.Checkpoint(
             name=CHECKPOINT + suffix,
             validation_definitions=[validation],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            actions=[],  # the Data Docs are built by _build_data_docs, from an escaped copy of the result
             result_format={"result_format": "SUMMARY", "unexpected_index_column_names": ["event_id"],
                            "partial_unexpected_count": SAMPLE_IDS},
         )
     )
+
+
+def escape_data_values(value):
+    """``value`` (a validation result's ``result`` dict) with every string HTML-escaped, keys excepted.
+
+    GX 1.x escapes the parameters of its sentence templates but writes a rule's sample values (the
+    unexpected values, their counts, the event_ids of the failing rows) into the Data Docs' tables as raw
+    HTML. Those values are the feed's own text: a category ``<img src=x onerror=...>`` would run its
+    script in the Airflow UI, where the plugin serves the Data Docs to logged-in users. Escaped here, the
+    page shows the text as it arrived."""
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, list | tuple):
+        return [escape_data_values(item) for item in value]
+    if isinstance(value, dict):
+        return {key: escape_data_values(item) for key, item in value.items()}
+    return value
+
+
+def _build_data_docs(context, checkpoint_result) -> None:
+    """Rebuild the Data Docs pages of this run's validations (and the index) from escaped copies.
+
+    The checkpoint has just stored each validation result; the stored copy, which only the Data Docs
+    read, is replaced by one whose data values are escaped (``escape_data_values``). The result returned
+    to the caller, which the routing reads, keeps the values as they are."""
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    store = context.validation_results_store
+    keys = list(checkpoint_result.run_results)
+    for key in keys:
+        stored = store.get(key)
+        for outcome in stored.results:
+            outcome.result = escape_data_values(outcome.result or {})
+        store.set(key, stored)
+    context.build_data_docs(resource_identifiers=[*keys, ExpectationSuiteIdentifier(name=SUITE_NAME)])
 
 
 def prune_validation_results(settings: Settings) -> int:
@@ -151,6 +188,7 @@ def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> Val
         expectation_parameters=suite_parameters(settings),
         run_id=gx.RunIdentifier(run_name=airflow_run_id),
     )
+    _build_data_docs(context, result)
     rules: dict[str, RuleResult] = {}
     table_checks: dict[str, TableCheck] = {}
     for validation_result in result.run_results.values():

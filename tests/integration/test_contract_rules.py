@@ -27,7 +27,7 @@ BASE = {
 FAILING = {
     "event_id_present": {"event_id": None},
     "event_id_is_uuid": {"event_id": "not-a-uuid"},
-    "event_type_known": {"event_type": "teleport"},
+    "event_type_known": {"event_type": "<script>alert('event_type')</script>"},
     "price_present": {"price": None, "total_amount": None},
     "price_in_range": {"price": 0, "total_amount": 0},
     "quantity_present": {"quantity": None, "total_amount": None},
@@ -37,7 +37,7 @@ FAILING = {
     "user_required_for_action": {"user_id": None, "user_segment": None},
     "event_time_present": {"event_time": None},
     "event_time_not_in_future": {"event_time": NOW + timedelta(hours=1)},
-    "category_known": {"category": "weapons"},
+    "category_known": {"category": "<img src=x onerror=alert('category')>"},
     "user_segment_known": {"user_segment": "gold"},
     "total_amount_is_price_times_quantity": {"total_amount": 999},
 }
@@ -98,6 +98,17 @@ def test_every_rule_counts_exactly_its_failing_row_and_routing_agrees(audited, p
             assert routed == gx_count, rule.name
     assert result.validation.success is False
     assert data_docs_index(settings).is_file()
+
+
+def test_the_data_docs_show_the_feeds_markup_as_text_never_as_html(audited):
+    """The failing category and event type are HTML written by the feed; the validation page lists them as
+    sample values, escaped, so the Airflow UI that serves the page never runs them."""
+    settings, _, _ = audited
+    [page] = data_docs_index(settings).parent.glob("validations/**/rules_test/*/*.html")
+    text = page.read_text()
+    assert "&lt;img src=x onerror=alert(&#x27;category&#x27;)&gt;" in text
+    assert "&lt;script&gt;alert(&#x27;event_type&#x27;)&lt;/script&gt;" in text
+    assert "<img src=x" not in text and "alert('" not in text
 
 
 def test_publish_dead_letters_each_failing_row_with_exactly_its_rule(audited, pipeline):
