@@ -6,10 +6,12 @@
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
+# Debian names the JDK folder after the architecture (amd64, arm64): one link, so JAVA_HOME fits every host.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && ln -s "/usr/lib/jvm/java-17-openjdk-$(dpkg --print-architecture)" /usr/lib/jvm/java-17 \
  && rm -rf /var/lib/apt/lists/*
-ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64
+ENV JAVA_HOME=/usr/lib/jvm/java-17
 
 USER airflow
 # The runtime pins only: pytest, selenium, ruff and duckdb (requirements-dev.txt) have no business in production.

@@ -40,9 +40,13 @@ def _persistent_secret(path: Path) -> str:
 
 
 def admin_password(airflow_home: Path, environ: Mapping[str, str]) -> str:
-    """The UI login's password: AIRFLOW_ADMIN_PASSWORD, else `admin` for a local, loopback-only UI."""
+    """The UI login's password: AIRFLOW_ADMIN_PASSWORD, else `admin` for a local, loopback-only UI.
+
+    Written where AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE points (Compose: a volume the
+    api-server shares), else into ``airflow_home``."""
     password = environ.get("AIRFLOW_ADMIN_PASSWORD") or "admin"
-    passwords_file = airflow_home / "simple_auth_manager_passwords.json"
+    passwords_file = Path(environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+                          or airflow_home / "simple_auth_manager_passwords.json")
     passwords_file.parent.mkdir(parents=True, exist_ok=True)
     passwords_file.write_text(json.dumps({ADMIN_USER: password}))
     passwords_file.chmod(0o600)

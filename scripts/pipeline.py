@@ -1,6 +1,9 @@
 """Operator commands behind the Makefile.
 
     python -m scripts.pipeline init   # database(s), schema and Airflow metadata, nothing else
+    python -m scripts.pipeline init --start-dags
+                                      # init, the UI login, and the scheduled DAGs parsed and unpaused,
+                                      # as `run` does (docker-compose.yaml's airflow-init)
     python -m scripts.pipeline once   # init, then one run of the DAG (`airflow dags test`); exit 0 / 1
     python -m scripts.pipeline run    # init, then Airflow + the generator until Ctrl+C
 
@@ -208,6 +211,23 @@ def _wait_for_http(url: str, timeout: float, supervisor: Supervisor) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s; see {LOG_DIR}/api-server.log")
 
 
+# New DAGs start paused: the every-minute DAG, the daily archive retention and housekeeping and the example
+# downstream DAG run without anyone clicking (the replay DAG is manual only).
+SCHEDULED_DAG_IDS = (DAG_ID, RETENTION_DAG_ID, HOUSEKEEPING_DAG_ID, HOURLY_REVENUE_DAG_ID)
+
+
+def start_dags(env: dict[str, str]) -> str:
+    """Write the UI login's password file, parse the DAGs into the metadata database and unpause the
+    scheduled ones; return the password. `run` does it before starting Airflow, Compose's airflow-init
+    (``init --start-dags``) before the other containers start."""
+    password = admin_password(Path(env["AIRFLOW_HOME"]), env)
+    _airflow(env, "dags", "reserialize", quiet=True)
+    # one CLI call: each costs seconds
+    _airflow(env, "dags", "unpause", "--treat-dag-id-as-regex", "--yes",
+             "^(" + "|".join(re.escape(dag_id) for dag_id in SCHEDULED_DAG_IDS) + ")$", quiet=True)
+    return password
+
+
 def run() -> int:
     environment = Environment.prepare()
     env, settings = environment.env, environment.settings
@@ -215,13 +235,7 @@ def run() -> int:
     # (a shell that sourced .env.example exports FEED_EXPECTED as an empty string)
     if not env.get("FEED_EXPECTED", "").strip():
         env["FEED_EXPECTED"] = "true"
-    password = admin_password(Path(env["AIRFLOW_HOME"]), env)
-    _airflow(env, "dags", "reserialize", quiet=True)
-    # New DAGs start paused: the every-minute DAG, the daily archive retention and housekeeping and the example
-    # downstream DAG run without anyone clicking (the replay DAG is manual only). One CLI call: each costs seconds.
-    running = (DAG_ID, RETENTION_DAG_ID, HOUSEKEEPING_DAG_ID, HOURLY_REVENUE_DAG_ID)
-    _airflow(env, "dags", "unpause", "--treat-dag-id-as-regex", "--yes",
-             "^(" + "|".join(re.escape(dag_id) for dag_id in running) + ")$", quiet=True)
+    password = start_dags(env)
     airflow = str(Path(sys.executable).parent / "airflow")
     supervisor = Supervisor(env)
     stopping = False
@@ -283,6 +297,8 @@ def run() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["init", "once", "run"])
+    parser.add_argument("--start-dags", action="store_true",
+                        help="with init: also write the UI login and parse and unpause the scheduled DAGs")
     parser.add_argument("--env-file", help="a .env file (relative: to the checkout) for what the environment lacks")
     args = parser.parse_args(argv)
     if args.env_file:
@@ -292,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         except EnvFileError as error:
             raise SystemExit(f"[pipeline] {error}") from None
     if args.command == "init":
-        Environment.prepare()
+        environment = Environment.prepare()
+        if args.start_dags:
+            start_dags(environment.env)
+            say(f"DAGs {', '.join(SCHEDULED_DAG_IDS)} unpaused; UI login: {ADMIN_USER}")
         return 0
     return once() if args.command == "once" else run()
 

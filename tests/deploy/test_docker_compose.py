@@ -1,15 +1,19 @@
-"""docker-compose.yaml cannot be run on the development machines (no Docker engine), so these tests keep it
-consistent with the local setup: same services, same code mounts, same settings, the same DAG and connection
-ids, versions that match the pinned packages, health checks and ordering, and no secret in the file."""
+"""docker-compose.yaml cannot be run on the development machines (no Docker engine), so these tests validate it
+against the Compose specification's JSON schema and keep it consistent with the local setup: same services,
+same code mounts, same settings, the same DAG and connection ids, versions that match the pinned packages,
+users and volume owners, the login, health checks and ordering, and no secret in the file."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path, PurePosixPath
 
+import jsonschema
 import pyspark
 import pytest
 import yaml
@@ -30,6 +34,9 @@ AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "a
 SPARK_SERVICES = ("spark-master", "spark-worker")
 SETTING_NAMES = {f.name.upper() for f in fields(Settings)}
 DATA_VOLUME = "pipeline-data"
+# compose-spec/compose-spec's schema/compose-spec.json (Apache-2.0, LICENSE beside it), commit 170098b of 2026-06-23
+COMPOSE_SCHEMA = json.loads((Path(__file__).parent / "compose_spec" / "compose-spec.json").read_text())
+PROJECT_USER = "${AIRFLOW_UID:-50000}:0"
 
 
 def env_of(service: str) -> dict[str, str]:
@@ -37,7 +44,7 @@ def env_of(service: str) -> dict[str, str]:
 
 
 def interpolate(value: str, values: dict[str, str] | None = None) -> str:
-    """What compose makes of ``${NAME:-default}`` / ``${NAME:?error}`` (set variables from ``values``)."""
+    """What compose makes of ``${NAME:-default}`` / ``${NAME:?error}``, nested too (set variables from ``values``)."""
     values = values or {}
 
     def replace(match: re.Match) -> str:
@@ -47,7 +54,10 @@ def interpolate(value: str, values: dict[str, str] | None = None) -> str:
         assert op == ":-", f"${{{name}}} has no default and is not set"
         return arg
 
-    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(:[-?])?([^}]*)\}", replace, value)
+    innermost = re.compile(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)(:[-?])?([^}$]*)\}")
+    while (replaced := innermost.sub(replace, value)) != value:
+        value = replaced
+    return value
 
 
 def mounts(service: str) -> dict[str, str]:
@@ -72,7 +82,7 @@ def test_every_component_is_a_service():
     assert commands["airflow-dag-processor"] == "dag-processor"
     assert commands["airflow-triggerer"] == "triggerer"
     assert commands["airflow-worker"] == "celery worker"
-    assert commands["airflow-init"][-3:] == ["-m", "scripts.pipeline", "init"]
+    assert commands["airflow-init"][-4:] == ["-m", "scripts.pipeline", "init", "--start-dags"]
     assert commands["generator"][:3] == ["python", "-m", "scripts.generator"]
     assert DOCKERFILE.startswith("#")
 
@@ -128,7 +138,8 @@ def test_every_setting_the_file_passes_exists_and_the_airflow_services_agree():
         env = env_of(name)
         unknown = {key for key in env if not key.startswith("AIRFLOW")} - SETTING_NAMES - extras
         assert not unknown, (name, unknown)
-        assert {k: v for k, v in env.items() if k != "DUMB_INIT_SETSID"} == reference, name
+        own = {"airflow-worker": {"DUMB_INIT_SETSID"}, "airflow-init": {"AIRFLOW_ADMIN_PASSWORD"}}.get(name, set())
+        assert {k: v for k, v in env.items() if k not in own} == reference, name
     for name in ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"):
         assert name in reference
     assert reference["POSTGRES_HOST"] == "postgres" and reference["POSTGRES_PORT"] == "5432"
@@ -195,7 +206,7 @@ def test_no_secret_is_written_in_the_file_and_every_variable_is_documented():
             assert op == ":?", f"${{{name}}} must be required (:?), not defaulted"
     for name, service in SERVICES.items():
         for key, value in (service.get("environment") or {}).items():
-            if re.search("PASSWORD|SECRET|_KEY$", key):
+            if re.search("(PASSWORD|SECRET|_KEY)$", key):
                 assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", str(value)), (name, key)
     assert "spark123" not in COMPOSE_TEXT and "change-me" not in COMPOSE_TEXT
 
@@ -227,3 +238,69 @@ def test_the_housekeeping_task_cleans_the_metadata_database_the_components_use()
     metadata = json.loads(interpolate(env[f"AIRFLOW_CONN_{METADATA_CONN_ID.upper()}"], secret))
     assert metadata["conn_type"] == "generic"
     assert metadata["extra"]["sql_alchemy_conn"] == interpolate(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], secret)
+
+
+def test_the_file_is_valid_for_the_compose_specification():
+    jsonschema.Draft7Validator.check_schema(COMPOSE_SCHEMA)
+    jsonschema.validate(COMPOSE, COMPOSE_SCHEMA, cls=jsonschema.Draft7Validator)
+    # the schema really looks: a typo'd key and a wrong type are refused
+    broken = copy.deepcopy(COMPOSE)
+    broken["services"]["airflow-init"]["depends_on"]["init-volumes"]["condtion"] = "service_healthy"
+    with pytest.raises(jsonschema.ValidationError, match="condtion"):
+        jsonschema.validate(broken, COMPOSE_SCHEMA, cls=jsonschema.Draft7Validator)
+    broken = copy.deepcopy(COMPOSE)
+    broken["services"]["airflow-worker"]["depends_on"] = "postgres"  # a list or a mapping
+    with pytest.raises(jsonschema.ValidationError, match="is not valid under any of the given schemas"):
+        jsonschema.validate(broken, COMPOSE_SCHEMA, cls=jsonschema.Draft7Validator)
+
+
+def test_every_container_runs_as_airflow_uid_and_owns_the_volumes_it_writes():
+    """A new named volume belongs to root; init-volumes, as root, gives each one an Airflow or Spark container
+    mounts to AIRFLOW_UID before airflow-init (and everything after it) starts."""
+    owner = SERVICES["init-volumes"]
+    assert owner["user"] == "0:0" and owner["restart"] == "no" and owner["environment"]["AIRFLOW_UID"] == "${AIRFLOW_UID:-50000}"
+    project = [name for name, service in SERVICES.items() if service.get("build") and name != "init-volumes"]
+    assert set(project) == set(AIRFLOW_SERVICES + SPARK_SERVICES)
+    for name in project:
+        assert SERVICES[name]["user"] == PROJECT_USER, name
+    written = {path for name in project for path, source in mounts(name).items() if not source.startswith("./")}
+    assert written == {"/opt/airflow/data", "/opt/airflow/logs", "/opt/airflow/auth"}
+    assert {path for path in mounts("init-volumes")} == written
+    command = owner["command"][-1]
+    assert command.startswith("find " + " ".join(sorted(written)) + " ")
+    assert '-exec chown "$${AIRFLOW_UID}:0" {} +' in command
+    assert SERVICES["airflow-init"]["depends_on"]["init-volumes"] == {"condition": "service_completed_successfully"}
+
+
+def test_the_login_is_the_documented_one_and_the_scheduled_dags_start_unpaused():
+    from scripts.pipeline import SCHEDULED_DAG_IDS
+
+    init, api = env_of("airflow-init"), env_of("airflow-apiserver")
+    assert api["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"  # user admin, role admin
+    passwords = PurePosixPath(api["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    # written by airflow-init into a volume the api-server mounts too
+    assert mounts("airflow-init")[str(passwords.parent)] == mounts("airflow-apiserver")[str(passwords.parent)] == "airflow-auth"
+    assert init["AIRFLOW_ADMIN_PASSWORD"].startswith("${AIRFLOW_ADMIN_PASSWORD:?")
+    assert "AIRFLOW_ADMIN_PASSWORD" not in api
+    assert SERVICES["airflow-init"]["command"] == ["python", "-m", "scripts.pipeline", "init", "--start-dags"]
+    assert "ecommerce_events" in SCHEDULED_DAG_IDS
+
+
+def test_the_ui_port_and_the_alert_links_follow_airflow_api_port():
+    [port] = SERVICES["airflow-apiserver"]["ports"]
+    base_url = env_of("airflow-worker")["AIRFLOW__API__BASE_URL"]
+    assert interpolate(port) == "127.0.0.1:8080:8080" and interpolate(base_url) == "http://127.0.0.1:8080"
+    assert interpolate(port, {"AIRFLOW_API_PORT": "9090"}) == "127.0.0.1:9090:8080"
+    assert interpolate(base_url, {"AIRFLOW_API_PORT": "9090"}) == "http://127.0.0.1:9090"
+    assert interpolate(base_url, {"AIRFLOW__API__BASE_URL": "https://airflow.shop.internal"}) == "https://airflow.shop.internal"
+    assert SERVICES["airflow-apiserver"]["healthcheck"]["test"][-1] == "http://localhost:8080/api/v2/monitor/health"
+
+
+def test_java_home_fits_the_hosts_architecture():
+    [java_home] = re.findall(r"^ENV JAVA_HOME=(\S+)$", DOCKERFILE, re.M)
+    assert not re.search("amd64|arm64|x86_64|aarch64", java_home), java_home
+    [link] = re.findall(r'ln -s "(/usr/lib/jvm/java-17-openjdk-\$\(dpkg --print-architecture\))" (\S+)', DOCKERFILE)
+    assert link[1] == java_home
+    # the same Debian layout on this machine: the link's target exists for its architecture
+    architecture = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(link[0].replace("$(dpkg --print-architecture)", architecture), "bin", "java").exists()

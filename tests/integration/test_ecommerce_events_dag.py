@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from scripts.generator import EventGenerator
@@ -95,6 +96,38 @@ def test_a_publish_announces_the_rows_it_stored_as_an_asset_event_and_a_run_that
     assert "no asset event: neither ecommerce_events nor dead_letter_events changed" in output
     assert second.returncode == 1 and "table check rows_arrived failed" in output
     assert pipeline.asset_events(again) == []
+
+
+def test_init_start_dags_writes_the_login_and_unpauses_what_make_run_unpauses(pipeline, tmp_path):
+    """Compose's airflow-init (`init --start-dags`): the UI login from AIRFLOW_ADMIN_PASSWORD in the passwords
+    file the api-server reads, the scheduled DAGs unpaused, the manual replay DAG left paused."""
+    import json
+    import subprocess
+    import sys
+
+    from include.names import REPLAY_DAG_ID
+    from scripts.pipeline import SCHEDULED_DAG_IDS
+    from tests.fixtures.pipeline import PROJECT_ROOT
+
+    pipeline.airflow_ready()
+    passwords = tmp_path / "auth" / "passwords.json"
+    env = {**pipeline.env, "AIRFLOW_ADMIN_PASSWORD": "s3cret-for-compose",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)}
+    dag_ids = [*SCHEDULED_DAG_IDS, REPLAY_DAG_ID]
+
+    def paused() -> dict[str, bool]:
+        return dict(pipeline.airflow_query("SELECT dag_id, is_paused FROM dag WHERE dag_id = ANY(%s)", (dag_ids,)))
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "scripts.pipeline", "init", "--start-dags"], env=env,
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(passwords.read_text()) == {"admin": "s3cret-for-compose"}
+        assert passwords.stat().st_mode & 0o777 == 0o600
+        assert paused() == {**dict.fromkeys(SCHEDULED_DAG_IDS, False), REPLAY_DAG_ID: True}
+    finally:  # the session's other tests expect new-DAG defaults: paused
+        with psycopg.connect(psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")) as conn:
+            conn.execute("UPDATE dag SET is_paused = true WHERE dag_id = ANY(%s)", (list(SCHEDULED_DAG_IDS),))
 
 
 def test_make_once_migrates_the_airflow_metadata_only_when_airflow_or_the_database_changed(pipeline):
