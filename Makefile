@@ -18,7 +18,7 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 # What the machine must provide (README "Prerequisites"), checked before minutes go into pip or a test run.
 PREFLIGHT := $(SHELL) scripts/preflight.sh
 
-.PHONY: venv run once test test-fast test-unit test-integration lint clean env bench preflight
+.PHONY: venv run cluster once test test-fast test-unit test-integration lint clean env bench preflight
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || { $(PREFLIGHT) python "$(PYTHON)" && $(PYTHON) -m venv $(VENV); }
@@ -36,6 +36,11 @@ preflight:
 
 run: preflight venv
 	@$(BIN)/python -m scripts.pipeline run --env-file .env
+
+# `make run` as a multi-node deployment: Redis, CeleryExecutor with two workers, a Spark master and two workers
+cluster: preflight venv
+	@$(PREFLIGHT) redis
+	@$(BIN)/python -m scripts.pipeline cluster --env-file .env
 
 once: preflight venv
 	@$(BIN)/python -m scripts.pipeline once --env-file .env

@@ -6,6 +6,9 @@
                                       # as `run` does (docker-compose.yaml's airflow-init)
     python -m scripts.pipeline once   # init, then one run of the DAG (`airflow dags test`); exit 0 / 1
     python -m scripts.pipeline run    # init, then Airflow + the generator until Ctrl+C
+    python -m scripts.pipeline cluster
+                                      # as run, multi-node: Redis, CeleryExecutor with two workers, a Spark
+                                      # standalone master and two workers (scripts/cluster.py)
 
 `make run` / `make once` add ``--env-file .env``: the checkout's .env (when present) fills in what the
 environment does not set (scripts/env_file.py). The tests run these commands without it, so a developer's
@@ -37,6 +40,7 @@ from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, RE
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.staging import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
+from scripts.cluster import Cluster, ClusterError
 from scripts.env_file import EnvFileError, load_env_file
 from scripts.local_postgres import LocalPostgres, ensure_database
 
@@ -161,11 +165,11 @@ class Supervisor:
     env: dict[str, str]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, name: str, command: list[str]) -> None:
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.processes[name] = subprocess.Popen(
-            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command, env=self.env if env is None else env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=PROJECT_ROOT,
         )
 
@@ -211,6 +215,16 @@ def _wait_for_http(url: str, timeout: float, supervisor: Supervisor) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s; see {LOG_DIR}/api-server.log")
 
 
+def _wait_for(check, timeout: float, supervisor: Supervisor, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if dead := supervisor.dead():
+            raise SystemExit(f"{', '.join(dead)} exited while waiting for {what}; see {LOG_DIR}/{dead[0]}.log")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} not ready within {timeout:.0f} s; see the logs in {LOG_DIR}")
+        time.sleep(1)
+
+
 # New DAGs start paused: the every-minute DAG, the daily archive retention and housekeeping and the example
 # downstream DAG run without anyone clicking (the replay DAG is manual only).
 SCHEDULED_DAG_IDS = (DAG_ID, RETENTION_DAG_ID, HOUSEKEEPING_DAG_ID, HOURLY_REVENUE_DAG_ID)
@@ -228,9 +242,11 @@ def start_dags(env: dict[str, str]) -> str:
     return password
 
 
-def run() -> int:
+def run(cluster: Cluster | None = None) -> int:
     environment = Environment.prepare()
     env, settings = environment.env, environment.settings
+    if cluster is not None:
+        env.update(cluster.airflow_env(settings))
     # the generator below is the feed: silence from it is an alert. Empty counts as unset, as for every setting
     # (a shell that sourced .env.example exports FEED_EXPECTED as an empty string)
     if not env.get("FEED_EXPECTED", "").strip():
@@ -248,11 +264,19 @@ def run() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     exit_code = 0
     try:
+        if cluster is not None:
+            for process in cluster.infrastructure(env):
+                supervisor.start(process.name, process.command, process.env)
+            _wait_for(cluster.ready, 120, supervisor, "Redis and the Spark workers")
+            say(f"Redis on 127.0.0.1:{cluster.redis_port}, Spark master {cluster.spark_url} with "
+                f"{cluster.spark_workers} workers (UI http://127.0.0.1:{cluster.spark_master_ui_port})")
         supervisor.start(
             "api-server", [airflow, "api-server", "--host", env["AIRFLOW__API__HOST"], "--port", env["AIRFLOW__API__PORT"]]
         )
         for component in ("scheduler", "dag-processor", "triggerer"):
             supervisor.start(component, [airflow, component])
+        for process in cluster.workers(env) if cluster is not None else ():
+            supervisor.start(process.name, process.command, process.env)
         supervisor.start(
             "generator",
             [
@@ -296,7 +320,7 @@ def run() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["init", "once", "run"])
+    parser.add_argument("command", choices=["init", "once", "run", "cluster"])
     parser.add_argument("--start-dags", action="store_true",
                         help="with init: also write the UI login and parse and unpause the scheduled DAGs")
     parser.add_argument("--env-file", help="a .env file (relative: to the checkout) for what the environment lacks")
@@ -313,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             start_dags(environment.env)
             say(f"DAGs {', '.join(SCHEDULED_DAG_IDS)} unpaused; UI login: {ADMIN_USER}")
         return 0
+    if args.command == "cluster":
+        try:
+            cluster = Cluster.from_env(os.environ)
+        except ClusterError as error:
+            raise SystemExit(f"[pipeline] {error}") from None
+        return run(cluster)
     return once() if args.command == "once" else run()
 
 

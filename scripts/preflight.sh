@@ -4,6 +4,7 @@
 #
 #   scripts/preflight.sh python python3     the interpreter the virtualenv is made from: Python 3.11+ with venv
 #   scripts/preflight.sh java postgres      Java for Spark, the PostgreSQL server binaries for the local cluster
+#   scripts/preflight.sh redis              Redis, the Celery broker of `make cluster`
 #
 # Shell, not Python: the point is to stop an interpreter that is too old with a message, and code run by that
 # interpreter could not rely on anything newer than what it is being checked for.
@@ -39,6 +40,12 @@ check_java() {
     || fail "no \`java\` on PATH (Spark needs Java 17): install it, e.g. \`sudo apt-get install openjdk-17-jre-headless\`, or set JAVA_HOME"
 }
 
+check_redis() {
+  # the Celery broker of `make cluster`
+  command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] \
+    || fail "no \`redis-server\` on PATH (the Celery broker of make cluster): install it, e.g. \`sudo apt-get install redis-server\`"
+}
+
 check_postgres() {
   # The directories scripts/local_postgres.py looks in, in its order: PG_BIN_DIR, the newest
   # /usr/lib/postgresql/*/bin, the directory of pg_ctl on PATH. PG_BIN_DIR may come from the checkout's .env,
@@ -68,6 +75,7 @@ while [ $# -gt 0 ]; do
     python) check_python "${2:?python: which interpreter?}"; shift 2 ;;
     java) check_java; shift ;;
     postgres) check_postgres; shift ;;
+    redis) check_redis; shift ;;
     *) fail "scripts/preflight.sh: unknown check $1" ;;
   esac
 done

@@ -41,7 +41,7 @@ from scripts.airflow_env import ADMIN_USER
 from scripts.generator import EventGenerator
 from tests.fixtures.browser import headless_chromium, log_in
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
-from tests.fixtures.ui import OUTPUT_DIR, api_token
+from tests.fixtures.ui import OUTPUT_DIR, answers, api_token
 
 # the first test's setup pays for the whole chain of runs (a few minutes; on a loaded machine far more)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -128,7 +128,7 @@ def make_run(pipeline, tmp_path_factory):
     watcher.start()
     try:
         deadline = time.monotonic() + 180
-        while not _answers(f"{base}/api/v2/monitor/health"):
+        while not answers(f"{base}/api/v2/monitor/health"):
             stack.assert_alive()
             assert time.monotonic() < deadline, stack.output()[-4000:]
             time.sleep(1)
@@ -139,14 +139,6 @@ def make_run(pipeline, tmp_path_factory):
         if process.poll() is None:  # the last test stops it; this is for a run that ended before it
             process.send_signal(signal.SIGINT)
             process.wait(timeout=90)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 # --- the ways a run is triggered by hand ------------------------------------------------------------------------
