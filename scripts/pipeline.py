@@ -160,12 +160,18 @@ def once() -> int:
 
 @dataclass
 class Supervisor:
-    """Starts long-running processes, each in its own process group, and stops every one of them."""
+    """Starts long-running processes, each in its own process group, and stops every one of them.
+
+    A process started with ``replaceable=True`` (a cluster's Celery and Spark workers) is started again when
+    it dies, as a node's service manager would; any other death stops everything."""
 
     env: dict[str, str]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    replaceable: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
 
-    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None, replaceable: bool = False) -> None:
+        if replaceable:
+            self.replaceable[name] = (command, env)
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.processes[name] = subprocess.Popen(
@@ -174,6 +180,11 @@ class Supervisor:
         )
 
     def dead(self) -> list[str]:
+        """The processes that exited and are not replaceable (those are started again first)."""
+        for name, process in list(self.processes.items()):
+            if name in self.replaceable and process.poll() is not None:
+                say(f"{name} exited (code {process.returncode}); starting it again")
+                self.start(name, *self.replaceable[name], replaceable=True)
         return [name for name, process in self.processes.items() if process.poll() is not None]
 
     def stop(self, grace_seconds: float = 20.0) -> None:
@@ -266,7 +277,7 @@ def run(cluster: Cluster | None = None) -> int:
     try:
         if cluster is not None:
             for process in cluster.infrastructure(env):
-                supervisor.start(process.name, process.command, process.env)
+                supervisor.start(process.name, process.command, process.env, replaceable=process.replaceable)
             _wait_for(cluster.ready, 120, supervisor, "Redis and the Spark workers")
             say(f"Redis on 127.0.0.1:{cluster.redis_port}, Spark master {cluster.spark_url} with "
                 f"{cluster.spark_workers} workers (UI http://127.0.0.1:{cluster.spark_master_ui_port})")
@@ -276,7 +287,7 @@ def run(cluster: Cluster | None = None) -> int:
         for component in ("scheduler", "dag-processor", "triggerer"):
             supervisor.start(component, [airflow, component])
         for process in cluster.workers(env) if cluster is not None else ():
-            supervisor.start(process.name, process.command, process.env)
+            supervisor.start(process.name, process.command, process.env, replaceable=process.replaceable)
         supervisor.start(
             "generator",
             [

@@ -1,10 +1,10 @@
 """`make cluster` as a user runs it: the same DAG, unchanged, on CeleryExecutor with two workers and a Spark
 standalone cluster with two workers, all started by `python -m scripts.pipeline cluster` (the code behind
-`make cluster`) and all stopped by one Ctrl+C.
+`make cluster`), one cluster for the whole module; its last test stops it with one Ctrl+C.
 
 Known files are landed beside the generator's; the scheduler's every-minute runs must store each of their
-event ids exactly once, with no dead letter, tasks run by the Celery workers and the ingest run as an
-application of the Spark master with an executor on each Spark worker.
+event ids exactly once, with no dead letter. The happy path shows where the work ran (Celery workers, an
+executor on each Spark worker); the faults kill a node mid-run and show the pipeline recover by itself.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -30,33 +31,58 @@ from tests.fixtures.ui import answers
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 APP_NAME = "ecommerce_events_ingest"  # SparkSubmitOperator(name=...) in dags/ecommerce_events.py
+TASKS = ("detect_work", "ingest", "audit", "publish")
+# A Celery worker killed with its task leaves the task instance "running" until the scheduler misses its
+# heartbeats: Airflow's default waits 300 s; a deployment that wants faster recovery sets this lower.
+HEARTBEAT_TIMEOUT_SECONDS = 45
 
 
-def land_known_files(landing: Path, staging: Path) -> set[str]:
-    """Four files (v1..v3) with duplicates and late rows, no broken row; the distinct event ids in them."""
-    generator = EventGenerator(41, invalid_ratio=0.0, duplicate_ratio=0.03, late_ratio=0.03)
-    ids: set[str] = set()
-    for index in range(4):
-        version = ("v1", "v2", "v3", "v3")[index]
-        batch = generator.generate_batch(300, version)
-        ids |= {row["event_id"] for row in batch}
-        staged = generator.write_batch(batch, version, staging)
-        staged.rename(landing / f"cluster-test-{index}.csv")  # atomically, under a name the test knows
-    return ids
+@dataclass
+class RunningCluster:
+    cluster: Cluster
+    process: subprocess.Popen
+    base: str
+    logs: Path
+    output: Path
+    airflow_db: str
+    staging: Path
+    started: dict[psutil.Process, str] = field(default_factory=dict)
+
+    def note_processes(self) -> None:
+        """Note every process of the tree and its command (tasks and spark-submit come and go)."""
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                if child not in self.started:
+                    with contextlib.suppress(psutil.Error):
+                        self.started[child] = " ".join(child.cmdline())
+
+    def assert_alive(self) -> None:
+        assert self.process.poll() is None, self.output.read_text()[-4000:]
+
+    def metadata(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.airflow_db) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def worker_log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
 
 
-def test_the_dag_runs_on_celery_workers_and_a_spark_cluster_and_ctrl_c_stops_everything(pipeline, tmp_path):
+@pytest.fixture(scope="module")
+def running(pipeline, tmp_path_factory):
     pipeline.reset()
     pipeline.airflow_ready()
+    root = tmp_path_factory.mktemp("cluster")
     api_port = free_port()
     base = f"http://127.0.0.1:{api_port}"
-    cluster = Cluster(root=tmp_path / "cluster", redis_port=free_port(), spark_master_port=free_port(),
+    cluster = Cluster(root=root / "cluster", redis_port=free_port(), spark_master_port=free_port(),
                       spark_master_ui_port=free_port())
-    logs = tmp_path / "logs"
+    logs = root / "logs"
     env = {
         **pipeline.env,
         "AIRFLOW_API_PORT": str(api_port), "AIRFLOW__API__PORT": str(api_port), "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_SECONDS),
+        "TASK_RETRY_DELAY_SECONDS": "5",
         "CLUSTER_DIR": str(cluster.root), "REDIS_PORT": str(cluster.redis_port),
         "SPARK_MASTER_PORT": str(cluster.spark_master_port), "SPARK_MASTER_UI_PORT": str(cluster.spark_master_ui_port),
         "PIPELINE_LOG_DIR": str(logs), "GENERATOR_RATE_SECONDS": "20", "GENERATOR_BATCH_SIZE": "50",
@@ -66,75 +92,178 @@ def test_the_dag_runs_on_celery_workers_and_a_spark_cluster_and_ctrl_c_stops_eve
     with psycopg.connect(airflow_db) as conn:  # runs that earlier tests killed on purpose would hold the schedule
         conn.execute("UPDATE dag_run SET state = 'failed' WHERE dag_id = %s AND state IN ('running', 'queued')",
                      (DAG_ID,))
-    (tmp_path / "staging").mkdir()
-    expected = land_known_files(pipeline.landing_dir, tmp_path / "staging")
-    output = tmp_path / "cluster.log"
+    (root / "staging").mkdir()
+    output = root / "cluster.log"
     with open(output, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "scripts.pipeline", "cluster"], env=env, cwd=PROJECT_ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
-    started: dict[psutil.Process, str] = {}
-
-    def note_processes() -> None:  # the tree changes (tasks, spark-submit): note every process and its command
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(process.pid).children(recursive=True):
-                if child not in started:
-                    with contextlib.suppress(psutil.Error):
-                        started[child] = " ".join(child.cmdline())
+    running = RunningCluster(cluster, process, base, logs, output, airflow_db, root / "staging")
     try:
-        deadline = time.monotonic() + 900
-        stored: set[str] = set()
-        while stored != expected or list(pipeline.landing_dir.glob("cluster-test-*")):
-            assert process.poll() is None, output.read_text()[-4000:]
-            assert time.monotonic() < deadline, (len(stored), len(expected), output.read_text()[-3000:])
-            note_processes()
-            time.sleep(5)
-            stored = {row[0] for row in pipeline.query(
-                "SELECT event_id::text FROM ecommerce_events WHERE source_file LIKE %s", ("%/cluster-test-%",))}
-        assert answers(f"{base}/api/v2/monitor/health")
-
-        # exactly once: every known id stored once, none dead-lettered, every file archived
-        assert pipeline.scalar("SELECT count(*) FROM ecommerce_events WHERE source_file LIKE %s",
-                               ("%/cluster-test-%",)) == len(expected)
-        assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE source_file LIKE %s",
-                               ("%/cluster-test-%",)) == 0
-        assert len(list(pipeline.settings.archive_dir.rglob("cluster-test-*.csv"))) == 4
-
-        # the tasks of the run that stored them ran in the Celery workers
-        [[run_id]] = pipeline.query("SELECT DISTINCT airflow_run_id FROM ecommerce_events WHERE source_file LIKE %s",
-                                    ("%/cluster-test-%",))
-        executed = {}
-        for worker in range(1, cluster.celery_workers + 1):
-            text = (logs / f"celery-worker-{worker}.log").read_text(errors="replace")
-            for task in ("detect_work", "ingest", "audit", "publish"):
-                if f"run_id={run_id}/task_id={task}/" in text:
-                    executed.setdefault(task, []).append(worker)
-        assert {task: len(workers) for task, workers in executed.items()} == dict.fromkeys(
-            ("detect_work", "ingest", "audit", "publish"), 1), executed
-
-        # ... and the ingest as an application of the Spark master, with an executor on each Spark worker
-        status = cluster.spark_status()
-        assert status["aliveworkers"] == 2 and status["cores"] == 2
-        apps = [app for app in status["completedapps"] if app["name"] == APP_NAME and app["state"] == "FINISHED"]
-        assert apps, status["completedapps"]
-        for worker in (1, 2):
-            ran = {path.name for path in cluster.spark_work_dir(worker).iterdir()}
-            assert ran & {app["id"] for app in apps}, f"no executor on spark-worker-{worker}"
+        yield running
     finally:
-        note_processes()
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # Ctrl+C
-        code = process.wait(timeout=120)
+        if process.poll() is None:  # the last test stops it; this is for a module that ended before it
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
         with psycopg.connect(airflow_db) as conn:  # the session's other tests expect new DAGs paused
             conn.execute("UPDATE dag SET is_paused = true WHERE dag_id = ANY(%s)", (list(SCHEDULED_DAG_IDS),))
-    assert code == 0, output.read_text()[-3000:]
-    assert "all processes stopped" in output.read_text()
-    commands = list(started.values())
+
+
+def land_known_files(pipeline, running: RunningCluster, prefix: str, seed: int) -> set[str]:
+    """Four files (v1..v3) with duplicates and late rows, no broken row; the distinct event ids in them."""
+    generator = EventGenerator(seed, invalid_ratio=0.0, duplicate_ratio=0.03, late_ratio=0.03)
+    ids: set[str] = set()
+    for index in range(4):
+        version = ("v1", "v2", "v3", "v3")[index]
+        batch = generator.generate_batch(300, version)
+        ids |= {row["event_id"] for row in batch}
+        staged = generator.write_batch(batch, version, running.staging)
+        staged.rename(pipeline.landing_dir / f"{prefix}-{index}.csv")  # atomically, under a name the test knows
+    return ids
+
+
+def stored_ids(pipeline, prefix: str) -> list[str]:
+    return [row[0] for row in pipeline.query(
+        "SELECT event_id::text FROM ecommerce_events WHERE source_file LIKE %s", (f"%/{prefix}-%",))]
+
+
+def wait_until_stored(pipeline, running: RunningCluster, prefix: str, expected: set[str], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while set(stored_ids(pipeline, prefix)) != expected or list(pipeline.landing_dir.glob(f"{prefix}-*")):
+        running.assert_alive()
+        assert time.monotonic() < deadline, (len(stored_ids(pipeline, prefix)), len(expected),
+                                             running.output.read_text()[-3000:])
+        running.note_processes()
+        time.sleep(3)
+
+
+def assert_exactly_once(pipeline, prefix: str, expected: set[str]) -> None:
+    """Every known id stored once, none dead-lettered, every file archived once."""
+    assert sorted(stored_ids(pipeline, prefix)) == sorted(expected)
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE source_file LIKE %s", (f"%/{prefix}-%",)) == 0
+    assert len(list(pipeline.settings.archive_dir.rglob(f"{prefix}-*.csv"))) == 4
+
+
+def test_the_dag_runs_on_the_celery_workers_and_the_spark_cluster(pipeline, running):
+    expected = land_known_files(pipeline, running, "cluster-test", 41)
+    wait_until_stored(pipeline, running, "cluster-test", expected, 900)
+    assert answers(f"{running.base}/api/v2/monitor/health")
+    assert_exactly_once(pipeline, "cluster-test", expected)
+
+    # the tasks of the run that stored them ran in the Celery workers, each task in one of them
+    [[run_id]] = pipeline.query("SELECT DISTINCT airflow_run_id FROM ecommerce_events WHERE source_file LIKE %s",
+                                ("%/cluster-test-%",))
+    executed: dict[str, list[int]] = {}
+    for worker in range(1, running.cluster.celery_workers + 1):
+        text = running.worker_log(f"celery-worker-{worker}")
+        for task in TASKS:
+            if f"run_id={run_id}/task_id={task}/" in text:
+                executed.setdefault(task, []).append(worker)
+    assert {task: len(workers) for task, workers in executed.items()} == dict.fromkeys(TASKS, 1), executed
+
+    # ... and the ingest as an application of the Spark master, with an executor on each Spark worker
+    status = running.cluster.spark_status()
+    assert status["aliveworkers"] == 2 and status["cores"] == 2
+    apps = {app["id"] for app in status["completedapps"] if app["name"] == APP_NAME and app["state"] == "FINISHED"}
+    assert apps, status["completedapps"]
+    for worker in (1, 2):
+        ran = {path.name for path in running.cluster.spark_work_dir(worker).iterdir()}
+        assert ran & apps, f"no executor on spark-worker-{worker}"
+
+
+def test_a_celery_worker_killed_while_it_runs_ingest_costs_no_row_and_no_duplicate(pipeline, running):
+    """The node running `ingest` dies (SIGKILL to the worker and everything under it: the task, spark-submit,
+    the Spark driver). The scheduler misses the task's heartbeats, fails the attempt and retries it on the
+    other worker; the Supervisor starts the dead worker again. Nothing is lost, nothing is stored twice."""
+    landed_at = time.time()
+    expected = land_known_files(pipeline, running, "cluster-kill", 43)
+    deadline = time.monotonic() + 600
+    victim = None
+    while victim is None:  # the first ingest that starts after the files landed, once its Spark application runs
+        running.assert_alive()
+        assert time.monotonic() < deadline, running.output.read_text()[-3000:]
+        rows = running.metadata(
+            "SELECT run_id FROM task_instance WHERE dag_id = %s AND task_id = 'ingest' AND state = 'running' "
+            "AND start_date >= to_timestamp(%s)", (DAG_ID, landed_at))
+        if rows and running.cluster.spark_status()["activeapps"]:
+            [[run_id]] = rows
+            victim = next((worker for worker in range(1, running.cluster.celery_workers + 1)
+                           if f"run_id={run_id}/task_id=ingest/" in running.worker_log(f"celery-worker-{worker}")), None)
+        time.sleep(1)
+    worker_process = next(proc for proc in psutil.Process(running.process.pid).children()
+                          if f"worker{victim}@" in " ".join(proc.cmdline()))
+    tree = [worker_process, *worker_process.children(recursive=True)]
+    assert any("SparkSubmit" in " ".join(proc.cmdline()) for proc in tree)  # the driver dies with the node
+    killed_at = time.monotonic()
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+    wait_until_stored(pipeline, running, "cluster-kill", expected, 900)
+    recovery = time.monotonic() - killed_at
+    assert_exactly_once(pipeline, "cluster-kill", expected)
+    attempts = running.metadata("SELECT try_number, state FROM task_instance WHERE dag_id = %s AND run_id = %s "
+                                "AND task_id = 'ingest'", (DAG_ID, run_id))
+    history = running.metadata("SELECT try_number, state FROM task_instance_history WHERE dag_id = %s AND "
+                               "run_id = %s AND task_id = 'ingest'", (DAG_ID, run_id))
+    assert f"celery-worker-{victim} exited (code -9); starting it again" in running.output.read_text()
+    print(f"\nCelery worker {victim} SIGKILLed during ingest of {run_id}: {len(expected)} known ids stored once, "
+          f"0 dead letters, recovered in {recovery:.0f} s (heartbeat timeout {HEARTBEAT_TIMEOUT_SECONDS} s); "
+          f"ingest attempts: {sorted(history)} then {attempts}")
+
+
+def test_a_spark_worker_killed_while_the_ingest_runs_costs_no_row_and_no_duplicate(pipeline, running):
+    """A Spark worker node dies (SIGKILL to the Worker and its executor) while the ingest's application runs:
+    the application goes on with the executor on the other worker (Spark reruns what the lost one had), the
+    Supervisor starts the worker again, and every row is stored once."""
+    landed_at = time.time()
+    expected = land_known_files(pipeline, running, "cluster-spark-kill", 47)
+    deadline = time.monotonic() + 600
+    while True:  # the first ingest after the files landed, once its application has an executor on worker 1
+        running.assert_alive()
+        assert time.monotonic() < deadline, running.output.read_text()[-3000:]
+        rows = running.metadata(
+            "SELECT run_id FROM task_instance WHERE dag_id = %s AND task_id = 'ingest' AND state = 'running' "
+            "AND start_date >= to_timestamp(%s)", (DAG_ID, landed_at))
+        active = running.cluster.spark_status()["activeapps"]
+        work_dir = running.cluster.spark_work_dir(1)
+        if rows and active and any((work_dir / app["id"]).exists() for app in active):
+            [[run_id]] = rows
+            break
+        time.sleep(0.5)
+    worker_process = next(proc for proc in psutil.Process(running.process.pid).children()
+                          if str(work_dir) in " ".join(proc.cmdline()))
+    tree = [worker_process, *worker_process.children(recursive=True)]
+    killed_at = time.monotonic()
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+    wait_until_stored(pipeline, running, "cluster-spark-kill", expected, 900)
+    recovery = time.monotonic() - killed_at
+    assert_exactly_once(pipeline, "cluster-spark-kill", expected)
+    assert "spark-worker-1 exited (code -9); starting it again" in running.output.read_text()
+    deadline = time.monotonic() + 120
+    while running.cluster.spark_status()["aliveworkers"] != 2:  # the replacement registers with the master
+        assert time.monotonic() < deadline, running.cluster.spark_status()
+        time.sleep(2)
+    attempts = running.metadata("SELECT try_number, state FROM task_instance WHERE dag_id = %s AND run_id = %s "
+                                "AND task_id = 'ingest'", (DAG_ID, run_id))
+    print(f"\nSpark worker 1 SIGKILLed during the ingest of {run_id}: {len(expected)} known ids stored once, "
+          f"0 dead letters, stored {recovery:.0f} s after the kill; ingest: {attempts}")
+
+
+def test_ctrl_c_stops_every_process_of_the_cluster(running):
+    running.note_processes()
+    running.process.send_signal(signal.SIGINT)  # Ctrl+C
+    assert running.process.wait(timeout=120) == 0, running.output.read_text()[-3000:]
+    assert "all processes stopped" in running.output.read_text()
+    commands = list(running.started.values())
     for component in ("redis-server", "deploy.master.Master", "celery worker --celery-hostname worker1@",
                       "celery worker --celery-hostname worker2@", "api-server", "scheduler"):
         assert any(component in command for command in commands), (component, commands)
     workers = {command.split("--work-dir ")[1].split()[0] for command in commands
                if "deploy.worker.Worker" in command and "--work-dir " in command}
-    assert workers == {str(cluster.spark_work_dir(1)), str(cluster.spark_work_dir(2))}
-    survivors = [(proc.pid, command) for proc, command in started.items()
+    assert workers == {str(running.cluster.spark_work_dir(1)), str(running.cluster.spark_work_dir(2))}
+    survivors = [(proc.pid, command) for proc, command in running.started.items()
                  if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE]
     assert survivors == []
