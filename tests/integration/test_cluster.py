@@ -143,6 +143,19 @@ def assert_exactly_once(pipeline, prefix: str, expected: set[str]) -> None:
     assert len(list(pipeline.settings.archive_dir.rglob(f"{prefix}-*.csv"))) == 4
 
 
+def kill_node(running: RunningCluster, marker: str) -> list[str]:
+    """SIGKILL the cluster process whose command holds ``marker`` and everything under it, as when its machine
+    dies; the commands of what was killed."""
+    node = next(proc for proc in psutil.Process(running.process.pid).children() if marker in " ".join(proc.cmdline()))
+    tree = [node, *node.children(recursive=True)]
+    commands = []
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            commands.append(" ".join(proc.cmdline()))
+            proc.kill()
+    return commands
+
+
 def test_the_dag_runs_on_the_celery_workers_and_the_spark_cluster(pipeline, running):
     expected = land_known_files(pipeline, running, "cluster-test", 41)
     wait_until_stored(pipeline, running, "cluster-test", expected, 900)
@@ -189,14 +202,9 @@ def test_a_celery_worker_killed_while_it_runs_ingest_costs_no_row_and_no_duplica
             victim = next((worker for worker in range(1, running.cluster.celery_workers + 1)
                            if f"run_id={run_id}/task_id=ingest/" in running.worker_log(f"celery-worker-{worker}")), None)
         time.sleep(1)
-    worker_process = next(proc for proc in psutil.Process(running.process.pid).children()
-                          if f"worker{victim}@" in " ".join(proc.cmdline()))
-    tree = [worker_process, *worker_process.children(recursive=True)]
-    assert any("SparkSubmit" in " ".join(proc.cmdline()) for proc in tree)  # the driver dies with the node
+    killed = kill_node(running, f"worker{victim}@")
+    assert any("SparkSubmit" in command for command in killed)  # the driver dies with the node
     killed_at = time.monotonic()
-    for proc in tree:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
 
     wait_until_stored(pipeline, running, "cluster-kill", expected, 900)
     recovery = time.monotonic() - killed_at
@@ -230,13 +238,8 @@ def test_a_spark_worker_killed_while_the_ingest_runs_costs_no_row_and_no_duplica
             [[run_id]] = rows
             break
         time.sleep(0.5)
-    worker_process = next(proc for proc in psutil.Process(running.process.pid).children()
-                          if str(work_dir) in " ".join(proc.cmdline()))
-    tree = [worker_process, *worker_process.children(recursive=True)]
+    kill_node(running, str(work_dir))
     killed_at = time.monotonic()
-    for proc in tree:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
 
     wait_until_stored(pipeline, running, "cluster-spark-kill", expected, 900)
     recovery = time.monotonic() - killed_at
