@@ -82,11 +82,17 @@ def test_present_prerequisites_pass(tmp_path):
     assert done.stderr == ""
 
 
-@pytest.mark.parametrize("target", ["run", "once", "test", "test-fast", "test-unit", "test-integration", "bench"])
+@pytest.mark.parametrize("target", ["run", "cluster", "once", "test", "test-fast", "test-unit", "test-integration",
+                                    "bench"])
 def test_every_target_that_starts_spark_or_postgresql_checks_first(target):
-    dry = subprocess.run([MAKE, "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # run from `make test` too: a make inside make would announce its directory first (MAKELEVEL)
+    environ = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry = subprocess.run([MAKE, "--no-print-directory", "-n", target], cwd=ROOT, env=environ, capture_output=True,
+                         text=True, timeout=60)
     commands = dry.stdout.splitlines()
     assert commands[0].endswith("scripts/preflight.sh java postgres"), (target, commands[:3])
+    if target == "cluster":  # and Redis, the Celery broker
+        assert commands[1].endswith("scripts/preflight.sh redis"), commands[:3]
 
 
 def test_pg_bin_dir_in_the_env_file_counts_as_it_does_for_the_pipeline(tmp_path):
