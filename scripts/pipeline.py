@@ -236,6 +236,12 @@ def _wait_for(check, timeout: float, supervisor: Supervisor, what: str) -> None:
         time.sleep(1)
 
 
+# What `run` (and `cluster`) start besides the cluster's processes: the Airflow components (`airflow <name>`,
+# the api-server first) and the generator.
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+FEED = "generator"
+
+
 # New DAGs start paused: the every-minute DAG, the daily archive retention and housekeeping and the example
 # downstream DAG run without anyone clicking (the replay DAG is manual only).
 SCHEDULED_DAG_IDS = (DAG_ID, RETENTION_DAG_ID, HOUSEKEEPING_DAG_ID, HOURLY_REVENUE_DAG_ID)
@@ -282,14 +288,14 @@ def run(cluster: Cluster | None = None) -> int:
             say(f"Redis on 127.0.0.1:{cluster.redis_port}, Spark master {cluster.spark_url} with "
                 f"{cluster.spark_workers} workers (UI http://127.0.0.1:{cluster.spark_master_ui_port})")
         supervisor.start(
-            "api-server", [airflow, "api-server", "--host", env["AIRFLOW__API__HOST"], "--port", env["AIRFLOW__API__PORT"]]
+            AIRFLOW_COMPONENTS[0], [airflow, "api-server", "--host", env["AIRFLOW__API__HOST"], "--port", env["AIRFLOW__API__PORT"]]
         )
-        for component in ("scheduler", "dag-processor", "triggerer"):
+        for component in AIRFLOW_COMPONENTS[1:]:
             supervisor.start(component, [airflow, component])
         for process in cluster.workers(env) if cluster is not None else ():
             supervisor.start(process.name, process.command, process.env, replaceable=process.replaceable)
         supervisor.start(
-            "generator",
+            FEED,
             [
                 sys.executable, "-m", "scripts.generator",
                 "--output-dir", str(settings.landing_dir),

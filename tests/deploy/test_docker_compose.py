@@ -304,3 +304,49 @@ def test_java_home_fits_the_hosts_architecture():
     # the same Debian layout on this machine: the link's target exists for its architecture
     architecture = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
     assert Path(link[0].replace("$(dpkg --print-architecture)", architecture), "bin", "java").exists()
+
+
+# Compose service -> the processes `make cluster` starts for it (scripts/cluster.py, scripts/pipeline.py run);
+# `postgres` is the local cluster both start first, the one-shot services are `init` (--start-dags) there.
+COMPOSE_TO_CLUSTER = {
+    "redis": ["redis"], "spark-master": ["spark-master"], "spark-worker": ["spark-worker-1", "spark-worker-2"],
+    "airflow-apiserver": ["api-server"], "airflow-scheduler": ["scheduler"], "airflow-dag-processor": ["dag-processor"],
+    "airflow-triggerer": ["triggerer"], "airflow-worker": ["celery-worker-1", "celery-worker-2"],
+    "generator": ["generator"],
+}
+
+
+def test_compose_and_make_cluster_run_the_same_services_with_the_same_commands(tmp_path, monkeypatch):
+    """docker-compose.yaml and `make cluster` are one deployment on two substrates: the same long-running
+    services, the same programs in them, the same executor, broker, result backend and Spark master."""
+    from scripts.cluster import Cluster
+    from scripts.pipeline import AIRFLOW_COMPONENTS, FEED
+
+    monkeypatch.setattr("scripts.cluster.shutil.which", lambda name: f"/usr/bin/{name}")
+    cluster = Cluster(root=tmp_path)
+    processes = {p.name: p for p in [*cluster.infrastructure({}), *cluster.workers({})]}
+    started = set(processes) | set(AIRFLOW_COMPONENTS) | {FEED}
+    long_running = {name for name, service in SERVICES.items() if service.get("restart") != "no"} - {"postgres"}
+    assert set(COMPOSE_TO_CLUSTER) == long_running
+    assert {name for names in COMPOSE_TO_CLUSTER.values() for name in names} == started
+
+    # the same programs: Airflow's components and Celery worker, Spark's master and worker classes, Redis
+    for service, name in (("airflow-apiserver", "api-server"), ("airflow-scheduler", "scheduler"),
+                          ("airflow-dag-processor", "dag-processor"), ("airflow-triggerer", "triggerer")):
+        assert SERVICES[service]["command"] == name
+    assert SERVICES["airflow-worker"]["command"] == "celery worker"
+    assert processes["celery-worker-1"].command[1:3] == ["celery", "worker"]
+    for service, name in (("spark-master", "spark-master"), ("spark-worker", "spark-worker-1")):
+        assert SERVICES[service]["command"][1] == processes[name].command[1], service
+    assert processes["redis"].command[0].endswith("redis-server")
+
+    # the same executor, broker kind, result backend (the metadata database) and Spark master as spark_default
+    compose, local = env_of("airflow-scheduler"), cluster.airflow_env(Settings())
+    assert compose["AIRFLOW__CORE__EXECUTOR"] == local["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert compose["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and local["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    for env in (compose, local):
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("/airflow")
+    master = json.loads(local["AIRFLOW_CONN_SPARK_DEFAULT"])["host"]
+    assert master == cluster.spark_url and master in processes["spark-worker-1"].command
+    assert json.loads(compose["AIRFLOW_CONN_SPARK_DEFAULT"])["host"] in SERVICES["spark-worker"]["command"]
