@@ -37,6 +37,11 @@ REDIS_FALLBACK = Path("/usr/bin/redis-server")
 _NOT_FOR_SPARK = ("POSTGRES_", "AIRFLOW", "PIPELINE_", "PYTHONPATH")
 
 
+def without_pipeline_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the pipeline's settings, Airflow's and the project path (``_NOT_FOR_SPARK``)."""
+    return {key: value for key, value in environ.items() if not key.startswith(_NOT_FOR_SPARK)}
+
+
 class ClusterError(RuntimeError):
     """The machine lacks something `make cluster` needs, or a setting is wrong; the message says what."""
 
@@ -105,7 +110,7 @@ class Cluster:
         }
 
     def spark_env(self, environ: Mapping[str, str]) -> dict[str, str]:
-        env = {key: value for key, value in environ.items() if not key.startswith(_NOT_FOR_SPARK)}
+        env = without_pipeline_settings(environ)
         env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.root / "spark-logs"),
                    PYSPARK_PYTHON=environ.get("PYSPARK_PYTHON") or sys.executable)
         return env
@@ -118,10 +123,9 @@ class Cluster:
                                "`sudo apt-get install redis-server`")
         redis_dir = self.root / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
-        base = {key: value for key, value in environ.items() if not key.startswith(_NOT_FOR_SPARK)}
         processes = [Process("redis", [redis, "--bind", "127.0.0.1", "--port", str(self.redis_port),
                                        "--dir", str(redis_dir), "--appendonly", "yes", "--save", "",
-                                       "--protected-mode", "yes"], base)]
+                                       "--protected-mode", "yes"], without_pipeline_settings(environ))]
         spark = self.spark_env(environ)
         processes.append(Process("spark-master", [
             str(SPARK_CLASS), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",

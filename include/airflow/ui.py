@@ -174,7 +174,7 @@ def create_app() -> FastAPI:
     def run_validation(run_id: str = "") -> Response:
         """The Data Docs validation page of one Airflow run (its newest validation: an audit, a backfill's
         re-derive or a replay), or a page saying why there is none."""
-        page = validation_page(data_docs_dir(), run_id) if run_id else None
+        page = validation_page(data_docs_dir(), run_id)
         if page is None:
             return _html("no_run_validation.html", 404, run_id=run_id)
         return RedirectResponse(f"data-docs/{quote(page, safe='/')}", status_code=307)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import psycopg
 import pytest
 
 from include.names import DAG_ID
@@ -44,7 +43,6 @@ class RunningCluster:
     base: str
     logs: Path
     output: Path
-    airflow_db: str
     staging: Path
     started: dict[psutil.Process, str] = field(default_factory=dict)
 
@@ -58,10 +56,6 @@ class RunningCluster:
 
     def assert_alive(self) -> None:
         assert self.process.poll() is None, self.output.read_text()[-4000:]
-
-    def metadata(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with psycopg.connect(self.airflow_db) as conn:
-            return conn.execute(sql, params).fetchall()
 
     def worker_log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
@@ -88,24 +82,20 @@ def running(pipeline, tmp_path_factory):
         "PIPELINE_LOG_DIR": str(logs), "GENERATOR_RATE_SECONDS": "20", "GENERATOR_BATCH_SIZE": "50",
         "MAX_FILES_PER_TRIGGER": "100",
     }
-    airflow_db = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")
-    with psycopg.connect(airflow_db) as conn:  # runs that earlier tests killed on purpose would hold the schedule
-        conn.execute("UPDATE dag_run SET state = 'failed' WHERE dag_id = %s AND state IN ('running', 'queued')",
-                     (DAG_ID,))
+    pipeline.fail_unfinished_runs(DAG_ID)
     (root / "staging").mkdir()
     output = root / "cluster.log"
     with open(output, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "scripts.pipeline", "cluster"], env=env, cwd=PROJECT_ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
-    running = RunningCluster(cluster, process, base, logs, output, airflow_db, root / "staging")
+    running = RunningCluster(cluster, process, base, logs, output, root / "staging")
     try:
         yield running
     finally:
         if process.poll() is None:  # the last test stops it; this is for a module that ended before it
             process.send_signal(signal.SIGINT)
             process.wait(timeout=120)
-        with psycopg.connect(airflow_db) as conn:  # the session's other tests expect new DAGs paused
-            conn.execute("UPDATE dag SET is_paused = true WHERE dag_id = ANY(%s)", (list(SCHEDULED_DAG_IDS),))
+        pipeline.pause(SCHEDULED_DAG_IDS)
 
 
 def land_known_files(pipeline, running: RunningCluster, prefix: str, seed: int) -> set[str]:
@@ -194,7 +184,7 @@ def test_a_celery_worker_killed_while_it_runs_ingest_costs_no_row_and_no_duplica
     while victim is None:  # the first ingest that starts after the files landed, once its Spark application runs
         running.assert_alive()
         assert time.monotonic() < deadline, running.output.read_text()[-3000:]
-        rows = running.metadata(
+        rows = pipeline.airflow_query(
             "SELECT run_id FROM task_instance WHERE dag_id = %s AND task_id = 'ingest' AND state = 'running' "
             "AND start_date >= to_timestamp(%s)", (DAG_ID, landed_at))
         if rows and running.cluster.spark_status()["activeapps"]:
@@ -209,9 +199,9 @@ def test_a_celery_worker_killed_while_it_runs_ingest_costs_no_row_and_no_duplica
     wait_until_stored(pipeline, running, "cluster-kill", expected, 900)
     recovery = time.monotonic() - killed_at
     assert_exactly_once(pipeline, "cluster-kill", expected)
-    attempts = running.metadata("SELECT try_number, state FROM task_instance WHERE dag_id = %s AND run_id = %s "
+    attempts = pipeline.airflow_query("SELECT try_number, state FROM task_instance WHERE dag_id = %s AND run_id = %s "
                                 "AND task_id = 'ingest'", (DAG_ID, run_id))
-    history = running.metadata("SELECT try_number, state FROM task_instance_history WHERE dag_id = %s AND "
+    history = pipeline.airflow_query("SELECT try_number, state FROM task_instance_history WHERE dag_id = %s AND "
                                "run_id = %s AND task_id = 'ingest'", (DAG_ID, run_id))
     assert f"celery-worker-{victim} exited (code -9); starting it again" in running.output.read_text()
     print(f"\nCelery worker {victim} SIGKILLed during ingest of {run_id}: {len(expected)} known ids stored once, "
@@ -229,7 +219,7 @@ def test_a_spark_worker_killed_while_the_ingest_runs_costs_no_row_and_no_duplica
     while True:  # the first ingest after the files landed, once its application has an executor on worker 1
         running.assert_alive()
         assert time.monotonic() < deadline, running.output.read_text()[-3000:]
-        rows = running.metadata(
+        rows = pipeline.airflow_query(
             "SELECT run_id FROM task_instance WHERE dag_id = %s AND task_id = 'ingest' AND state = 'running' "
             "AND start_date >= to_timestamp(%s)", (DAG_ID, landed_at))
         active = running.cluster.spark_status()["activeapps"]
@@ -249,7 +239,7 @@ def test_a_spark_worker_killed_while_the_ingest_runs_costs_no_row_and_no_duplica
     while running.cluster.spark_status()["aliveworkers"] != 2:  # the replacement registers with the master
         assert time.monotonic() < deadline, running.cluster.spark_status()
         time.sleep(2)
-    attempts = running.metadata("SELECT try_number, state FROM task_instance WHERE dag_id = %s AND run_id = %s "
+    attempts = pipeline.airflow_query("SELECT try_number, state FROM task_instance WHERE dag_id = %s AND run_id = %s "
                                 "AND task_id = 'ingest'", (DAG_ID, run_id))
     print(f"\nSpark worker 1 SIGKILLed during the ingest of {run_id}: {len(expected)} known ids stored once, "
           f"0 dead letters, stored {recovery:.0f} s after the kill; ingest: {attempts}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 
 from scripts.generator import EventGenerator
@@ -125,9 +124,8 @@ def test_init_start_dags_writes_the_login_and_unpauses_what_make_run_unpauses(pi
         assert json.loads(passwords.read_text()) == {"admin": "s3cret-for-compose"}
         assert passwords.stat().st_mode & 0o777 == 0o600
         assert paused() == {**dict.fromkeys(SCHEDULED_DAG_IDS, False), REPLAY_DAG_ID: True}
-    finally:  # the session's other tests expect new-DAG defaults: paused
-        with psycopg.connect(psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")) as conn:
-            conn.execute("UPDATE dag SET is_paused = true WHERE dag_id = ANY(%s)", (list(SCHEDULED_DAG_IDS),))
+    finally:
+        pipeline.pause(SCHEDULED_DAG_IDS)
 
 
 def test_make_once_migrates_the_airflow_metadata_only_when_airflow_or_the_database_changed(pipeline):

@@ -101,13 +101,8 @@ def make_run(pipeline, tmp_path_factory):
         # for them, not eight (the session's 4 files per batch is what the contract tests need)
         "MAX_FILES_PER_TRIGGER": "100",
     }
-    airflow_db = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")
-    # Runs of `airflow dags test` that earlier tests killed on purpose stay "running" in the metadata until
-    # the scheduler's zombie detection fails them (minutes); with max_active_runs=1 they would hold back the
-    # schedule. An operator marks them failed in the UI; here the same is done in the metadata database.
-    with psycopg.connect(airflow_db) as conn:
-        conn.execute("UPDATE dag_run SET state = 'failed' WHERE dag_id = %s AND state IN ('running', 'queued')",
-                     (DAG_ID,))
+    airflow_db = pipeline.airflow_conninfo
+    pipeline.fail_unfinished_runs(DAG_ID)
     log_path = logs / "run.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(

@@ -14,20 +14,19 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from scripts.cluster import SPARK_CLASS, without_pipeline_settings
 from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import free_port
 from tests.fixtures.processes import stop_process_group
 
 pytestmark = pytest.mark.integration
 
-SPARK_CLASS = Path(sys.executable).parent.parent / "lib" / "python3.11" / "site-packages" / "pyspark" / "bin" / "spark-class"
 APP_NAME = "ecommerce_events_ingest"  # SparkSubmitOperator(name=...) in dags/ecommerce_events.py
 
 
@@ -41,8 +40,7 @@ class StandaloneCluster:
         self.processes: list[subprocess.Popen] = []
         # No database setting and no project path on the cluster: the executors must get the settings with
         # their tasks and the code from the --py-files zip, as on a real one.
-        self.env = {key: value for key, value in os.environ.items()
-                    if not key.startswith(("POSTGRES_", "AIRFLOW", "PIPELINE_", "PYTHONPATH"))}
+        self.env = without_pipeline_settings(os.environ)
         self.env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(root / "spark-logs"))
 
     @property
