@@ -9,8 +9,9 @@ runs the same DAGs, unchanged, the way a team that has outgrown one machine depl
 * a Spark standalone master and ``SPARK_WORKERS`` (2) workers of one core each; the connection
   ``spark_default`` points at the master, so `ingest` and the backfill submit their applications there.
 
-Everything listens on 127.0.0.1 and Ctrl+C stops all of it (scripts/pipeline.py's Supervisor). A Celery
-or Spark worker that dies is started again, as its node's service manager would; any other death stops all. The Spark
+Everything listens on 127.0.0.1 and Ctrl+C stops all of it (scripts/pipeline.py's Supervisor). A process that
+dies is started again, as Compose's ``restart: unless-stopped`` and a node's service manager do (a crash loop
+stops everything). The Spark
 processes get no database setting and no project path, as on a real cluster: the executors receive the
 settings with their tasks and the code in the --py-files zip. docker-compose.yaml is the same deployment on
 containers; docs/scaling.md compares both with local mode.
@@ -48,13 +49,11 @@ class ClusterError(RuntimeError):
 
 @dataclass(frozen=True)
 class Process:
-    """One long-running process of the cluster: its name (and log file name), command and environment;
-    ``replaceable``: a worker node, started again when it dies (the others' death stops the cluster)."""
+    """One long-running process of the cluster: its name (and log file name), command and environment."""
 
     name: str
     command: list[str]
     env: dict[str, str]
-    replaceable: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ class Cluster:
             processes.append(Process(f"spark-worker-{worker}", [
                 str(SPARK_CLASS), "org.apache.spark.deploy.worker.Worker", self.spark_url, "--host", "127.0.0.1",
                 "--cores", "1", "--memory", "1g", "--webui-port", "0",
-                "--work-dir", str(self.spark_work_dir(worker))], spark, replaceable=True))
+                "--work-dir", str(self.spark_work_dir(worker))], spark))
         return processes
 
     def workers(self, env: Mapping[str, str]) -> list[Process]:
@@ -143,7 +142,7 @@ class Cluster:
         airflow = str(Path(sys.executable).parent / "airflow")
         return [Process(f"celery-worker-{worker}", [
             airflow, "celery", "worker", "--celery-hostname", f"worker{worker}@%h", "--skip-serve-logs"],
-            dict(env), replaceable=True) for worker in range(1, self.celery_workers + 1)]
+            dict(env)) for worker in range(1, self.celery_workers + 1)]
 
     def spark_status(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.spark_master_ui_port}/json/", timeout=5) as response:

@@ -9,6 +9,8 @@
     python -m scripts.pipeline cluster
                                       # as run, multi-node: Redis, CeleryExecutor with two workers, a Spark
                                       # standalone master and two workers (scripts/cluster.py)
+    python -m scripts.pipeline run|cluster --no-generator
+                                      # without the generator: LANDING_DIR is fed by a real producer
 
 `make run` / `make once` add ``--env-file .env``: the checkout's .env (when present) fills in what the
 environment does not set (scripts/env_file.py). The tests run these commands without it, so a developer's
@@ -45,8 +47,20 @@ from scripts.env_file import EnvFileError, load_env_file
 from scripts.local_postgres import LocalPostgres, ensure_database
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-# Resolved as Settings resolves PIPELINE_LOG_DIR, so the housekeeping DAG rotates the files written here.
-LOG_DIR = Settings.from_env({"PIPELINE_LOG_DIR": os.environ.get("PIPELINE_LOG_DIR", "")}).pipeline_log_dir
+
+
+def _log_dir() -> Path:
+    """Where the Supervisor writes each process's log: resolved as Settings resolves PIPELINE_LOG_DIR, so the
+    housekeeping DAG rotates the files written here; from the environment as it is now."""
+    return Settings.from_env({"PIPELINE_LOG_DIR": os.environ.get("PIPELINE_LOG_DIR", "")}).pipeline_log_dir
+
+
+LOG_DIR = _log_dir()  # resolved again by load_env once the --env-file is read
+
+
+# `make cluster`'s restart policy (Supervisor): a process that dies this often within the window is broken
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 300.0
 
 
 def say(message: str) -> None:
@@ -162,16 +176,19 @@ def once() -> int:
 class Supervisor:
     """Starts long-running processes, each in its own process group, and stops every one of them.
 
-    A process started with ``replaceable=True`` (a cluster's Celery and Spark workers) is started again when
-    it dies, as a node's service manager would; any other death stops everything."""
+    With ``restart=True`` (`make cluster`) a process that dies is started again, as Compose's
+    ``restart: unless-stopped`` and a node's service manager do, unless it died ``RESTART_LIMIT`` times within
+    ``RESTART_WINDOW_SECONDS`` (a crash loop, which stops everything). With ``restart=False`` (`make run`, a
+    developer's loop) any death stops everything, so a broken component is seen at once."""
 
     env: dict[str, str]
+    restart: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    replaceable: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)
 
-    def start(self, name: str, command: list[str], env: dict[str, str] | None = None, replaceable: bool = False) -> None:
-        if replaceable:
-            self.replaceable[name] = (command, env)
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.commands[name] = (command, env)
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.processes[name] = subprocess.Popen(
@@ -180,11 +197,19 @@ class Supervisor:
         )
 
     def dead(self) -> list[str]:
-        """The processes that exited and are not replaceable (those are started again first)."""
+        """The processes that exited and are not started again (under ``restart``, those are restarted first)."""
+        now = time.monotonic()
         for name, process in list(self.processes.items()):
-            if name in self.replaceable and process.poll() is not None:
-                say(f"{name} exited (code {process.returncode}); starting it again")
-                self.start(name, *self.replaceable[name], replaceable=True)
+            if not self.restart or process.poll() is None:
+                continue
+            recent = [moment for moment in self.restarts.get(name, []) if now - moment < RESTART_WINDOW_SECONDS]
+            if len(recent) >= RESTART_LIMIT:
+                say(f"{name} exited (code {process.returncode}) {len(recent) + 1} times within "
+                    f"{RESTART_WINDOW_SECONDS:.0f} s; not starting it again")
+                continue
+            self.restarts[name] = [*recent, now]
+            say(f"{name} exited (code {process.returncode}); starting it again")
+            self.start(name, *self.commands[name])
         return [name for name, process in self.processes.items() if process.poll() is not None]
 
     def stop(self, grace_seconds: float = 20.0) -> None:
@@ -259,18 +284,18 @@ def start_dags(env: dict[str, str]) -> str:
     return password
 
 
-def run(cluster: Cluster | None = None) -> int:
+def run(cluster: Cluster | None = None, generator: bool = True) -> int:
     environment = Environment.prepare()
     env, settings = environment.env, environment.settings
     if cluster is not None:
         env.update(cluster.airflow_env(settings))
     # the generator below is the feed: silence from it is an alert. Empty counts as unset, as for every setting
     # (a shell that sourced .env.example exports FEED_EXPECTED as an empty string)
-    if not env.get("FEED_EXPECTED", "").strip():
+    if generator and not env.get("FEED_EXPECTED", "").strip():
         env["FEED_EXPECTED"] = "true"
     password = start_dags(env)
     airflow = str(Path(sys.executable).parent / "airflow")
-    supervisor = Supervisor(env)
+    supervisor = Supervisor(env, restart=cluster is not None)
     stopping = False
 
     def request_stop(signum, _frame):
@@ -283,7 +308,7 @@ def run(cluster: Cluster | None = None) -> int:
     try:
         if cluster is not None:
             for process in cluster.infrastructure(env):
-                supervisor.start(process.name, process.command, process.env, replaceable=process.replaceable)
+                supervisor.start(process.name, process.command, process.env)
             _wait_for(cluster.ready, 120, supervisor, "Redis and the Spark workers")
             say(f"Redis on 127.0.0.1:{cluster.redis_port}, Spark master {cluster.spark_url} with "
                 f"{cluster.spark_workers} workers (UI http://127.0.0.1:{cluster.spark_master_ui_port})")
@@ -293,10 +318,9 @@ def run(cluster: Cluster | None = None) -> int:
         for component in AIRFLOW_COMPONENTS[1:]:
             supervisor.start(component, [airflow, component])
         for process in cluster.workers(env) if cluster is not None else ():
-            supervisor.start(process.name, process.command, process.env, replaceable=process.replaceable)
-        supervisor.start(
-            FEED,
-            [
+            supervisor.start(process.name, process.command, process.env)
+        if generator:
+            supervisor.start(FEED, [
                 sys.executable, "-m", "scripts.generator",
                 "--output-dir", str(settings.landing_dir),
                 "--rate-seconds", os.environ.get("GENERATOR_RATE_SECONDS", "5"),
@@ -308,14 +332,14 @@ def run(cluster: Cluster | None = None) -> int:
                 "--awkward-ratio", os.environ.get("GENERATOR_AWKWARD_RATIO", "0.02"),
                 "--bom-crlf-ratio", os.environ.get("GENERATOR_BOM_CRLF_RATIO", "0.1"),
                 "--bad-file-ratio", os.environ.get("GENERATOR_BAD_FILE_RATIO", "0.01"),
-            ],
-        )
+            ])
         ui = env["AIRFLOW__API__BASE_URL"]
         # asked where it listens: the base URL may be a proxy's public address this machine cannot reach
         host = env["AIRFLOW__API__HOST"].replace("0.0.0.0", "127.0.0.1")
         _wait_for_http(f"http://{host}:{env['AIRFLOW__API__PORT']}/api/v2/monitor/health", 180, supervisor)
         say(f"Airflow UI: {ui}  (login: {ADMIN_USER} / {password})")
-        say(f"generator writing into {settings.landing_dir}; DAG {DAG_ID} runs every minute")
+        feed = "generator writing into" if generator else "no generator (--no-generator); files are read from"
+        say(f"{feed} {settings.landing_dir}; DAG {DAG_ID} runs every minute")
         say(f"logs: {LOG_DIR}/<component>.log, task logs under {env['AIRFLOW_HOME']}/logs")
         say("press Ctrl+C to stop everything")
         while not stopping:
@@ -326,7 +350,7 @@ def run(cluster: Cluster | None = None) -> int:
                 break
             time.sleep(1)
     finally:
-        say("stopping Airflow and the generator ...")
+        say("stopping every process ...")
         supervisor.stop()
         if environment.started_postgres is not None:
             environment.started_postgres.stop()
@@ -335,19 +359,28 @@ def run(cluster: Cluster | None = None) -> int:
     return exit_code
 
 
+def load_env(env_file: str) -> None:
+    """Fill the environment from ``env_file`` (what it lacks) and resolve what depends on it (LOG_DIR)."""
+    global LOG_DIR
+    try:
+        if loaded := load_env_file(env_file):
+            say(f"{env_file}: {', '.join(sorted(loaded))}")
+    except EnvFileError as error:
+        raise SystemExit(f"[pipeline] {error}") from None
+    LOG_DIR = _log_dir()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["init", "once", "run", "cluster"])
     parser.add_argument("--start-dags", action="store_true",
                         help="with init: also write the UI login and parse and unpause the scheduled DAGs")
+    parser.add_argument("--no-generator", dest="generator", action="store_false",
+                        help="with run or cluster: start no generator (LANDING_DIR is fed by a real producer)")
     parser.add_argument("--env-file", help="a .env file (relative: to the checkout) for what the environment lacks")
     args = parser.parse_args(argv)
     if args.env_file:
-        try:
-            if loaded := load_env_file(args.env_file):
-                say(f"{args.env_file}: {', '.join(sorted(loaded))}")
-        except EnvFileError as error:
-            raise SystemExit(f"[pipeline] {error}") from None
+        load_env(args.env_file)
     if args.command == "init":
         environment = Environment.prepare()
         if args.start_dags:
@@ -359,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster = Cluster.from_env(os.environ)
         except ClusterError as error:
             raise SystemExit(f"[pipeline] {error}") from None
-        return run(cluster)
-    return once() if args.command == "once" else run()
+        return run(cluster, generator=args.generator)
+    return once() if args.command == "once" else run(generator=args.generator)
 
 
 if __name__ == "__main__":

@@ -328,6 +328,8 @@ def test_compose_and_make_cluster_run_the_same_services_with_the_same_commands(t
     started = set(processes) | set(AIRFLOW_COMPONENTS) | {FEED}
     long_running = {name for name, service in SERVICES.items() if service.get("restart") != "no"} - {"postgres"}
     assert set(COMPOSE_TO_CLUSTER) == long_running
+    # and both start a dead one again: Compose by its policy, `make cluster` by Supervisor(restart=True)
+    assert {SERVICES[name]["restart"] for name in long_running} == {"unless-stopped"}
     assert {name for names in COMPOSE_TO_CLUSTER.values() for name in names} == started
 
     # the same programs: Airflow's components and Celery worker, Spark's master and worker classes, Redis

@@ -131,3 +131,24 @@ def test_the_command_line_loads_the_file_and_names_a_bad_line(tmp_path, monkeypa
     assert airflow_env.main(["--env-file", str(good)]) == 0
     printed = capsys.readouterr().out
     assert "export POSTGRES_DB=from_env_file" in printed and '"schema": "from_env_file"' in printed
+
+
+def test_pipeline_log_dir_from_the_env_file_is_where_the_supervisor_writes(tmp_path, monkeypatch):
+    """`make run` with PIPELINE_LOG_DIR only in .env: the component logs go there (where housekeeping rotates
+    them), not to the default resolved before the file was read."""
+    import scripts.pipeline
+
+    monkeypatch.setattr(scripts.pipeline, "LOG_DIR", scripts.pipeline.LOG_DIR)  # restored after the test
+    monkeypatch.setenv("PIPELINE_LOG_DIR", "")
+    monkeypatch.delenv("PIPELINE_LOG_DIR")
+    env_file = tmp_path / "test.env"
+    env_file.write_text(f"PIPELINE_LOG_DIR={tmp_path / 'component-logs'}\n")
+    scripts.pipeline.load_env(str(env_file))
+    assert scripts.pipeline.LOG_DIR == tmp_path / "component-logs"
+    supervisor = scripts.pipeline.Supervisor({})
+    try:
+        supervisor.start("probe", ["true"])
+        supervisor.processes["probe"].wait(timeout=30)
+    finally:
+        supervisor.stop(grace_seconds=5)
+    assert (tmp_path / "component-logs" / "probe.log").exists()
