@@ -18,7 +18,7 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 # What the machine must provide (README "Prerequisites"), checked before minutes go into pip or a test run.
 PREFLIGHT := $(SHELL) scripts/preflight.sh
 
-.PHONY: venv run cluster once test test-fast test-unit test-integration lint clean env bench preflight
+.PHONY: venv run cluster once test test-fast test-unit test-integration test-cluster lint clean env bench preflight
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || { $(PREFLIGHT) python "$(PYTHON)" && $(PYTHON) -m venv $(VENV); }
@@ -58,10 +58,15 @@ test-unit: preflight venv
 test-integration: preflight venv
 	@$(BIN)/python -m pytest -m integration
 
+test-cluster: preflight venv
+	@$(PREFLIGHT) redis
+	@$(BIN)/python -m pytest -m cluster
+
 # Own PostgreSQL and Airflow home in a temp dir; knobs: BENCH_ROWS, BENCH_SCHEDULER_MINUTES, ... (docs/performance.md)
 # The seed-style peer writes through PostgreSQL's JDBC driver from Debian's libpostgresql-jdbc-java: installed here
 # when missing and we are root (like .ci/run installs chromium); otherwise the bench stops and says how to get it.
-# BENCH_PEERS= (empty) or BENCH_PEERS=duckdb does without it.
+# BENCH_PEERS= (empty) or BENCH_PEERS=duckdb does without it. Its deployments phase runs `make cluster`, so it needs
+# redis-server like that target (BENCH_DEPLOYMENT_ROWS=0 skips the phase).
 JDBC_JAR := /usr/share/java/postgresql.jar
 bench: preflight venv
 	@if [[ ",$${BENCH_PEERS-seed_style,duckdb}," == *,seed_style,* && ! -f $(JDBC_JAR) ]] \
@@ -70,6 +75,7 @@ bench: preflight venv
 	  apt-get install -y -qq libpostgresql-jdbc-java >/dev/null 2>&1 \
 	    || { apt-get update -qq && apt-get install -y -qq libpostgresql-jdbc-java >/dev/null; }; \
 	fi
+	@if [ "$${BENCH_DEPLOYMENT_ROWS:-200000}" != 0 ]; then $(PREFLIGHT) redis; fi
 	@$(BIN)/python -m benchmarks.bench
 
 lint: venv
