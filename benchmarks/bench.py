@@ -35,6 +35,13 @@ directories), like the integration tests' ``pipeline`` fixture. The phases:
    picks the rates. Each rate also reports the median seconds per task and of the waits between tasks.
    Files that land in the first minute of each rate (the feed starting after idle minutes) are reported
    apart (``first_minute_*``); p50/p95/max are the files of the steady feed after it.
+8. **deployments** (``BENCH_DEPLOYMENT_ROWS``, default 200,000; 0 skips it): the first files of the set
+   (that many rows) drained by ``python -m scripts.pipeline run --no-generator`` (`make run`, local mode)
+   and then by ``... cluster --no-generator`` (`make cluster`: CeleryExecutor, a Spark standalone cluster),
+   each started after the backlog landed and from the same reset state, the DAG on its schedule. Per
+   deployment: ``<name>_drain_seconds`` from the start of the first DAG run to the end of the last one that
+   published (``<name>_start_seconds`` before it: the processes starting and the first tick), ``<name>_rows_per_s``,
+   stored and dead-lettered rows; ``cluster_ratio_to_local``.
 
 The last line of output is one JSON object; it is also written to ``benchmarks/results/``.
 """
@@ -50,6 +57,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -601,6 +609,81 @@ def measure_scheduler(bench: Bench, minutes: float) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------------------- deployments
+# Phase 8: the same backlog drained by `make run` and by `make cluster`, each the real command against the
+# bench's PostgreSQL and Airflow home, started after the backlog landed, the DAG on its schedule.
+DEPLOYMENTS = ("local", "cluster")
+COMMANDS = {"local": "run", "cluster": "cluster"}
+
+
+def _drained(bench: Bench, since: datetime) -> bool:
+    waiting, unpublished = backlog_left(bench)
+    with bench.connect("airflow") as conn:
+        active, done = conn.execute(
+            "SELECT count(*) FILTER (WHERE state IN ('queued', 'running')), count(*) FILTER (WHERE state = 'success') "
+            "FROM dag_run WHERE dag_id = %s AND start_date >= %s", (DAG_ID, since)).fetchone()
+    return not waiting and not unpublished and not active and done > 0
+
+
+def measure_deployment(bench: Bench, name: str, files: list[Path], rows: int, timeout: float) -> dict:
+    reset_pipeline(bench)
+    with bench.connect("airflow") as conn:
+        conn.execute("UPDATE dag_run SET state = 'failed' WHERE dag_id = %s AND state IN ('running', 'queued')",
+                     (DAG_ID,))
+    landing = bench.settings.landing_dir
+    landing.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        os.link(path, landing / path.name)
+    env = dict(bench.env)
+    if name == "cluster":
+        env.update(CLUSTER_DIR=str(bench.root / "cluster"), REDIS_PORT=str(free_port()),
+                   SPARK_MASTER_PORT=str(free_port()), SPARK_MASTER_UI_PORT=str(free_port()))
+    log = bench.root / "logs" / f"deployment-{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    since = datetime.now(UTC)
+    started = time.monotonic()
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "scripts.pipeline", COMMANDS[name], "--no-generator"],
+                                   env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = started + timeout
+        while not _drained(bench, since):
+            if process.poll() is not None:
+                raise SystemExit(f"`scripts.pipeline {COMMANDS[name]}` exited ({process.returncode}); see {log}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name}: backlog not drained within {timeout:.0f} s; see {log}")
+            time.sleep(2)
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl+C, as a user stops it
+        process.wait(timeout=300)
+    with bench.connect() as conn:
+        stored, dead = conn.execute(
+            "SELECT (SELECT count(*) FROM ecommerce_events), (SELECT count(*) FROM dead_letter_events)").fetchone()
+        publishers = {run_id for (run_id,) in conn.execute(
+            "SELECT DISTINCT published_by_run_id FROM pipeline_batch_ledger").fetchall()}
+    # from the first run's start to the end of the last run that published (not a later run that found nothing)
+    runs = [run for run in run_times(bench, since=since) if run["end"] is not None]
+    first, last = runs[0], max((run for run in runs if run["run_id"] in publishers), key=lambda run: run["end"])
+    runs = [run for run in runs if run["start"] <= last["start"]]
+    seconds = (last["end"] - first["start"]).total_seconds()
+    return {
+        f"{name}_drain_seconds": round(seconds, 2), f"{name}_rows_per_s": round(rows / seconds),
+        f"{name}_start_seconds": round((first["start"] - since).total_seconds(), 1),
+        f"{name}_dag_runs": len(runs), f"{name}_runs_ok": all(run["state"] == "success" for run in runs),
+        f"{name}_stored_rows": stored, f"{name}_dlq_rows": dead,
+        f"{name}_task_seconds": {task: round(sum((run["tasks"].get(task) or {}).get("seconds") or 0 for run in runs), 2)
+                                 for task in ("detect_work", "ingest", "audit", "publish")},
+    }
+
+
+def measure_deployments(bench: Bench, files: list[Path], rows: int, timeout: float) -> dict:
+    result: dict = {"deployment_rows": rows, "deployment_files": len(files)}
+    for name in DEPLOYMENTS:
+        result.update(measure_deployment(bench, name, files, rows, timeout))
+    result["cluster_ratio_to_local"] = round(result["cluster_rows_per_s"] / result["local_rows_per_s"], 3)
+    return result
+
+
 # ----------------------------------------------------------------------------------------------- main
 def machine() -> dict:
     load = os.getloadavg()
@@ -616,6 +699,7 @@ def main() -> int:
     invalid = float(knob("BENCH_INVALID_RATIO", "0.02"))
     scheduler_minutes = float(knob("BENCH_SCHEDULER_MINUTES", "3"))
     marginal_rows = int(knob("BENCH_MARGINAL_ROWS", "200000"))
+    deployment_rows = int(knob("BENCH_DEPLOYMENT_ROWS", "200000"))
     peers = [name.strip() for name in knob("BENCH_PEERS", ",".join(PEERS), allow_empty=True).split(",") if name.strip()]
     if unknown := sorted(set(peers) - set(PEERS)):
         raise SystemExit(f"BENCH_PEERS: unknown peer(s) {', '.join(unknown)} (peers: {', '.join(PEERS)})")
@@ -665,6 +749,14 @@ def main() -> int:
             result.update(measure_scheduler(bench, scheduler_minutes))
         else:
             result["freshness_p95_s"] = None
+        if deployment_rows > 0:
+            count = math.ceil(deployment_rows / file_rows)
+            result.update(measure_deployments(bench, files[:count], min(count * file_rows, rows),
+                                              float(knob("BENCH_DEPLOYMENT_TIMEOUT", "1800"))))
+            say("deployments: " + ", ".join(f"{name} {result[f'{name}_rows_per_s']} rows/s (drain "
+                                            f"{result[f'{name}_drain_seconds']} s, start {result[f'{name}_start_seconds']} s)"
+                                            for name in DEPLOYMENTS)
+                + f"; cluster / local = {result['cluster_ratio_to_local']}")
     finally:
         sampler.stop()
         bench.cluster.stop(mode="immediate")
