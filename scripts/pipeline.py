@@ -315,6 +315,10 @@ def run(cluster: Cluster | None = None, generator: bool = True) -> int:
         supervisor.start(
             AIRFLOW_COMPONENTS[0], [airflow, "api-server", "--host", env["AIRFLOW__API__HOST"], "--port", env["AIRFLOW__API__PORT"]]
         )
+        # Every task reports to the api-server (the Execution API): nothing that runs a task starts before it
+        # answers. Asked where it listens: the base URL may be a proxy's public address this machine cannot reach.
+        host = env["AIRFLOW__API__HOST"].replace("0.0.0.0", "127.0.0.1")
+        _wait_for_http(f"http://{host}:{env['AIRFLOW__API__PORT']}/api/v2/monitor/health", 180, supervisor)
         for component in AIRFLOW_COMPONENTS[1:]:
             supervisor.start(component, [airflow, component])
         for process in cluster.workers(env) if cluster is not None else ():
@@ -334,9 +338,6 @@ def run(cluster: Cluster | None = None, generator: bool = True) -> int:
                 "--bad-file-ratio", os.environ.get("GENERATOR_BAD_FILE_RATIO", "0.01"),
             ])
         ui = env["AIRFLOW__API__BASE_URL"]
-        # asked where it listens: the base URL may be a proxy's public address this machine cannot reach
-        host = env["AIRFLOW__API__HOST"].replace("0.0.0.0", "127.0.0.1")
-        _wait_for_http(f"http://{host}:{env['AIRFLOW__API__PORT']}/api/v2/monitor/health", 180, supervisor)
         say(f"Airflow UI: {ui}  (login: {ADMIN_USER} / {password})")
         feed = "generator writing into" if generator else "no generator (--no-generator); files are read from"
         say(f"{feed} {settings.landing_dir}; DAG {DAG_ID} runs every minute")

@@ -197,6 +197,8 @@ def test_the_dag_runs_on_the_celery_workers_and_the_spark_cluster(pipeline, runn
             if f"run_id={run_id}/task_id={task}/" in text:
                 executed.setdefault(task, []).append(worker)
     assert {task: len(workers) for task, workers in executed.items()} == dict.fromkeys(TASKS, 1), executed
+    attempts = task_attempts(pipeline, run_id)  # none failed first: no task ran before the api-server answered
+    assert {task: attempts[task] for task in TASKS} == dict.fromkeys(TASKS, [(1, "success")]), attempts
 
     # ... and the ingest as an application of the Spark master, with an executor on each Spark worker
     status = running.cluster.spark_status()

@@ -122,8 +122,13 @@ def make_run(pipeline, tmp_path_factory):
     watcher = threading.Thread(target=watch_descendants, daemon=True)
     watcher.start()
     try:
-        deadline = time.monotonic() + 180
-        while not answers(f"{base}/api/v2/monitor/health"):
+        # up: the api-server answers (it starts first), and the scheduler, started once it did, has queued its
+        # first scheduled run (before that, the DAG's next run time in the metadata is not yet the scheduler's)
+        started = datetime.now(UTC)
+        deadline = time.monotonic() + 240
+        while not (answers(f"{base}/api/v2/monitor/health") and stack.metadata(
+                "SELECT count(*) FROM dag_run WHERE dag_id = %s AND run_type = 'scheduled' AND queued_at > %s",
+                (DAG_ID, started))[0][0]):
             stack.assert_alive()
             assert time.monotonic() < deadline, stack.output()[-4000:]
             time.sleep(1)
