@@ -11,10 +11,9 @@ runs the same DAGs, unchanged, the way a team that has outgrown one machine depl
 
 Everything listens on 127.0.0.1 and Ctrl+C stops all of it (scripts/pipeline.py's Supervisor). A process that
 dies is started again, as Compose's ``restart: unless-stopped`` and a node's service manager do (a crash loop
-stops everything). The Spark
-processes get no database setting and no project path, as on a real cluster: the executors receive the
-settings with their tasks and the code in the --py-files zip. docker-compose.yaml is the same deployment on
-containers; docs/scaling.md compares both with local mode.
+stops everything). The Spark processes get no database setting and no project path, as on a real cluster:
+the executors receive the settings with their tasks and the code in the --py-files zip. docker-compose.yaml
+is the same deployment on containers; docs/scaling.md compares both with local mode.
 """
 
 from __future__ import annotations
