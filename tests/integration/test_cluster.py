@@ -156,8 +156,10 @@ def kill_node(running: RunningCluster, marker: str) -> list[str]:
     return commands
 
 
-def ingest_running(pipeline, running: RunningCluster, landed_at: float) -> str:
-    """The run id of the first `ingest` that started after ``landed_at``, once its Spark application runs."""
+def ingest_running(pipeline, running: RunningCluster, landed_at: float,
+                   on_worker: int | None = None) -> str:
+    """The run id of the first `ingest` that started after ``landed_at``, once its Spark application runs
+    (with an executor on Spark worker ``on_worker``, when given)."""
     deadline = time.monotonic() + 600
     while True:
         running.assert_alive()
@@ -165,9 +167,12 @@ def ingest_running(pipeline, running: RunningCluster, landed_at: float) -> str:
         rows = pipeline.airflow_query(
             "SELECT run_id FROM task_instance WHERE dag_id = %s AND task_id = 'ingest' AND state = 'running' "
             "AND start_date >= to_timestamp(%s)", (DAG_ID, landed_at))
-        if rows and running.cluster.spark_status()["activeapps"]:
+        active = running.cluster.spark_status()["activeapps"]
+        if on_worker is not None:
+            active = [app for app in active if (running.cluster.spark_work_dir(on_worker) / app["id"]).exists()]
+        if rows and active:
             return rows[0][0]
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 def task_attempts(pipeline, run_id: str) -> dict[str, list[tuple[int, str]]]:
@@ -241,20 +246,8 @@ def test_a_spark_worker_killed_while_the_ingest_runs_costs_no_row_and_no_duplica
     Supervisor starts the worker again, and every row is stored once."""
     landed_at = time.time()
     expected = land_known_files(pipeline, running, "cluster-spark-kill", 47)
-    deadline = time.monotonic() + 600
-    while True:  # the first ingest after the files landed, once its application has an executor on worker 1
-        running.assert_alive()
-        assert time.monotonic() < deadline, running.output.read_text()[-3000:]
-        rows = pipeline.airflow_query(
-            "SELECT run_id FROM task_instance WHERE dag_id = %s AND task_id = 'ingest' AND state = 'running' "
-            "AND start_date >= to_timestamp(%s)", (DAG_ID, landed_at))
-        active = running.cluster.spark_status()["activeapps"]
-        work_dir = running.cluster.spark_work_dir(1)
-        if rows and active and any((work_dir / app["id"]).exists() for app in active):
-            [[run_id]] = rows
-            break
-        time.sleep(0.5)
-    kill_node(running, str(work_dir))
+    run_id = ingest_running(pipeline, running, landed_at, on_worker=1)
+    kill_node(running, str(running.cluster.spark_work_dir(1)))
     killed_at = time.monotonic()
 
     wait_until_stored(pipeline, running, "cluster-spark-kill", expected, 900)
