@@ -472,14 +472,22 @@ def _airflow(bench: Bench, *args: str) -> None:
     subprocess.run([AIRFLOW, *args], env=bench.env, cwd=PROJECT_ROOT, check=True, capture_output=True)
 
 
+def _drained(bench: Bench, succeeded_since: datetime | None = None) -> bool:
+    """Nothing waits, nothing is unpublished and no DAG run is queued or running (and, with
+    ``succeeded_since``, a run that started since then succeeded)."""
+    waiting, unpublished = backlog_left(bench)
+    with bench.connect("airflow") as conn:
+        active, succeeded = conn.execute(
+            "SELECT count(*) FILTER (WHERE state IN ('queued', 'running')), "
+            "count(*) FILTER (WHERE state = 'success' AND start_date >= %s) FROM dag_run WHERE dag_id = %s",
+            (succeeded_since or datetime.min.replace(tzinfo=UTC), DAG_ID)).fetchone()
+    return not waiting and not unpublished and not active and (succeeded_since is None or succeeded > 0)
+
+
 def _wait_drained(bench: Bench, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        waiting, unpublished = backlog_left(bench)
-        with bench.connect("airflow") as conn:
-            active = conn.execute("SELECT count(*) FROM dag_run WHERE dag_id = %s AND state IN ('queued', 'running')",
-                                  (DAG_ID,)).fetchone()[0]
-        if not waiting and not unpublished and not active:
+        if _drained(bench):
             return
         time.sleep(2)
     say("backlog not drained in time; freshness counts only published files")
@@ -616,15 +624,6 @@ DEPLOYMENTS = ("local", "cluster")
 COMMANDS = {"local": "run", "cluster": "cluster"}
 
 
-def _drained(bench: Bench, since: datetime) -> bool:
-    waiting, unpublished = backlog_left(bench)
-    with bench.connect("airflow") as conn:
-        active, done = conn.execute(
-            "SELECT count(*) FILTER (WHERE state IN ('queued', 'running')), count(*) FILTER (WHERE state = 'success') "
-            "FROM dag_run WHERE dag_id = %s AND start_date >= %s", (DAG_ID, since)).fetchone()
-    return not waiting and not unpublished and not active and done > 0
-
-
 def measure_deployment(bench: Bench, name: str, files: list[Path], rows: int, timeout: float) -> dict:
     reset_pipeline(bench)
     with bench.connect("airflow") as conn:
@@ -647,7 +646,7 @@ def measure_deployment(bench: Bench, name: str, files: list[Path], rows: int, ti
                                    env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = started + timeout
-        while not _drained(bench, since):
+        while not _drained(bench, succeeded_since=since):
             if process.poll() is not None:
                 raise SystemExit(f"`scripts.pipeline {COMMANDS[name]}` exited ({process.returncode}); see {log}")
             if time.monotonic() > deadline:
