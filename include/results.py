@@ -57,6 +57,8 @@ class AuditResult:
     input_files: int
     candidate_rows: int
     validation: Validation | None = None  # None when no batch was waiting
+    # ecommerce_events' write generation when the audit left out the stored event_ids (include.publish.sql.lock)
+    events_generation: int | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +68,8 @@ class AuditResult:
         validation = data.get("validation")
         return cls(batches=[(str(q), int(b)) for q, b in data["batches"]], input_files=data["input_files"],
                    candidate_rows=data["candidate_rows"],
-                   validation=Validation.from_dict(validation) if validation else None)
+                   validation=Validation.from_dict(validation) if validation else None,
+                   events_generation=data.get("events_generation"))
 
 
 @dataclass

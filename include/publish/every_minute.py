@@ -40,7 +40,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
     if not batches:
         return _summary([], audit, severity)
     with conn.transaction():
-        sql.lock(conn)
+        generation = sql.lock(conn)
         conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
         with conn.cursor().copy("COPY pinned_batches FROM STDIN") as copy:
             for batch in batches:
@@ -95,10 +95,16 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
                       l.airflow_run_id, c.spark_query_id, c.spark_batch_id
             """
         )
+        # The audit left out the event_ids stored when it ran; if no writer has stored events since, none of
+        # its candidates (one per event_id) can conflict, and the cheaper plain INSERT stores them.
+        unchanged = audit.events_generation == generation
         inserted = sql.insert_events(
             "audit_candidates c JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)",
             run_id="l.airflow_run_id", where=sql.PASSES_EVERY_RULE,
-            returning="spark_query_id, spark_batch_id, is_late_arrival, event_time")
+            returning="spark_query_id, spark_batch_id, is_late_arrival, event_time", skip_stored=not unchanged)
+        if not unchanged:
+            print(f"events were written since the audit (write generation {audit.events_generation} -> "
+                  f"{generation}): candidates already stored count as duplicates")
         stored, spans = {}, []
         for q, b, n, late, first, last in conn.execute(
             f"""

@@ -26,6 +26,7 @@ from include.quality.suite import build_suite
 from include.results import AuditResult, RuleResult, TableCheck, Validation
 from include.settings import Settings
 from include.storage.connections import with_connection
+from include.storage.locks import events_generation
 
 DATASOURCE = "ecommerce_postgres"
 ASSET = "audit_candidates"
@@ -46,6 +47,9 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
     copies of each other, so each one stays a candidate (and is dead-lettered by ``event_id_present``)."""
     columns = ", ".join("s." + c for c in CANDIDATE_COLUMNS)
     with conn.transaction():
+        # read before the anti-join below: a write committed after this read moves the generation on, so the
+        # publish sees it and checks its candidates against the stored ids again (include.publish.sql.lock)
+        generation = events_generation(conn)
         batches = conn.execute(
             "SELECT spark_query_id::text, spark_batch_id, input_files FROM pipeline_batch_ledger "
             "WHERE published_at IS NULL ORDER BY staged_at, spark_batch_id FOR UPDATE"
@@ -67,7 +71,8 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
         ).rowcount
         conn.execute("ANALYZE audit_candidates")
     return AuditResult(batches=[(query_id, batch_id) for query_id, batch_id, _ in batches],
-                       input_files=sum(files for _, _, files in batches), candidate_rows=candidates)
+                       input_files=sum(files for _, _, files in batches), candidate_rows=candidates,
+                       events_generation=generation)
 
 
 def _context(settings: Settings):

@@ -29,6 +29,12 @@ def xact_lock(conn: psycopg.Connection, name: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
 
 
+def events_generation(conn: psycopg.Connection) -> int:
+    """How many transactions have held the publish lock, as committed (``include.publish.sql.lock``): the audit
+    reads it before it leaves out the stored event_ids, the publish compares."""
+    return conn.execute("SELECT generation FROM ecommerce_events_generation").fetchone()[0]
+
+
 @contextmanager
 def session_lock(settings: Settings, name: str, *, wait_seconds: float | None = None,
                  on_wait: Callable[[float], None] | None = None, poll_seconds: float = 1.0) -> Iterator[bool]:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from include.contract.rules import ROW_RULES, routing_predicate, suite_parameters
+from include.contract.rules import ROW_RULES, routing_predicate, severities, suite_parameters
 from include.publish.every_minute import publish
 from include.quality.audit import data_docs_index, prepare_candidates, validate
 
@@ -163,3 +163,82 @@ def test_rows_without_an_event_id_are_each_dead_lettered_not_counted_as_duplicat
     assert pipeline.query("SELECT source_line, failed_rules FROM dead_letter_events ORDER BY source_line") == [
         (2, ["event_id_present"]), (3, ["event_id_present"]), (4, ["event_id_present"])]
     assert pipeline.query("SELECT source_line FROM ecommerce_events") == [(5,)]
+
+
+def _rows(source_file: str, lines: dict[int, dict]) -> list[dict]:
+    # the same ids each time it is called, so two publishes of the corpus can be compared row for row
+    return [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source_file}:{line}")), **BASE, **change, "is_late_arrival": False, "schema_version": "v3",
+             "source_file": source_file, "source_line": line, "raw_data": f"line {line}"}
+            for line, change in lines.items()]
+
+
+def _publish_corpus(pipeline, settings, *, audit_generation_known: bool) -> dict[str, list[tuple]]:
+    """From an empty database: publish a first batch, then a second one that repeats two of its event_ids and
+    one of its own, has a failing row of every rule and a row without an event_id; return what was written."""
+    pipeline.reset()
+    first = _rows("/landing/first.csv", {line: {} for line in range(2, 7)})
+    second = _rows("/landing/second.csv", {line: change for line, change in enumerate(
+        [*FAILING.values(), *PASSING.values()], start=2)})
+    second[-1]["event_id"], second[-2]["event_id"] = first[0]["event_id"], first[1]["event_id"]  # stored already
+    second.append({**second[-3], "source_line": len(second) + 2, "raw_data": "a repeat within the batch"})
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        for rows in (first, second):
+            stage(conn, rows)
+            audit = prepare_candidates(conn)
+            audit.validation = validate(settings, "differential")
+            if not audit_generation_known:
+                audit.events_generation = None  # as an audit of an older release: the publish checks every id
+            publish(conn, audit, settings, "differential")
+    return {
+        "events": pipeline.query(
+            "SELECT event_id, source_file, source_line, price, event_time, schema_version, airflow_run_id "
+            "FROM ecommerce_events ORDER BY source_file, source_line"),
+        "dead_letters": pipeline.query(
+            "SELECT source_file, source_line, event_id, error_kind, failed_rules, validation_errors, raw_data "
+            "FROM dead_letter_events ORDER BY source_file, source_line"),
+        "metrics": pipeline.query(
+            "SELECT total_records, valid_records, invalid_records, duplicate_records, late_records "
+            "FROM data_quality_metrics ORDER BY id"),
+    }
+
+
+def test_the_plain_insert_stores_exactly_what_on_conflict_stores(pipeline, tmp_path, capsys):
+    """The publish inserts without ON CONFLICT when no event was written since the audit; the reference,
+    ON CONFLICT, is what an audit without a known write generation gets. Same corpus, same tables."""
+    settings = replace(pipeline.settings, max_price=500.0, great_expectations_dir=tmp_path / "gx")
+    reference = _publish_corpus(pipeline, settings, audit_generation_known=False)
+    assert capsys.readouterr().out.count("events were written since the audit") == 2
+    plain = _publish_corpus(pipeline, settings, audit_generation_known=True)
+    assert "events were written since the audit" not in capsys.readouterr().out
+    assert plain == reference
+    assert [m[3] for m in plain["metrics"]] == [0, 3]  # two ids stored by the first batch, one repeated in the second
+    # the first batch, the second's passing rows that are not duplicates, and its rows that break a rule of
+    # severity warn (by default the two domain rules): stored, with the violation recorded
+    warned = [rule.name for rule in ROW_RULES if severities(settings)[rule.name] == "warn"]
+    assert len(plain["events"]) == 5 + (len(PASSING) - 2) + len(warned)
+    assert len(plain["dead_letters"]) == len(FAILING) - len(warned)
+
+
+def test_an_event_stored_between_audit_and_publish_is_a_duplicate_not_an_error(pipeline, tmp_path, capsys):
+    """A replay or backfill that stores one of the audited event_ids before the publish runs (it holds the
+    publish lock, so it moves the write generation on): the publish checks the ids again and counts the row
+    as a duplicate, where a plain INSERT would fail on the primary key."""
+    from include.publish import sql
+
+    pipeline.reset()
+    settings = replace(pipeline.settings, great_expectations_dir=tmp_path / "gx")
+    rows = _rows("/landing/race.csv", {line: {} for line in range(2, 6)})
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        stage(conn, rows)
+        audit = prepare_candidates(conn)
+        audit.validation = validate(settings, "race")
+        with psycopg.connect(settings.postgres_conninfo) as other, other.transaction():
+            sql.lock(other)
+            other.execute("INSERT INTO ecommerce_events (event_id, event_type, event_time, schema_version, "
+                          "source_file, source_line) VALUES (%s, 'view', now(), 'v3', '/archive/replayed.csv', 9)",
+                          (rows[2]["event_id"],))
+        summary = publish(conn, audit, settings, "race")
+    assert (summary.total, summary.valid, summary.invalid, summary.duplicates) == (4, 3, 0, 1)
+    assert "write generation" in capsys.readouterr().out
+    assert pipeline.scalar("SELECT source_file FROM ecommerce_events WHERE event_id = %s",
+                           (rows[2]["event_id"],)) == "/archive/replayed.csv"

@@ -36,6 +36,15 @@ CREATE INDEX IF NOT EXISTS ix_ecommerce_events_event_time ON ecommerce_events (e
 -- insert (docs/performance.md). Databases created before drop it here.
 DROP INDEX IF EXISTS ix_ecommerce_events_event_type;
 
+-- How many transactions have held the publish lock (every writer of ecommerce_events takes it and moves this
+-- on, committed or rolled back with its writes). An audit that saw the same generation as its publish knows
+-- no event was stored in between, so its candidates are inserted without ON CONFLICT (include/publish/sql.py).
+CREATE TABLE IF NOT EXISTS ecommerce_events_generation (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    generation  BIGINT  NOT NULL DEFAULT 0
+);
+INSERT INTO ecommerce_events_generation (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
+
 -- Rows that could not become events, with the raw input and every reason.
 CREATE TABLE IF NOT EXISTS dead_letter_events (
     id                 BIGSERIAL PRIMARY KEY,
