@@ -83,6 +83,10 @@ def route_rule_failures(conn: psycopg.Connection, validation: Validation | None,
                 "nothing was written (fix routing_predicate for this expectation type)"
             )
     conn.execute("CREATE INDEX ON rule_failures (staging_row_id)")
+    # Temp tables are never analysed by autovacuum: without this the planner guesses their size from their
+    # pages and joins the few failing rows to the whole candidate and staging tables by hashing those
+    # (the rule dead letters took 39.7 s for 100,000 of 5M rows).
+    conn.execute("ANALYZE rule_failures, rule_warnings, rule_blockers")
     blocked = conn.execute(
         f"SELECT b.rule, count(*), (array_agg(c.event_id ORDER BY c.staging_row_id))[1:5] "
         f"FROM rule_blockers b JOIN {table} c USING (staging_row_id) GROUP BY b.rule ORDER BY b.rule").fetchall()
