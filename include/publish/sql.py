@@ -41,7 +41,6 @@ def lock(conn: psycopg.Connection) -> int:
         "UPDATE ecommerce_events_generation SET generation = generation + 1 RETURNING generation - 1").fetchone()[0]
 
 
-
 class RuleFailed(RuntimeError):
     """A rule of severity ``fail`` is broken: nothing was published, the batch stays staged."""
 

@@ -67,17 +67,20 @@ def stage(conn, rows: list[dict]) -> str:
     return query_id
 
 
+def _rows(source_file: str, lines: dict[int, dict]) -> list[dict]:
+    # the same ids each time it is called, so two publishes of the corpus can be compared row for row
+    return [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source_file}:{line}")), **BASE, **change, "is_late_arrival": False, "schema_version": "v3",
+             "source_file": source_file, "source_line": line, "raw_data": f"line {line}"}
+            for line, change in lines.items()]
+
+
 @pytest.fixture
 def audited(pipeline, tmp_path):
     pipeline.reset()
     settings = replace(pipeline.settings, max_price=500.0, great_expectations_dir=tmp_path / "gx")
     cases = [("fail", name, change) for name, change in FAILING.items()]
     cases += [("pass", name, change) for name, change in PASSING.items()]
-    rows = []
-    for line, (_, _, change) in enumerate(cases, start=2):
-        row = {"event_id": str(uuid.uuid4()), **BASE, **change, "is_late_arrival": False, "schema_version": "v3",
-               "source_file": "/landing/rules.csv", "source_line": line, "raw_data": f"line {line}"}
-        rows.append(row)
+    rows = _rows("/landing/rules.csv", {line: change for line, (_, _, change) in enumerate(cases, start=2)})
     with psycopg.connect(settings.postgres_conninfo) as conn:
         stage(conn, rows)
         pinned = prepare_candidates(conn)
@@ -151,9 +154,7 @@ def test_rows_without_an_event_id_are_each_dead_lettered_not_counted_as_duplicat
     settings = replace(pipeline.settings, great_expectations_dir=tmp_path / "gx")
     repeated = str(uuid.uuid4())
     ids = {2: None, 3: None, 4: None, 5: repeated, 6: repeated}
-    rows = [{**BASE, "event_id": event_id, "is_late_arrival": False, "schema_version": "v3",
-             "source_file": "/landing/ids.csv", "source_line": line, "raw_data": f"line {line}"}
-            for line, event_id in ids.items()]
+    rows = _rows("/landing/ids.csv", {line: {"event_id": event_id} for line, event_id in ids.items()})
     with psycopg.connect(settings.postgres_conninfo) as conn:
         stage(conn, rows)
         result = prepare_candidates(conn)
@@ -163,13 +164,6 @@ def test_rows_without_an_event_id_are_each_dead_lettered_not_counted_as_duplicat
     assert pipeline.query("SELECT source_line, failed_rules FROM dead_letter_events ORDER BY source_line") == [
         (2, ["event_id_present"]), (3, ["event_id_present"]), (4, ["event_id_present"])]
     assert pipeline.query("SELECT source_line FROM ecommerce_events") == [(5,)]
-
-
-def _rows(source_file: str, lines: dict[int, dict]) -> list[dict]:
-    # the same ids each time it is called, so two publishes of the corpus can be compared row for row
-    return [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source_file}:{line}")), **BASE, **change, "is_late_arrival": False, "schema_version": "v3",
-             "source_file": source_file, "source_line": line, "raw_data": f"line {line}"}
-            for line, change in lines.items()]
 
 
 def _publish_corpus(pipeline, settings, *, audit_generation_known: bool) -> dict[str, list[tuple]]:
