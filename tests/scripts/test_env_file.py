@@ -144,7 +144,7 @@ def test_pipeline_log_dir_from_the_env_file_is_where_the_supervisor_writes(tmp_p
     env_file = tmp_path / "test.env"
     env_file.write_text(f"PIPELINE_LOG_DIR={tmp_path / 'component-logs'}\n")
     scripts.pipeline.load_env(str(env_file))
-    assert scripts.pipeline.LOG_DIR == tmp_path / "component-logs"
+    assert tmp_path / "component-logs" == scripts.pipeline.LOG_DIR
     supervisor = scripts.pipeline.Supervisor({})
     try:
         supervisor.start("probe", ["true"])
