@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from include.names import REPLAY_DAG_ID
+from scripts import pipeline as supervised
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator
 from scripts.pipeline import Supervisor, _wait_for_http
@@ -126,7 +127,25 @@ def trigger_replay(pipeline, base: str, token: str, *, dry_run: bool, wait_for: 
         while pipeline.task_states(run_id, REPLAY_DAG_ID).get("approve") != wait_for:
             assert time.monotonic() < deadline, pipeline.task_states(run_id, REPLAY_DAG_ID)
             time.sleep(2)
+        wait_until_scheduler_saw_the_park(run_id)
     return run_id
+
+
+def wait_until_scheduler_saw_the_park(run_id: str, timeout: float = 120) -> None:
+    """Wait until the scheduler has handled the exit of the worker that parked ``approve``.
+
+    Airflow 3.3.2 races when the answer comes first: the answer moves the task back to ``scheduled``, the scheduler
+    starts it again under the same key, and the parked worker's late "finished" event then takes that key out of
+    the executor, so the resumed task counts as killed externally. Its retry asks again, with the answer cleared,
+    and the run waits for ever (seen once in CI). A person reads the form first; the test waits for the one log
+    line that says the scheduler is past that point (``scheduler_job_runner.process_executor_events``)."""
+    marker = f"TaskInstance Finished: dag_id={REPLAY_DAG_ID}, task_id=approve, run_id={run_id},"
+    log = supervised.LOG_DIR / "scheduler.log"  # where Supervisor.start writes it
+    deadline = time.monotonic() + timeout
+    while not any(marker in line and "state=awaiting_input" in line
+                  for line in log.read_text(errors="replace").splitlines()):
+        assert time.monotonic() < deadline, f"the scheduler never handled the parked worker of {run_id} ({log})"
+        time.sleep(1)
 
 
 def answer(base: str, token: str, run_id: str, option: str) -> None:
