@@ -57,7 +57,7 @@ class AuditResult:
     input_files: int
     candidate_rows: int
     validation: Validation | None = None  # None when no batch was waiting
-    # ecommerce_events' write generation when the audit left out the stored event_ids (include.publish.sql.lock)
+    # ecommerce_events' write generation when the audit left out the stored event_ids (include.storage.locks.publish_lock)
     events_generation: int | None = None
 
     def to_xcom(self) -> dict[str, Any]:

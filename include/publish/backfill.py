@@ -19,7 +19,7 @@ now: a line that passes and is stored stays untouched; a line that passes and is
 row in ``dead_letter_moves``. Rows of other files are never touched, so a window whose files are no longer
 archived (ARCHIVE_RETENTION_DAYS) changes nothing. A second identical backfill therefore changes no row.
 
-**Concurrency.** Every writer of the two tables takes the publish lock (``include.publish.sql.lock``);
+**Concurrency.** Every writer of the two tables takes the publish lock (``include.storage.locks.publish_lock``);
 backfills and replays also hold the revalidation lock while they use ``revalidation_candidates``.
 """
 
@@ -38,7 +38,7 @@ from include.results import PublishSummary, Validation, failing_rules, time_span
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.landing import archived_files, window
-from include.storage.locks import revalidation_lock
+from include.storage.locks import publish_lock, revalidation_lock
 
 REVALIDATION_TABLE = "revalidation_candidates"
 
@@ -111,7 +111,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
     """Re-derive the owned lines of the pinned backfill batches in one transaction; return the counts."""
     ids = pinned.backfill_batches
     with conn.transaction():
-        sql.lock(conn)
+        publish_lock(conn)
         pending = conn.execute(
             "SELECT count(*) FROM pipeline_backfill_ledger WHERE backfill_batch_id = ANY(%s::uuid[]) "
             "AND published_at IS NULL", (ids,)).fetchone()[0]

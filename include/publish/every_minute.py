@@ -24,6 +24,7 @@ from include.contract.rules import severities
 from include.publish import sql
 from include.results import AuditResult, PublishSummary, failing_rules, time_span, validity_rate
 from include.settings import Settings
+from include.storage.locks import publish_lock
 
 
 class AuditOutOfDate(RuntimeError):
@@ -40,7 +41,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
     if not batches:
         return _summary([], audit, severity)
     with conn.transaction():
-        generation = sql.lock(conn)
+        generation = publish_lock(conn)
         conn.execute("CREATE TEMP TABLE pinned_batches (spark_query_id uuid, spark_batch_id bigint) ON COMMIT DROP")
         with conn.cursor().copy("COPY pinned_batches FROM STDIN") as copy:
             for batch in batches:

@@ -33,7 +33,7 @@ from include.publish.backfill import REVALIDATION_TABLE
 from include.results import Validation, failing_rules, time_span
 from include.settings import Settings
 from include.storage.connections import with_connection
-from include.storage.locks import revalidation_lock
+from include.storage.locks import publish_lock, revalidation_lock
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
     counts: dict[str, int] = {}
     try:
         with conn.transaction():
-            sql.lock(conn)
+            publish_lock(conn)
             sql.route_rule_failures(conn, validation, settings, REVALIDATION_TABLE)
             inserted = sql.insert_events(f"{REVALIDATION_TABLE} c", run_id="%s", where=sql.PASSES_EVERY_RULE,
                                          order_by="c.staging_row_id", returning="event_id, event_time")

@@ -3,12 +3,12 @@
 Three paths write the two tables: the every-minute publish, a backfill's re-derive and a dead-letter replay.
 Each one, inside its one transaction:
 
-1. takes the publish lock (``lock``), so their transactions never interleave;
+1. takes the publish lock (``include.storage.locks.publish_lock``), so their transactions never interleave;
 2. routes the candidate rows that break a rule into the temp tables ``rule_failures`` (severity drop),
    ``rule_warnings`` (warn) and ``rule_blockers`` (fail) (``route_rule_failures``), refusing where routing
    disagrees with Great Expectations' count, and stopping when a ``fail`` rule is broken;
 3. stores the passing rows (``insert_events``: an event_id already stored makes the row a duplicate; the
-   every-minute publish skips that check when no writer has stored an event since its audit, see ``lock``);
+   every-minute publish skips that check when no writer has stored an event since its audit, see ``publish_lock``);
 4. records every row that changed table in ``dead_letter_moves`` (``record_moves``; backfill and replay).
 """
 
@@ -18,27 +18,12 @@ import psycopg
 
 from include.contract.columns import EVENT_COLUMNS
 from include.contract.rules import ROW_RULES, reason_sql, routing_predicate, severities, suite_parameters
-from include.names import PUBLISH_LOCK
 from include.results import Validation
 from include.settings import Settings
-from include.storage.locks import xact_lock
 
 
 class RoutingMismatch(RuntimeError):
     """The SQL routing of a rule disagrees with Great Expectations' count; nothing was published."""
-
-
-def lock(conn: psycopg.Connection) -> int:
-    """Take the publish lock (held to the end of the transaction); return the events' write generation the
-    transaction starts from, and move it on.
-
-    ``ecommerce_events_generation`` counts the transactions that held this lock, so may have stored events.
-    The bump commits or rolls back with the caller's writes. An audit that read generation ``g`` before it
-    left out the event_ids already stored knows, when its publish finds ``g`` here, that no event has been
-    stored since: its candidates cannot conflict, and they are inserted without ``ON CONFLICT``."""
-    xact_lock(conn, PUBLISH_LOCK)
-    return conn.execute(
-        "UPDATE ecommerce_events_generation SET generation = generation + 1 RETURNING generation - 1").fetchone()[0]
 
 
 class RuleFailed(RuntimeError):

@@ -48,7 +48,7 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
     columns = ", ".join("s." + c for c in CANDIDATE_COLUMNS)
     with conn.transaction():
         # read before the anti-join below: a write committed after this read moves the generation on, so the
-        # publish sees it and checks its candidates against the stored ids again (include.publish.sql.lock)
+        # publish sees it and checks its candidates against the stored ids again (include.storage.locks.publish_lock)
         generation = events_generation(conn)
         batches = conn.execute(
             "SELECT spark_query_id::text, spark_batch_id, input_files FROM pipeline_batch_ledger "

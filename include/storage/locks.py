@@ -2,7 +2,8 @@
 
 Two kinds, both keyed by ``hashtext(name)`` with the names in ``include.names``:
 
-* ``xact_lock(conn, name)``: held until the current transaction ends (publish, schema);
+* ``xact_lock(conn, name)``: held until the current transaction ends (publish, schema); every writer of
+  ``ecommerce_events`` takes it through ``publish_lock``, which also moves the events' write generation on;
 * ``session_lock(settings, name, ...)``: held by a dedicated connection for the life of a ``with`` block
   (the ingest's checkpoint, backfills and replays). It dies with its session, so a killed process never
   leaves a lock behind.
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from include.names import REVALIDATION_LOCK
+from include.names import PUBLISH_LOCK, REVALIDATION_LOCK
 from include.settings import Settings
 from include.storage.connections import open_connection
 
@@ -29,9 +30,23 @@ def xact_lock(conn: psycopg.Connection, name: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
 
 
+def publish_lock(conn: psycopg.Connection) -> int:
+    """Take the publish lock (held to the end of the transaction); return the events' write generation the
+    transaction starts from, and move it on.
+
+    ``ecommerce_events_generation`` counts the transactions that held this lock, so may have stored events.
+    The bump commits or rolls back with the caller's writes. An audit that read generation ``g``
+    (``events_generation``) before it left out the event_ids already stored knows, when its publish finds ``g``
+    here, that no event has been stored since: its candidates cannot conflict, and they are inserted without
+    ``ON CONFLICT``."""
+    xact_lock(conn, PUBLISH_LOCK)
+    return conn.execute(
+        "UPDATE ecommerce_events_generation SET generation = generation + 1 RETURNING generation - 1").fetchone()[0]
+
+
 def events_generation(conn: psycopg.Connection) -> int:
-    """How many transactions have held the publish lock, as committed (``include.publish.sql.lock``): the audit
-    reads it before it leaves out the stored event_ids, the publish compares."""
+    """How many transactions have held the publish lock, as committed (``publish_lock``): the audit reads it
+    before it leaves out the stored event_ids, the publish compares."""
     return conn.execute("SELECT generation FROM ecommerce_events_generation").fetchone()[0]
 
 

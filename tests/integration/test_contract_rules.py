@@ -217,7 +217,7 @@ def test_an_event_stored_between_audit_and_publish_is_a_duplicate_not_an_error(p
     """A replay or backfill that stores one of the audited event_ids before the publish runs (it holds the
     publish lock, so it moves the write generation on): the publish checks the ids again and counts the row
     as a duplicate, where a plain INSERT would fail on the primary key."""
-    from include.publish import sql
+    from include.storage.locks import publish_lock
 
     pipeline.reset()
     settings = replace(pipeline.settings, great_expectations_dir=tmp_path / "gx")
@@ -227,7 +227,7 @@ def test_an_event_stored_between_audit_and_publish_is_a_duplicate_not_an_error(p
         audit = prepare_candidates(conn)
         audit.validation = validate(settings, "race")
         with psycopg.connect(settings.postgres_conninfo) as other, other.transaction():
-            sql.lock(other)
+            publish_lock(other)
             other.execute("INSERT INTO ecommerce_events (event_id, event_type, event_time, schema_version, "
                           "source_file, source_line) VALUES (%s, 'view', now(), 'v3', '/archive/replayed.csv', 9)",
                           (rows[2]["event_id"],))
