@@ -238,20 +238,17 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
-def _wait_for_http(url: str, timeout: float, supervisor: Supervisor) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if supervisor.dead():
-            return
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"{url} did not answer within {timeout:.0f} s; see {LOG_DIR}/api-server.log")
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _wait_for(check, timeout: float, supervisor: Supervisor, what: str) -> None:
+    """Poll ``check`` once a second; stop everything with a message naming the log if a supervised process dies or
+    ``timeout`` passes first."""
     deadline = time.monotonic() + timeout
     while not check():
         if dead := supervisor.dead():
@@ -259,6 +256,10 @@ def _wait_for(check, timeout: float, supervisor: Supervisor, what: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"{what} not ready within {timeout:.0f} s; see the logs in {LOG_DIR}")
         time.sleep(1)
+
+
+def _wait_for_http(url: str, timeout: float, supervisor: Supervisor) -> None:
+    _wait_for(lambda: _answers(url), timeout, supervisor, url)
 
 
 # What `run` (and `cluster`) start besides the cluster's processes: the Airflow components (`airflow <name>`,

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import scripts.pipeline
-from scripts.pipeline import RESTART_LIMIT, Supervisor
+from scripts.pipeline import RESTART_LIMIT, Supervisor, _wait_for_http
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +71,32 @@ def test_a_crash_loop_stops_being_restarted_and_counts_as_dead(capsys):
         assert f"scheduler exited (code 3) {RESTART_LIMIT + 1} times within" in output
     finally:
         supervisor.stop(grace_seconds=5)
+
+
+def test_waiting_for_the_api_server_stops_at_once_naming_the_log_when_it_dies(log_dir):
+    """`make run` waits for the api-server to answer before it starts the rest; an api-server that dies (a port
+    in use, a broken config) ends the wait at once with the log to read, not after the 180 s timeout."""
+    supervisor = Supervisor({}, restart=False)
+    try:
+        supervisor.start("api-server", QUICK_EXIT)
+        exited(supervisor, "api-server")
+        with pytest.raises(SystemExit, match=f"api-server exited while waiting for http://127.0.0.1:9/ready; "
+                                             f"see {log_dir}/api-server.log"):
+            _wait_for_http("http://127.0.0.1:9/ready", 180, supervisor)
+    finally:
+        supervisor.stop(grace_seconds=5)
+
+
+def test_waiting_for_an_address_that_answers_returns():
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    supervisor = Supervisor({}, restart=False)
+    try:
+        supervisor.start("api-server", LONG)
+        _wait_for_http(f"http://127.0.0.1:{server.server_port}/", 30, supervisor)
+    finally:
+        supervisor.stop(grace_seconds=5)
+        server.shutdown()
