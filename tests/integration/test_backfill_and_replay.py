@@ -30,7 +30,6 @@ from include.names import REPLAY_DAG_ID
 from scripts import pipeline as supervised
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator
-from scripts.pipeline import Supervisor, _wait_for_http
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
 from tests.fixtures.ui import OUTPUT_DIR, api_token, graph_screenshot, log_in
 
@@ -140,7 +139,7 @@ def wait_until_scheduler_saw_the_park(run_id: str, timeout: float = 120) -> None
     and the run waits for ever (seen once in CI). A person reads the form first; the test waits for the one log
     line that says the scheduler is past that point (``scheduler_job_runner.process_executor_events``)."""
     marker = f"TaskInstance Finished: dag_id={REPLAY_DAG_ID}, task_id=approve, run_id={run_id},"
-    log = supervised.LOG_DIR / "scheduler.log"  # where Supervisor.start writes it
+    log = supervised.LOG_DIR / "scheduler.log"  # read now: load_env may have moved it since import
     deadline = time.monotonic() + timeout
     while not any(marker in line and "state=awaiting_input" in line
                   for line in log.read_text(errors="replace").splitlines()):
@@ -212,11 +211,11 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
     airflow(env, "dags", "reserialize")
     airflow(env, "dags", "unpause", "ecommerce_events")
-    supervisor = Supervisor(env)
+    supervisor = supervised.Supervisor(env)
     try:
         supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)])
         supervisor.start("scheduler", [AIRFLOW, "scheduler"])
-        _wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 180, supervisor)
+        supervised._wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 180, supervisor)
         first_id, timings["backfill 1"] = backfill(pipeline, env, window_end)
         after_first = tables(pipeline)
         log_in(browser, base, PASSWORD)
