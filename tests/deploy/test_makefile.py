@@ -102,3 +102,21 @@ def test_pg_bin_dir_in_the_env_file_counts_as_it_does_for_the_pipeline(tmp_path)
     done = subprocess.run(["/bin/sh", str(ROOT / "scripts" / "preflight.sh"), "postgres"], cwd=tmp_path, env=environ,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "PG_BIN_DIR=/nowhere/bin holds no initdb" in done.stderr
+
+
+def test_make_test_runs_whole_files_on_two_workers_longest_first_and_workers_0_runs_in_process():
+    from tests.conftest import LONGEST_FIRST
+
+    environ = {key: value for key, value in os.environ.items()
+               if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PYTEST_WORKERS")}
+
+    def pytest_command(**env: str) -> str:
+        dry = subprocess.run([MAKE, "--no-print-directory", "-n", "test"], cwd=ROOT, env={**environ, **env},
+                             capture_output=True, text=True, timeout=60)
+        return dry.stdout.splitlines()[-1]
+
+    assert pytest_command().endswith("-m pytest -n 2 --dist loadfile --no-loadscope-reorder")
+    assert pytest_command(PYTEST_WORKERS="3").endswith("-m pytest -n 3 --dist loadfile --no-loadscope-reorder")
+    assert pytest_command(PYTEST_WORKERS="0").rstrip().endswith("-m pytest")
+    # the order that balances the workers names files that exist (a renamed file would silently lose its place)
+    assert [path for path in LONGEST_FIRST if not (ROOT / path).is_file()] == []

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV_ONLY = {"pytest", "pytest-timeout", "selenium", "ruff", "duckdb"}
+DEV_ONLY = {"pytest", "pytest-timeout", "pytest-xdist", "selenium", "ruff", "duckdb"}
 
 
 def canonical(name: str) -> str:
