@@ -175,15 +175,27 @@ def ingest_running(pipeline, running: RunningCluster, landed_at: float,
         time.sleep(0.5)
 
 
-def task_attempts(pipeline, run_id: str) -> dict[str, list[tuple[int, str]]]:
-    """Every attempt of every task of the run: (try number, state), earlier attempts first."""
-    attempts: dict[str, list[tuple[int, str]]] = {}
-    for table in ("task_instance_history", "task_instance"):
-        for task_id, try_number, state in pipeline.airflow_query(
-                f"SELECT task_id, try_number, state FROM {table} WHERE dag_id = %s AND run_id = %s "  # noqa: S608
-                "ORDER BY try_number", (DAG_ID, run_id)):
-            attempts.setdefault(task_id, []).append((try_number, state))
-    return attempts
+FINAL = ("success", "failed", "skipped", "upstream_failed", "removed")
+
+
+def task_attempts(pipeline, run_id: str, settled: tuple[str, ...] = (),
+                  timeout: float = 180) -> dict[str, list[tuple[int, str]]]:
+    """Every attempt of every task of the run: (try number, state), earlier attempts first.
+
+    Waits (up to ``timeout``) until each task of ``settled`` has ended: a publish's rows are visible when its
+    transaction commits, a moment before its task reports success (longer on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        attempts: dict[str, list[tuple[int, str]]] = {}
+        for table in ("task_instance_history", "task_instance"):
+            for task_id, try_number, state in pipeline.airflow_query(
+                    f"SELECT task_id, try_number, state FROM {table} WHERE dag_id = %s AND run_id = %s "  # noqa: S608
+                    "ORDER BY try_number", (DAG_ID, run_id)):
+                attempts.setdefault(task_id, []).append((try_number, state))
+        if all(attempts.get(task) and attempts[task][-1][1] in FINAL for task in settled) \
+                or time.monotonic() > deadline:
+            return attempts
+        time.sleep(1)
 
 
 def test_the_dag_runs_on_the_celery_workers_and_the_spark_cluster(pipeline, running):
@@ -202,7 +214,8 @@ def test_the_dag_runs_on_the_celery_workers_and_the_spark_cluster(pipeline, runn
             if f"run_id={run_id}/task_id={task}/" in text:
                 executed.setdefault(task, []).append(worker)
     assert {task: len(workers) for task, workers in executed.items()} == dict.fromkeys(TASKS, 1), executed
-    attempts = task_attempts(pipeline, run_id)  # none failed first: no task ran before the api-server answered
+    # none failed first: no task ran before the api-server answered
+    attempts = task_attempts(pipeline, run_id, settled=TASKS)
     assert {task: attempts[task] for task in TASKS} == dict.fromkeys(TASKS, [(1, "success")]), attempts
 
     # ... and the ingest as an application of the Spark master, with an executor on each Spark worker
