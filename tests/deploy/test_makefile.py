@@ -82,14 +82,20 @@ def test_present_prerequisites_pass(tmp_path):
     assert done.stderr == ""
 
 
+def dry_run(target: str, **env: str) -> list[str]:
+    """The commands `make -n target` would run, with ``env`` on top of this environment."""
+    # run from `make test` too: a make inside make would announce its directory first (MAKELEVEL)
+    environ = {key: value for key, value in os.environ.items()
+               if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PYTEST_WORKERS")}
+    dry = subprocess.run([MAKE, "--no-print-directory", "-n", target], cwd=ROOT, env={**environ, **env},
+                         capture_output=True, text=True, timeout=60)
+    return dry.stdout.splitlines()
+
+
 @pytest.mark.parametrize("target", ["run", "cluster", "once", "test", "test-fast", "test-unit", "test-integration",
                                     "bench"])
 def test_every_target_that_starts_spark_or_postgresql_checks_first(target):
-    # run from `make test` too: a make inside make would announce its directory first (MAKELEVEL)
-    environ = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    dry = subprocess.run([MAKE, "--no-print-directory", "-n", target], cwd=ROOT, env=environ, capture_output=True,
-                         text=True, timeout=60)
-    commands = dry.stdout.splitlines()
+    commands = dry_run(target)
     assert commands[0].endswith("scripts/preflight.sh java postgres"), (target, commands[:3])
     if target == "cluster":  # and Redis, the Celery broker
         assert commands[1].endswith("scripts/preflight.sh redis"), commands[:3]
@@ -107,13 +113,8 @@ def test_pg_bin_dir_in_the_env_file_counts_as_it_does_for_the_pipeline(tmp_path)
 def test_make_test_runs_whole_files_on_two_workers_longest_first_and_workers_0_runs_in_process():
     from tests.conftest import LONGEST_FIRST
 
-    environ = {key: value for key, value in os.environ.items()
-               if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PYTEST_WORKERS")}
-
     def pytest_command(**env: str) -> str:
-        dry = subprocess.run([MAKE, "--no-print-directory", "-n", "test"], cwd=ROOT, env={**environ, **env},
-                             capture_output=True, text=True, timeout=60)
-        return dry.stdout.splitlines()[-1]
+        return dry_run("test", **env)[-1]
 
     assert pytest_command().endswith("-m pytest -n 2 --dist loadfile --no-loadscope-reorder")
     assert pytest_command(PYTEST_WORKERS="3").endswith("-m pytest -n 3 --dist loadfile --no-loadscope-reorder")

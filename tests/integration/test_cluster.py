@@ -175,15 +175,14 @@ def ingest_running(pipeline, running: RunningCluster, landed_at: float,
         time.sleep(0.5)
 
 
-FINAL = ("success", "failed", "skipped", "upstream_failed", "removed")
-
-
 def task_attempts(pipeline, run_id: str, settled: tuple[str, ...] = (),
                   timeout: float = 180) -> dict[str, list[tuple[int, str]]]:
     """Every attempt of every task of the run: (try number, state), earlier attempts first.
 
     Waits (up to ``timeout``) until each task of ``settled`` has ended: a publish's rows are visible when its
     transaction commits, a moment before its task reports success (longer on a loaded machine)."""
+    from airflow.utils.state import State
+
     deadline = time.monotonic() + timeout
     while True:
         attempts: dict[str, list[tuple[int, str]]] = {}
@@ -192,7 +191,7 @@ def task_attempts(pipeline, run_id: str, settled: tuple[str, ...] = (),
                     f"SELECT task_id, try_number, state FROM {table} WHERE dag_id = %s AND run_id = %s "  # noqa: S608
                     "ORDER BY try_number", (DAG_ID, run_id)):
                 attempts.setdefault(task_id, []).append((try_number, state))
-        if all(attempts.get(task) and attempts[task][-1][1] in FINAL for task in settled) \
+        if all(attempts.get(task) and attempts[task][-1][1] in State.finished for task in settled) \
                 or time.monotonic() > deadline:
             return attempts
         time.sleep(1)
