@@ -85,6 +85,10 @@ def airflow_environment(
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{api_host}:{api_port}/execution/",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # A scheduler loop that found nothing to do sleeps this long (Airflow's default: 1 s). Each hop from one
+        # task to the next waits for one such loop, seven per run: 0.5 s saves ~3.5 s of every run's
+        # freshness for +2 % of an idle scheduler's CPU (docs/performance.md, "Freshness").
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
     }
     # Keep what the user configured explicitly.
     env = {key: value for key, value in env.items() if key in ("PATH", "PYTHONPATH") or key not in environ}

@@ -349,6 +349,12 @@ def test_compose_and_make_cluster_run_the_same_services_with_the_same_commands(t
     for env in (compose, local):
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("/airflow")
+    # and the same scheduler loop as make run's environment, which make cluster adds to (its idle sleep sets
+    # how long each task waits for the next one)
+    from scripts.airflow_env import airflow_environment
+
+    base = airflow_environment(Settings(), {"AIRFLOW_HOME": str(tmp_path / "airflow")})
+    assert compose["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == base["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"]
     master = json.loads(local["AIRFLOW_CONN_SPARK_DEFAULT"])["host"]
     assert master == cluster.spark_url and master in processes["spark-worker-1"].command
     assert json.loads(compose["AIRFLOW_CONN_SPARK_DEFAULT"])["host"] in SERVICES["spark-worker"]["command"]
