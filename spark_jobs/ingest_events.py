@@ -190,9 +190,16 @@ def warm_up(spark: SparkSession, settings: Settings) -> None:
     files = spark.range(0, workers, 1, workers).select(
         F.format_string("file:/warm-up/%d.csv", "id").alias("path"), F.lit(_WARM_UP_CSV).alias("content")
     )
-    parsed = files.mapInArrow(parse_landed_files, PARSED_SCHEMA)
-    events = typed_events(parsed, datetime.now(UTC), settings.late_arrival_minutes)
-    rows = events.mapInArrow(_count_rows, "rows long").collect()
+    # parsed and cached first, then typed from the cache, as ``stage_rows`` does: one Python function per Spark
+    # task, so only as many Python workers start as a batch will use (two chained in one task would start twice
+    # as many, each holding its imports, ~200 MB, for the rest of the run)
+    parsed = files.mapInArrow(parse_landed_files, PARSED_SCHEMA).persist()
+    try:
+        parsed.count()
+        events = typed_events(parsed, datetime.now(UTC), settings.late_arrival_minutes)
+        rows = events.mapInArrow(_count_rows, "rows long").collect()
+    finally:
+        parsed.unpersist()
     log.info("warm-up: %d rows through %d Python worker(s) in %.2f s", sum(r.rows for r in rows), workers,
              time.perf_counter() - started)
 

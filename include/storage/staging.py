@@ -7,7 +7,6 @@ a crash finds its ledger row and stages nothing. Publishing is ``include.publish
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +21,8 @@ from include.storage.landing import ArchivedFile
 from include.storage.locks import xact_lock
 
 SCHEMA_SQL = Path(__file__).resolve().parent / "sql" / "schema.sql"
+# COPY sends a staged partition in pieces of this size (psycopg buffers each write until it is sent)
+_COPY_CHUNK_BYTES = 1 << 20
 
 
 
@@ -69,41 +70,44 @@ def copy_arrow_to_staging(
     task (or a retried transaction after PostgreSQL restarted) replaces its rows instead of doubling them.
     Returns the number of rows staged and the seconds the COPY transaction took (retries included).
     """
+    import tempfile
     import time
 
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
     columns = ("spark_query_id", "spark_batch_id", "spark_partition") + STAGED_COLUMNS
-    chunks: list[bytes] = []  # CSV text of the partition, kept so a retried transaction can send it again
-    staged = 0
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        n = batch.num_rows
-        keyed = pa.RecordBatch.from_arrays(
-            [pa.array([query_id] * n), pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n)]
-            + [batch.column(c) for c in STAGED_COLUMNS],
-            names=list(columns),
-        )
-        buffer = io.BytesIO()
-        pa_csv.write_csv(keyed, buffer, pa_csv.WriteOptions(include_header=False))
-        chunks.append(buffer.getvalue())
-        staged += n
-
-    def copy_partition(conn: psycopg.Connection) -> None:
-        with conn.transaction():
-            conn.execute(
-                "DELETE FROM staging_events WHERE spark_query_id = %s AND spark_batch_id = %s "
-                "AND spark_partition = %s",
-                (query_id, batch_id, partition),
+    copy_sql = f"COPY staging_events ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+    # The partition's CSV text goes to a temporary file, not to memory: a retried transaction sends it again,
+    # and a worker holds one Arrow batch at a time however large the partition (docs/performance.md, "Memory").
+    with tempfile.TemporaryFile(prefix="staging-") as spill:
+        staged = 0
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            n = batch.num_rows
+            keyed = pa.RecordBatch.from_arrays(
+                [pa.array([query_id] * n), pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n)]
+                + [batch.column(c) for c in STAGED_COLUMNS],
+                names=list(columns),
             )
-            with conn.cursor().copy(f"COPY staging_events ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
-                for chunk in chunks:
-                    copy.write(chunk)
+            pa_csv.write_csv(keyed, spill, pa_csv.WriteOptions(include_header=False))
+            staged += n
 
-    started = time.perf_counter()
-    with_connection(settings, copy_partition)
+        def copy_partition(conn: psycopg.Connection) -> None:
+            spill.seek(0)
+            with conn.transaction():
+                conn.execute(
+                    "DELETE FROM staging_events WHERE spark_query_id = %s AND spark_batch_id = %s "
+                    "AND spark_partition = %s",
+                    (query_id, batch_id, partition),
+                )
+                with conn.cursor().copy(copy_sql) as copy:
+                    while chunk := spill.read(_COPY_CHUNK_BYTES):
+                        copy.write(chunk)
+
+        started = time.perf_counter()
+        with_connection(settings, copy_partition)
     return staged, time.perf_counter() - started
 
 

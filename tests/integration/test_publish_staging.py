@@ -1,7 +1,10 @@
-"""How the publish clears the staged rows it published, against a real PostgreSQL.
+"""How rows get into ``staging_events`` and how the publish clears the ones it published, against a real
+PostgreSQL.
 
-TRUNCATE when the published batches are all that ``staging_events`` holds; otherwise (rows of other batches,
-or another session writing to it right now) a DELETE of exactly the published batches, without waiting."""
+The executors' COPY survives a rolled-back transaction without doubling or losing a row. The publish clears
+with TRUNCATE when the published batches are all that ``staging_events`` holds; otherwise (rows of other
+batches, or another session writing to it right now) with a DELETE of exactly the published batches, without
+waiting."""
 
 from __future__ import annotations
 
@@ -76,3 +79,47 @@ def test_a_session_staging_right_now_is_neither_waited_for_nor_lost(pipeline):
         assert time.monotonic() - started < 5
         writer.commit()
     assert _staged(pipeline) == {(str(OTHER), 7): 40}
+
+
+def test_a_staging_copy_the_server_rolls_back_is_sent_again_whole(pipeline):
+    """The executors' COPY (``copy_arrow_to_staging``): when PostgreSQL rolls the transaction back after every
+    row was sent (here a statement trigger fails it once, as a serialization failure would), the retry sends the
+    partition's rows again from its spill file: each row staged once, none lost."""
+    import pyarrow as pa
+
+    from include.contract.columns import STAGED_COLUMNS
+    from include.storage.staging import copy_arrow_to_staging
+
+    pipeline.reset()
+
+    def batch(first: int, rows: int) -> pa.RecordBatch:
+        values = {"event_id": [f"e{i}" for i in range(first, first + rows)], "source_file": ["f.csv"] * rows,
+                  "source_line": list(range(first, first + rows)), "raw_data": [f"line,{i}" for i in range(rows)]}
+        return pa.RecordBatch.from_arrays(
+            [pa.array(values[c]) if c in values else pa.nulls(rows, pa.string()) for c in STAGED_COLUMNS],
+            names=list(STAGED_COLUMNS))
+
+    with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
+        conn.execute("""
+            CREATE SEQUENCE fail_once;
+            CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF nextval('fail_once') = 1 THEN  -- a sequence is not rolled back: the second COPY passes
+                RAISE EXCEPTION 'injected rollback' USING ERRCODE = 'serialization_failure';
+              END IF;
+              RETURN NULL;
+            END $$;
+            CREATE TRIGGER fail_once AFTER INSERT ON staging_events FOR EACH STATEMENT EXECUTE FUNCTION fail_once();
+        """)
+    try:
+        staged, _ = copy_arrow_to_staging(pipeline.settings, str(PUBLISHED), 3, 0,
+                                          iter([batch(0, 1500), batch(1500, 0), batch(1500, 700)]))
+        attempts = pipeline.scalar("SELECT last_value FROM fail_once")
+    finally:
+        with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER fail_once ON staging_events; DROP FUNCTION fail_once(); DROP SEQUENCE fail_once")
+    assert attempts == 2 and staged == 2200
+    assert _staged(pipeline) == {(str(PUBLISHED), 3): 2200}
+    assert pipeline.scalar("SELECT count(DISTINCT event_id) FROM staging_events") == 2200
+    assert pipeline.query("SELECT min(source_line), max(source_line), min(raw_data) FROM staging_events") == \
+        [(0, 2199, "line,0")]
