@@ -98,9 +98,6 @@ SPARK_JOB_ENV = {
     # cluster it must exist on every worker with the project's requirements (docker-compose: the same image).
     "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
 }
-# The driver's heap; in local[*] the executors share it. 640m holds a 32m micro-batch with room to spare and
-# keeps the JVM ~100-200 MB smaller than Spark's default 1g would (docs/performance.md, "Memory").
-SPARK_DRIVER_MEMORY = os.environ.get("SPARK_DRIVER_MEMORY") or "640m"
 
 
 @dag(
@@ -240,7 +237,6 @@ def ecommerce_events():
             application=str(SPARK_JOBS / script),
             py_files=prepared["py_files"],
             conf={"spark.driver.extraJavaOptions": prepared["driver_java_options"]},
-            driver_memory=SPARK_DRIVER_MEMORY,
             name=f"{DAG_ID}_{task_id}",
             application_args=["--airflow-run-id", "{{ run_id }}", *arguments],
             env_vars=SPARK_JOB_ENV,
