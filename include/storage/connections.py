@@ -10,6 +10,7 @@ retries are used up the error propagates, the task fails, and Airflow's own retr
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -25,7 +26,20 @@ T = TypeVar("T")
 
 def is_transient(error: BaseException) -> bool:
     # psycopg 3 files connection failures, SerializationFailure and DeadlockDetected under OperationalError
-    return isinstance(error, psycopg.OperationalError) and not isinstance(error, psycopg.errors.QueryCanceled)
+    if isinstance(error, psycopg.OperationalError):
+        return not isinstance(error, psycopg.errors.QueryCanceled)
+    adbc = sys.modules.get("adbc_driver_manager")  # loaded only where the staging COPY runs (the executors)
+    if adbc is not None and isinstance(error, adbc.Error):
+        # an ADBC error carries the server's SQLSTATE: judged by the class psycopg files that state under, so
+        # both drivers retry the same errors; without one it is the connection itself (refused, cut)
+        if not error.sqlstate:
+            return isinstance(error, adbc.OperationalError)
+        try:
+            cls = psycopg.errors.lookup(error.sqlstate)
+        except KeyError:
+            return False
+        return issubclass(cls, psycopg.OperationalError) and not issubclass(cls, psycopg.errors.QueryCanceled)
+    return False
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
@@ -56,6 +70,18 @@ def with_connection(settings: Settings, work: Callable[[psycopg.Connection], T],
     """
     for attempt in db_retrying(settings, sleep):
         with attempt, psycopg.connect(settings.postgres_conninfo, connect_timeout=10, autocommit=autocommit) as conn:
+            return work(conn)
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def with_arrow_connection(settings: Settings, work: Callable, *, sleep: Callable[[float], None] = time.sleep):
+    """``with_connection`` for an ADBC connection (``adbc_driver_postgresql``: Arrow in, binary COPY out), which
+    the executors' staging COPY uses. The connection is not in autocommit mode: ``work`` commits."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    conninfo = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, connect_timeout=10)
+    for attempt in db_retrying(settings, sleep):
+        with attempt, adbc.connect(conninfo) as conn:
             return work(conn)
     raise AssertionError("unreachable: tenacity re-raises the last error")
 

@@ -57,3 +57,25 @@ def test_bugs_and_bad_data_are_not_retried():
     assert sleeps == []
     assert is_transient(psycopg.errors.DeadlockDetected("deadlock"))
     assert not is_transient(ValueError("bad"))
+
+
+def test_the_staging_copys_adbc_errors_are_judged_as_psycopgs_are():
+    """The executors' binary COPY goes through ADBC, whose errors carry the server's SQLSTATE: retried exactly
+    when psycopg would retry the same state; an ADBC error without one is the connection itself."""
+    import adbc_driver_manager as adbc
+
+    def error(cls, sqlstate):
+        return cls("message", status_code=adbc.AdbcStatusCode.IO, sqlstate=sqlstate)
+
+    assert is_transient(error(adbc.OperationalError, None))  # connection refused or cut
+    assert is_transient(error(adbc.OperationalError, "40001"))  # serialization failure
+    assert is_transient(error(adbc.DatabaseError, "40P01"))  # deadlock, whatever class ADBC files it under
+    assert is_transient(error(adbc.OperationalError, "57P01"))  # administrator shutdown
+    assert not is_transient(error(adbc.IntegrityError, "23505"))
+    assert not is_transient(error(adbc.OperationalError, "57014"))  # canceled: not retried, as with psycopg
+    assert not is_transient(error(adbc.ProgrammingError, "22P03"))  # bad binary data: a bug, surfaces at once
+    assert not is_transient(error(adbc.DatabaseError, None))
+    sleeps: list[float] = []
+    with pytest.raises(adbc.OperationalError):
+        db_retrying(SETTINGS, sleep=sleeps.append)(lambda: (_ for _ in ()).throw(error(adbc.OperationalError, None)))
+    assert sleeps == [1.0, 2.0, 4.0]

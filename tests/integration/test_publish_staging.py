@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -81,10 +82,12 @@ def test_a_session_staging_right_now_is_neither_waited_for_nor_lost(pipeline):
     assert _staged(pipeline) == {(str(OTHER), 7): 40}
 
 
-def test_a_staging_copy_the_server_rolls_back_is_sent_again_whole(pipeline):
+@pytest.mark.parametrize("binary", [True, False], ids=["binary COPY (ADBC)", "CSV COPY (reference)"])
+def test_a_staging_copy_the_server_rolls_back_is_sent_again_whole(pipeline, binary):
     """The executors' COPY (``copy_arrow_to_staging``): when PostgreSQL rolls the transaction back after every
     row was sent (here a statement trigger fails it once, as a serialization failure would), the retry sends the
-    partition's rows again from its spill file: each row staged once, none lost."""
+    partition's rows again from its spill file: each row staged once, none lost. Both writers: the ADBC one
+    reports the failure with its own exception class, retried by its SQLSTATE."""
     import pyarrow as pa
 
     from include.contract.columns import STAGED_COLUMNS
@@ -113,7 +116,7 @@ def test_a_staging_copy_the_server_rolls_back_is_sent_again_whole(pipeline):
         """)
     try:
         staged, _ = copy_arrow_to_staging(pipeline.settings, str(PUBLISHED), 3, 0,
-                                          iter([batch(0, 1500), batch(1500, 0), batch(1500, 700)]))
+                                          iter([batch(0, 1500), batch(1500, 0), batch(1500, 700)]), binary=binary)
         attempts = pipeline.scalar("SELECT last_value FROM fail_once")
     finally:
         with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
@@ -123,3 +126,45 @@ def test_a_staging_copy_the_server_rolls_back_is_sent_again_whole(pipeline):
     assert pipeline.scalar("SELECT count(DISTINCT event_id) FROM staging_events") == 2200
     assert pipeline.query("SELECT min(source_line), max(source_line), min(raw_data) FROM staging_events") == \
         [(0, 2199, "line,0")]
+
+
+def test_binary_and_csv_staging_copies_store_the_same_rows_on_every_corpus(pipeline, spark, tmp_path):
+    """The differential test of the staging COPY: the binary one (ADBC, from Arrow) against the CSV text one it
+    replaced, on the rows Spark types from the parser's whole differential corpus (the generator's output of
+    every kind, the evolving feed): the same rows, value for value, in every column (NULLs, the raw lines,
+    the parse errors, the rescued columns as JSON, decimals, instants)."""
+    from include.contract.columns import STAGED_COLUMNS
+    from include.contract.parser import MAX_FIELD_CHARS
+    from include.storage.staging import copy_arrow_to_staging
+    from spark_jobs.staging import typed_events
+    from spark_jobs.transforms import PARSED_SCHEMA, parse_landed_files
+    from tests.spark_jobs.test_parser_paths import evolving_feed, generated_files
+
+    pipeline.reset()
+    corpus = [(f"file://{path}", path.read_bytes()) for path in generated_files(tmp_path)]
+    corpus += [(f"file:///landing/{name}", content) for name, content in evolving_feed().items()]
+    injected = "e1,7,s1,view,42,\"'); DROP TABLE x; --\",1.00,1,new,t\nx,\"a\tb\\c\u00e9\U0001F600\",,,,,,,,\n"
+    corpus.append(("file:///landing/odd.csv", ("event_id,user_id,session_id,event_type,product_id,category,price,"
+                                               "quantity,user_segment,event_time\n" + injected
+                                               + "e2,1,s,view,1," + "x" * (MAX_FIELD_CHARS + 1) + ",1,1,new,t\n").encode()))
+    files = spark.createDataFrame(corpus, "path string, content binary")
+    typed = typed_events(files.mapInArrow(parse_landed_files, PARSED_SCHEMA), datetime.now(UTC), 60)
+    batches = typed.toArrow().to_batches(max_chunksize=997)
+    rows = sum(b.num_rows for b in batches)
+    assert copy_arrow_to_staging(pipeline.settings, str(PUBLISHED), 1, 0, iter(batches), binary=True)[0] == rows
+    assert copy_arrow_to_staging(pipeline.settings, str(PUBLISHED), 2, 0, iter(batches), binary=False)[0] == rows
+
+    columns = ", ".join(STAGED_COLUMNS)
+    differ = pipeline.query(
+        f"(SELECT 'binary only', {columns} FROM staging_events WHERE spark_batch_id = 1 EXCEPT ALL "
+        f" SELECT 'binary only', {columns} FROM staging_events WHERE spark_batch_id = 2) UNION ALL "
+        f"(SELECT 'csv only', {columns} FROM staging_events WHERE spark_batch_id = 2 EXCEPT ALL "
+        f" SELECT 'csv only', {columns} FROM staging_events WHERE spark_batch_id = 1) LIMIT 5")
+    assert differ == []
+    # the corpus reaches every kind of value the COPY has to carry
+    [(total, unparsed, rescued, late, files_seen)] = pipeline.query(
+        "SELECT count(*), count(parse_errors), count(rescued_data), count(*) FILTER (WHERE is_late_arrival), "
+        "count(DISTINCT source_file) FROM staging_events WHERE spark_batch_id = 1")
+    print(f"\nstaging COPY differential: {files_seen} files, {total} rows each way "
+          f"({unparsed} with parse errors, {rescued} with rescued columns, {late} late)")
+    assert total == rows > 10_000 and unparsed > 100 and rescued >= 50 and late > 0 and files_seen >= 40
