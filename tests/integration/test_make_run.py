@@ -336,14 +336,18 @@ def wait_for_the_end(stack: Stack, run_id: str, timeout: float = 600) -> str:
         time.sleep(1)
 
 
+def task_log(stack: Stack, run_id: str, task_id: str, try_number: int) -> Path:
+    return Path(stack.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / \
+        f"task_id={task_id}" / f"attempt={try_number}.log"
+
+
 def why_it_failed(stack: Stack, run_id: str) -> str:
     """The failed tasks and the last error lines of their last try's log."""
     lines = []
     for task_id, try_number in stack.metadata(
             "SELECT task_id, try_number FROM task_instance WHERE dag_id = %s AND run_id = %s AND state = 'failed'",
             (DAG_ID, run_id)):
-        log = Path(stack.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / \
-            f"task_id={task_id}" / f"attempt={try_number}.log"
+        log = task_log(stack, run_id, task_id, try_number)
         text = log.read_text(errors="replace") if log.exists() else ""
         errors = [line[:400] for line in text.splitlines() if "Error" in line or "error" in line][-5:]
         lines.append(f"{task_id} failed after {try_number} tries: " + (" | ".join(errors) or f"(no log at {log})"))
@@ -456,6 +460,15 @@ def test_make_run_schedules_the_dag_and_ctrl_c_leaves_nothing_behind(make_run, p
     assert scheduled_successes(stack) > stack.scheduled_before, output
     assert f"Airflow UI: {stack.base}" in output and "login: admin" in output
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events WHERE airflow_run_id LIKE 'scheduled__%%'") > 0
+    # the scheduler imported Great Expectations once, at its start (include/airflow/preload.py); the audit
+    # tasks it forked found it loaded
+    audits = [task_log(stack, run_id, "audit", try_number).read_text(errors="replace") for run_id, try_number in
+              stack.metadata("SELECT run_id, try_number FROM task_instance WHERE dag_id = %s AND task_id = 'audit' "
+                             "AND run_id LIKE 'scheduled__%%' AND state = 'success'", (DAG_ID,))]
+    audited = [log for log in audits if "audited " in log]
+    assert audited, audits
+    assert all("Great Expectations preloaded by the process that forked this task" in log for log in audited), \
+        audited[-1][-3000:]
     descendants = stack.descendants | set(psutil.Process(stack.process.pid).children(recursive=True))
     assert len(descendants) >= 5  # api-server, scheduler, dag-processor, triggerer, generator (and children)
     stack.process.send_signal(signal.SIGINT)
