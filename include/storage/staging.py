@@ -102,7 +102,6 @@ def copy_arrow_to_staging(
     import pyarrow.csv as pa_csv
 
     schema = staging_arrow_schema()
-    query_key = uuid.UUID(query_id).bytes
     # The partition's rows go to a temporary file (Arrow IPC, or the CSV text), not to memory: a retried
     # transaction sends them again, and a worker holds one Arrow batch at a time however large the partition
     # (docs/performance.md, "Memory").
@@ -113,19 +112,18 @@ def copy_arrow_to_staging(
             if batch.num_rows == 0:
                 continue
             n = batch.num_rows
+            # the staging key: binary COPY takes the query id as a uuid, CSV as its text
+            query = (pa.ExtensionArray.from_storage(pa.uuid(), pa.array([uuid.UUID(query_id).bytes] * n, pa.binary(16)))
+                     if writer else pa.array([query_id] * n))
+            keyed = pa.RecordBatch.from_arrays(
+                [query, pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n, pa.int32())]
+                + [batch.column(c) for c in STAGED_COLUMNS],
+                names=schema.names,
+            )
             if writer:
-                writer.write_batch(pa.RecordBatch.from_arrays(
-                    [pa.ExtensionArray.from_storage(pa.uuid(), pa.array([query_key] * n, pa.binary(16))),
-                     pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n, pa.int32())]
-                    + [batch.column(c) for c in STAGED_COLUMNS],
-                    names=schema.names,
-                ).cast(schema))
+                writer.write_batch(keyed.cast(schema))
             else:
-                pa_csv.write_csv(pa.RecordBatch.from_arrays(
-                    [pa.array([query_id] * n), pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n)]
-                    + [batch.column(c) for c in STAGED_COLUMNS],
-                    names=schema.names,
-                ), spill, pa_csv.WriteOptions(include_header=False))
+                pa_csv.write_csv(keyed, spill, pa_csv.WriteOptions(include_header=False))
             staged += n
         if writer:
             writer.close()
