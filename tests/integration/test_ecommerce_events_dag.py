@@ -24,11 +24,15 @@ def generate(pipeline, files: int, rows: int, seed: int, **ratios: float) -> lis
     return reports
 
 
-def test_generated_rows_land_once_files_are_archived_and_an_empty_minute_starts_no_spark(pipeline):
+def test_generated_rows_land_once_are_announced_and_runs_that_store_nothing_announce_nothing(pipeline):
+    """One generated backlog through three runs: the first stores it (and Airflow records an asset event for a
+    downstream DAG scheduled on `ecommerce_events`), an empty minute starts no Spark job, and the same rows
+    landed again under other names are published as duplicates only, which announces nothing."""
     pipeline.reset()
     generate(pipeline, files=6, rows=250, seed=11)  # 6 files, MAX_FILES_PER_TRIGGER=4: two Spark batches
     landed = sorted(p.name for p in pipeline.landing_dir.glob("*.csv"))
 
+    started = datetime.now(UTC)
     first = pipeline.once()
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
 
@@ -53,8 +57,20 @@ def test_generated_rows_land_once_files_are_archived_and_an_empty_minute_starts_
     # files moved out of the landing dir into the archive, by landing hour
     assert list(pipeline.landing_dir.glob("*.csv")) == []
     assert sorted(p.name for p in pipeline.archive_dir.glob("*/*/*.csv")) == landed
+    # what Airflow records (its metadata database): clean input, rows stored, no dead letter, so one asset
+    # event, for ecommerce_events only
+    [(asset, task, run_id, extra)] = pipeline.asset_events(started)
+    assert (asset, task) == ("ecommerce_events", "publish")
+    assert run_id.startswith("manual__")
+    assert {k: extra[k] for k in ("path", "rows", "valid", "dead_lettered", "duplicates", "validity_rate")} == {
+        "path": "every_minute", "rows": 1500, "valid": 1500, "dead_lettered": 0, "duplicates": 0,
+        "validity_rate": 100.0}
+    assert len(extra["batch_ids"]) == 2
+    earliest, latest = pipeline.query("SELECT min(event_time), max(event_time) FROM ecommerce_events")[0]
+    assert [datetime.fromisoformat(moment) for moment in extra["event_time_span"]] == [earliest, latest]
 
-    # the next minute has nothing to do: it changes nothing and starts no Spark job (no JVM)
+    # the next minute has nothing to do: it changes nothing, starts no Spark job (no JVM), announces nothing
+    empty = datetime.now(UTC)
     second = pipeline.once()
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     output = second.stdout + second.stderr
@@ -63,38 +79,20 @@ def test_generated_rows_land_once_files_are_archived_and_an_empty_minute_starts_
     assert "Airflow metadata database up to date" in output  # and it did not pay a metadata migration
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 1500
     assert pipeline.scalar("SELECT count(*) FROM data_quality_metrics") == 2
+    assert pipeline.asset_events(empty) == []
 
-
-def test_a_publish_announces_the_rows_it_stored_as_an_asset_event_and_a_run_that_stored_nothing_does_not(pipeline):
-    """What Airflow records (its metadata database) for a downstream DAG scheduled on `ecommerce_events`."""
-    pipeline.reset()
-    generate(pipeline, files=2, rows=200, seed=12)
-    started = datetime.now(UTC)
-    first = pipeline.once()
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-
-    # clean input: rows stored, no dead letter, so one event, for ecommerce_events only
-    [(asset, task, run_id, extra)] = pipeline.asset_events(started)
-    assert (asset, task) == ("ecommerce_events", "publish")
-    assert run_id.startswith("manual__")
-    assert {k: extra[k] for k in ("path", "rows", "valid", "dead_lettered", "duplicates", "validity_rate")} == {
-        "path": "every_minute", "rows": 400, "valid": 400, "dead_lettered": 0, "duplicates": 0,
-        "validity_rate": 100.0}
-    assert len(extra["batch_ids"]) == 1
-    earliest, latest = pipeline.query("SELECT min(event_time), max(event_time) FROM ecommerce_events")[0]
-    assert [datetime.fromisoformat(moment) for moment in extra["event_time_span"]] == [earliest, latest]
-
-    # the same rows land again under another name: publish runs and stores nothing new, so it announces
+    # the same rows land again under other names: publish runs and stores nothing new, so it announces
     # nothing (the quality gate then fails the run: its table check `rows_arrived` sees no new row)
     for path in pipeline.archive_dir.glob("*/*/*.csv"):
         shutil.copy(path, pipeline.landing_dir / f"again_{path.name}")
     again = datetime.now(UTC)
-    second = pipeline.once()
-    output = second.stdout + second.stderr
-    assert "published 1 batch(es): 400 rows -> 0 valid, 0 invalid, 400 duplicates" in output, output[-4000:]
+    third = pipeline.once()
+    output = third.stdout + third.stderr
+    assert "published 2 batch(es): 1500 rows -> 0 valid, 0 invalid, 1500 duplicates" in output, output[-4000:]
     assert "no asset event: neither ecommerce_events nor dead_letter_events changed" in output
-    assert second.returncode == 1 and "table check rows_arrived failed" in output
+    assert third.returncode == 1 and "table check rows_arrived failed" in output
     assert pipeline.asset_events(again) == []
+    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 1500
 
 
 def test_init_start_dags_writes_the_login_and_unpauses_what_make_run_unpauses(pipeline, tmp_path):

@@ -1,7 +1,7 @@
 """Exactly-once under faults, with real signals on real processes.
 
 spark-submit is SIGKILLed (its whole process group: the JVM and its Python workers) at each fault point
-of the ingest, the publish step is SIGKILLed inside its transaction, PostgreSQL is stopped and restarted
+of the ingest in turn, then the publish step inside its transaction, PostgreSQL is stopped and restarted
 under a running job, and two runs are started together. After recovery every generated event is stored
 exactly once, every batch's metrics add up, and nothing is left staged or in the landing directory.
 """
@@ -95,26 +95,45 @@ def assert_exactly_once(pipeline, expected: dict) -> None:
     assert sorted(p.name for p in pipeline.archive_dir.rglob("*.csv")) == sorted(expected["files"])
 
 
-@pytest.mark.parametrize("point", ["before_staging", "mid_staging", "after_ledger", "after_moves"])
-def test_spark_submit_killed_at_any_point_recovers_exactly_once(pipeline, tmp_path, point):
+def staged_state(pipeline) -> tuple[int, int, int, int, int]:
+    """(rows staged, batches in the ledger, of them published, files waiting, files archived)."""
+    return (pipeline.scalar("SELECT count(*) FROM staging_events"),
+            pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger"),
+            pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NOT NULL"),
+            len(list(pipeline.landing_dir.glob("*.csv"))), len(list(pipeline.archive_dir.rglob("*.csv"))))
+
+
+def test_killed_at_every_fault_point_in_turn_each_next_run_recovers_and_all_is_stored_exactly_once(pipeline,
+                                                                                                  tmp_path):
+    """One story through every fault point of a batch's life, in order: spark-submit (its whole process group)
+    is SIGKILLed at ``before_staging``; the next spark-submit recovers from that and is killed at
+    ``mid_staging`` (one partition committed); the next recovers and is killed at ``after_ledger`` (batch
+    staged, files not moved); the next recovers and is killed at ``after_moves`` (files moved, Spark's
+    checkpoint not committed). A DAG run then recovers from that, and is itself killed inside its publish
+    transaction; the next DAG run publishes. Each kill leaves the state its point promises, and in the end every
+    event is stored exactly once. (Each recovery is the next process's: a chain costs one spark-submit per
+    point instead of a kill and a whole DAG run per point.)"""
     pipeline.reset()
-    expected = land(pipeline, seed=100 + len(point))
-    job = spark_submit(pipeline, tmp_path, PIPELINE_FAULT_PAUSE=point)
-    kill_hard(job, wait_for(tmp_path, point, job))
+    expected = land(pipeline, seed=104)
+    first_batch = 4 * ROWS  # MAX_FILES_PER_TRIGGER=4: the first Spark batch is 4 of the 6 files
+    states = {}
+    for point in ("before_staging", "mid_staging", "after_ledger", "after_moves"):
+        fault_dir = tmp_path / point
+        fault_dir.mkdir()
+        job = spark_submit(pipeline, fault_dir, PIPELINE_FAULT_PAUSE=point)
+        kill_hard(job, wait_for(fault_dir, point, job))
+        states[point] = staged_state(pipeline)
+    assert states["before_staging"] == (0, 0, 0, FILES, 0)
+    staged, *rest = states["mid_staging"]  # a partition's COPY committed, the batch is not recorded
+    assert 0 < staged <= first_batch and rest == [0, 0, FILES, 0], states
+    assert states["after_ledger"] == (first_batch, 1, 0, FILES, 0), states  # staged once: the leftovers went
+    assert states["after_moves"] == (first_batch, 1, 0, FILES - 4, 4), states
 
-    recovery = pipeline.once()
-    assert recovery.returncode == 0, recovery.stdout[-3000:] + recovery.stderr[-3000:]
-    assert_exactly_once(pipeline, expected)
-
-
-def test_publish_killed_inside_its_transaction_is_published_once_by_the_next_run(pipeline, tmp_path):
-    pipeline.reset()
-    expected = land(pipeline, seed=7)
     run = once_in_background(pipeline, tmp_path, PIPELINE_FAULT_PAUSE="publish_in_transaction")
     kill_hard(run, wait_for(tmp_path, "publish_in_transaction", run))
-    # the killed transaction left nothing visible: everything is still staged
+    # the killed transaction left nothing visible: both batches staged, neither published, every file archived
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 0
-    assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL") == 2
+    assert staged_state(pipeline) == (expected["rows"], 2, 0, 0, FILES)
 
     recovery = pipeline.once()
     assert recovery.returncode == 0, recovery.stdout[-3000:] + recovery.stderr[-3000:]
