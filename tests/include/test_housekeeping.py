@@ -172,13 +172,18 @@ def _labels(pipeline) -> dict[str, set[str]]:
     return {table: {row[0] for row in pipeline.query(f"SELECT {column} FROM {table}")} for table, column in LABEL.items()}
 
 
-@pytest.mark.db
-def test_old_history_is_pruned_and_nothing_newer_open_unpublished_or_active_is_touched(pipeline):
+def _filled(pipeline) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Empty tables, then every pruned table filled: (the labels that must survive, the labels now there)."""
     pipeline.reset()
-    assert set(LABEL) == set(HISTORY_RULES)  # every pruned table is filled below
     with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
         kept = _fill_every_pruned_table(conn)
-    before = _labels(pipeline)
+    return kept, _labels(pipeline)
+
+
+@pytest.mark.db
+def test_old_history_is_pruned_and_nothing_newer_open_unpublished_or_active_is_touched(pipeline):
+    assert set(LABEL) == set(HISTORY_RULES)  # every pruned table is filled below
+    kept, before = _filled(pipeline)
 
     result = prune_pipeline_tables(pipeline.settings, NOW, batch_size=2)  # 3 old rows: several batches
 
@@ -193,10 +198,7 @@ def test_old_history_is_pruned_and_nothing_newer_open_unpublished_or_active_is_t
 
 @pytest.mark.db
 def test_a_retention_of_zero_keeps_its_tables_whole(pipeline):
-    pipeline.reset()
-    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
-        _fill_every_pruned_table(conn)
-    before = _labels(pipeline)
+    _, before = _filled(pipeline)
     keep_all = replace(pipeline.settings, pipeline_history_retention_days=0, resolved_dead_letter_retention_days=0)
     assert prune_pipeline_tables(keep_all, NOW).skipped
     assert _labels(pipeline) == before
@@ -212,10 +214,7 @@ def test_a_retention_of_zero_keeps_its_tables_whole(pipeline):
 
 @pytest.mark.db
 def test_pruning_skips_while_a_backfill_or_replay_runs_and_waits_for_a_publish(pipeline):
-    pipeline.reset()
-    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
-        _fill_every_pruned_table(conn)
-    before = _labels(pipeline)
+    _, before = _filled(pipeline)
     with revalidation_lock(pipeline.settings) as acquired:
         assert acquired
         result = prune_pipeline_tables(pipeline.settings, NOW, lock_wait_seconds=0)

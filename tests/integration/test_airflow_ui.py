@@ -27,7 +27,7 @@ from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator, write_raw_file
 from tests.fixtures.browser import headless_chromium
 from tests.fixtures.browser import log_in as log_in_as
-from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+from tests.fixtures.pipeline import PROJECT_ROOT
 from tests.fixtures.processes import stop_process_group
 from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, loaded_addresses, log_in
 
@@ -98,17 +98,13 @@ def ui(pipeline, tmp_path_factory):
     run_id = pipeline.scalar("SELECT DISTINCT airflow_run_id FROM ecommerce_events")
     assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE event_id = ANY(%s)", (list(known),)) == len(known)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**pipeline.env, "AIRFLOW_ADMIN_PASSWORD": PASSWORD, "AIRFLOW_API_PORT": str(port),
-           "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": base,
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/"}
+    base, env = pipeline.api_server_env(AIRFLOW_ADMIN_PASSWORD=PASSWORD)
     admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
     log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [str(PROJECT_ROOT / ".venv" / "bin" / "airflow"), "api-server", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
+             "--port", env["AIRFLOW_API_PORT"], "--workers", "1"],
             env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

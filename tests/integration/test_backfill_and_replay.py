@@ -30,7 +30,7 @@ from include.names import REPLAY_DAG_ID
 from scripts import pipeline as supervised
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator
-from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+from tests.fixtures.pipeline import PROJECT_ROOT
 from tests.fixtures.ui import OUTPUT_DIR, api_token, graph_screenshot, log_in
 
 pytestmark = pytest.mark.integration
@@ -200,22 +200,15 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     checkpoint_before = files_under(pipeline.settings.checkpoint_dir)
 
     # The real CLI path: api-server + scheduler, `airflow backfill create`, under MAX_PRICE=150.
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **pipeline.env, **QUALITY_OFF, "MAX_PRICE": "150", "AIRFLOW_ADMIN_PASSWORD": PASSWORD,
-        "AIRFLOW_API_PORT": str(port), "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": base,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-    }
+    base, env = pipeline.api_server_env(**QUALITY_OFF, MAX_PRICE="150", AIRFLOW_ADMIN_PASSWORD=PASSWORD)
     admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
     airflow(env, "dags", "reserialize")
     airflow(env, "dags", "unpause", "ecommerce_events")
     supervisor = supervised.Supervisor(env)
     try:
-        supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)])
+        supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", env["AIRFLOW_API_PORT"]])
         supervisor.start("scheduler", [AIRFLOW, "scheduler"])
-        supervised._wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 180, supervisor)
+        supervised._wait_for_http(f"{base}/api/v2/monitor/health", 180, supervisor)
         first_id, timings["backfill 1"] = backfill(pipeline, env, window_end)
         after_first = tables(pipeline)
         log_in(browser, base, PASSWORD)

@@ -66,22 +66,17 @@ def running(pipeline, tmp_path_factory):
     pipeline.reset()
     pipeline.airflow_ready()
     root = tmp_path_factory.mktemp("cluster")
-    api_port = free_port()
-    base = f"http://127.0.0.1:{api_port}"
     cluster = Cluster(root=root / "cluster", redis_port=free_port(), spark_master_port=free_port(),
                       spark_master_ui_port=free_port())
     logs = root / "logs"
-    env = {
-        **pipeline.env,
-        "AIRFLOW_API_PORT": str(api_port), "AIRFLOW__API__PORT": str(api_port), "AIRFLOW__API__BASE_URL": base,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+    base, env = pipeline.api_server_env(**{
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_SECONDS),
         "TASK_RETRY_DELAY_SECONDS": "5",
         "CLUSTER_DIR": str(cluster.root), "REDIS_PORT": str(cluster.redis_port),
         "SPARK_MASTER_PORT": str(cluster.spark_master_port), "SPARK_MASTER_UI_PORT": str(cluster.spark_master_ui_port),
         "PIPELINE_LOG_DIR": str(logs), "GENERATOR_RATE_SECONDS": "20", "GENERATOR_BATCH_SIZE": "50",
         "MAX_FILES_PER_TRIGGER": "100",
-    }
+    })
     pipeline.fail_unfinished_runs(DAG_ID)
     (root / "staging").mkdir()
     output = root / "cluster.log"

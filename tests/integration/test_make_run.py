@@ -40,7 +40,7 @@ from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, PUBLISH_LOCK
 from scripts.airflow_env import ADMIN_USER
 from scripts.generator import EventGenerator
 from tests.fixtures.browser import headless_chromium, log_in
-from tests.fixtures.pipeline import PROJECT_ROOT, free_port
+from tests.fixtures.pipeline import PROJECT_ROOT
 from tests.fixtures.ui import OUTPUT_DIR, answers, api_token
 
 # the first test's setup pays for the whole chain of runs (a few minutes; on a loaded machine far more)
@@ -85,22 +85,15 @@ def make_run(pipeline, tmp_path_factory):
     pipeline.reset()
     pipeline.airflow_ready()
     logs = tmp_path_factory.mktemp("make-run")
-    api_port = free_port()
-    base = f"http://127.0.0.1:{api_port}"
-    env = {
-        **pipeline.env,
-        "AIRFLOW_API_PORT": str(api_port),
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__BASE_URL": base,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
-        "AIRFLOW_ADMIN_PASSWORD": PASSWORD,
-        "PIPELINE_LOG_DIR": str(logs / "logs"),
-        "GENERATOR_RATE_SECONDS": "2",
-        "GENERATOR_BATCH_SIZE": "50",
+    base, env = pipeline.api_server_env(
+        AIRFLOW_ADMIN_PASSWORD=PASSWORD,
+        PIPELINE_LOG_DIR=str(logs / "logs"),
+        GENERATOR_RATE_SECONDS="2",
+        GENERATOR_BATCH_SIZE="50",
         # the runs here follow each other for minutes, each finding ~30 files per minute: one Spark batch
         # for them, not eight (the session's 4 files per batch is what the contract tests need)
-        "MAX_FILES_PER_TRIGGER": "100",
-    }
+        MAX_FILES_PER_TRIGGER="100",
+    )
     airflow_db = pipeline.airflow_conninfo
     pipeline.fail_unfinished_runs(DAG_ID)
     log_path = logs / "run.log"
