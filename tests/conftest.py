@@ -17,21 +17,23 @@ pytest_plugins = ["tests.fixtures.spark", "tests.fixtures.pipeline", "tests.fixt
 
 # `make test` runs the files on two workers, each file whole on one of them (pytest-xdist --dist loadfile), in
 # collection order. The longest files go first, so that the two workers end together rather than one of them
-# running the last long file alone. Seconds are from one sequential run in a fresh clone (2026-12-01, slowest
-# first); they only order the files, and a file missing here runs after these in its usual place.
+# running the last long file alone. Seconds are each file's sum in one fresh-clone `make test` on two workers
+# (2026-12-02, slowest first); they only order the files, and a file missing here runs after these in its usual place.
 LONGEST_FIRST = (
-    "tests/integration/test_fault_tolerance.py",  # 491 s
-    "tests/integration/test_cluster.py",  # 408 s
-    "tests/integration/test_backfill_and_replay.py",  # 303 s
-    "tests/integration/test_make_run.py",  # 264 s
-    "tests/integration/test_alerts_to_slack.py",  # 215 s
-    "tests/integration/test_ecommerce_events_dag.py",  # 164 s
-    "tests/integration/test_rule_severities.py",  # 146 s
-    "tests/integration/test_airflow_ui.py",  # 120 s
-    "tests/integration/test_spark_cluster.py",  # 98 s
-    "tests/integration/test_data_contract.py",  # 82 s
-    "tests/include/test_housekeeping.py",  # 60 s
-    "tests/integration/test_private_checkout.py",  # 52 s
+    "tests/integration/test_fault_tolerance.py",  # 757 s
+    "tests/integration/test_cluster.py",  # 631 s
+    "tests/integration/test_backfill_and_replay.py",  # 478 s
+    "tests/integration/test_make_run.py",  # 433 s
+    "tests/integration/test_alerts_to_slack.py",  # 241 s
+    "tests/integration/test_ecommerce_events_dag.py",  # 152 s
+    "tests/integration/test_rule_severities.py",  # 151 s
+    "tests/integration/test_spark_cluster.py",  # 122 s
+    "tests/integration/test_airflow_ui.py",  # 114 s
+    "tests/integration/test_data_contract.py",  # 111 s
+    "tests/integration/test_private_checkout.py",  # 54 s
+    "tests/integration/test_publish_staging.py",  # 34 s
+    "tests/benchmarks/test_peers.py",  # 31 s
+    "tests/spark_jobs/test_batch_size.py",  # 29 s
 )
 
 
