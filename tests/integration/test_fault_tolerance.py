@@ -107,9 +107,9 @@ def test_killed_at_every_fault_point_in_turn_each_next_run_recovers_and_all_is_s
                                                                                                   tmp_path):
     """One story through every fault point of a batch's life, in order: spark-submit (its whole process group)
     is SIGKILLed at ``before_staging``; the next spark-submit recovers from that and is killed at
-    ``mid_staging`` (one partition committed); the next recovers and is killed at ``after_ledger`` (batch
-    staged, files not moved); the next recovers and is killed at ``after_moves`` (files moved, Spark's
-    checkpoint not committed). A DAG run then recovers from that, and is itself killed inside its publish
+    ``mid_staging`` (a partition's COPY committed, the batch not recorded); the next recovers and is killed
+    at ``after_ledger`` (batch staged, files not moved); the next recovers and is killed at ``after_moves``
+    (files moved, Spark's checkpoint not committed). A DAG run then recovers from that, and is itself killed inside its publish
     transaction; the next DAG run publishes. Each kill leaves the state its point promises, and in the end every
     event is stored exactly once. (Each recovery is the next process's: a chain costs one spark-submit per
     point instead of a kill and a whole DAG run per point.)"""
