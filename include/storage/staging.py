@@ -102,6 +102,9 @@ def copy_arrow_to_staging(
     import pyarrow.csv as pa_csv
 
     schema = staging_arrow_schema()
+    # the staging key, the same on every row: binary COPY takes the query id as a uuid, CSV as its text
+    query_key = pa.scalar(uuid.UUID(query_id).bytes, pa.binary(16)) if binary else pa.scalar(query_id)
+    batch_key, partition_key = pa.scalar(batch_id, pa.int64()), pa.scalar(partition, pa.int32())
     # The partition's rows go to a temporary file (Arrow IPC, or the CSV text), not to memory: a retried
     # transaction sends them again, and a worker holds one Arrow batch at a time however large the partition
     # (docs/performance.md, "Memory").
@@ -112,11 +115,10 @@ def copy_arrow_to_staging(
             if batch.num_rows == 0:
                 continue
             n = batch.num_rows
-            # the staging key: binary COPY takes the query id as a uuid, CSV as its text
-            query = (pa.ExtensionArray.from_storage(pa.uuid(), pa.array([uuid.UUID(query_id).bytes] * n, pa.binary(16)))
-                     if writer else pa.array([query_id] * n))
+            query = pa.repeat(query_key, n)
             keyed = pa.RecordBatch.from_arrays(
-                [query, pa.array([batch_id] * n, pa.int64()), pa.array([partition] * n, pa.int32())]
+                [pa.ExtensionArray.from_storage(pa.uuid(), query) if writer else query,
+                 pa.repeat(batch_key, n), pa.repeat(partition_key, n)]
                 + [batch.column(c) for c in STAGED_COLUMNS],
                 names=schema.names,
             )
