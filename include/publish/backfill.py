@@ -33,12 +33,15 @@ from psycopg.types.json import Jsonb
 
 from include.contract.rules import severities
 from include.publish import sql
-from include.quality.audit import MISSING_ID_KEY
 from include.results import PublishSummary, Validation, failing_rules, time_span, validity_rate
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.landing import archived_files, window
 from include.storage.locks import publish_lock, revalidation_lock
+
+# Second DISTINCT ON key over staging_events s: NULL for rows with an event_id, the row's own id otherwise,
+# so rows without an event_id never collapse into one
+MISSING_ID_KEY = "CASE WHEN s.event_id IS NULL THEN s.staging_row_id END"
 
 REVALIDATION_TABLE = "revalidation_candidates"
 

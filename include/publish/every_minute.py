@@ -53,6 +53,12 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             return _already_published(conn, audit, severity)
         if unpublished != len(batches):
             raise AuditOutOfDate(f"{len(batches) - unpublished} of the audited batches were published meanwhile")
+        # audit_candidates (a view) shows the batches the latest audit pinned: they must be this audit's
+        pinned, ours = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE (spark_query_id, spark_batch_id) IN (SELECT * FROM pinned_batches)) "
+            "FROM audit_pinned_batches").fetchone()
+        if pinned != ours or ours != len(batches):
+            raise AuditOutOfDate(f"the latest audit pinned {pinned} batch(es), {ours} of this audit's {len(batches)}")
         candidates = conn.execute("SELECT count(*) FROM audit_candidates").fetchone()[0]
         if candidates != audit.candidate_rows:
             raise AuditOutOfDate(f"audit_candidates holds {candidates} rows, the audit saw {audit.candidate_rows}")
@@ -90,7 +96,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
                    l.airflow_run_id, c.spark_query_id, c.spark_batch_id
               FROM audit_candidates c
               JOIN rule_failures f USING (staging_row_id)
-              JOIN staging_events s USING (staging_row_id)  -- the raw line (audit_candidates has typed columns only)
+              JOIN staging_events s USING (staging_row_id)  -- the raw line (the view shows typed columns only)
               JOIN pipeline_batch_ledger l ON (l.spark_query_id, l.spark_batch_id) = (c.spark_query_id, c.spark_batch_id)
              GROUP BY c.staging_row_id, c.event_id, s.raw_data, c.schema_version, c.source_file, c.source_line,
                       l.airflow_run_id, c.spark_query_id, c.spark_batch_id
@@ -155,7 +161,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             (airflow_run_id,),
         )
         clear_staged_rows(conn)
-        conn.execute("TRUNCATE audit_candidates")
+        conn.execute("TRUNCATE audit_pinned_batches, audit_excluded_rows")
         faults.reached("publish_in_transaction")
     summary = _summary(rows, audit, severity)
     summary.new_columns = new_columns

@@ -1,9 +1,10 @@
 """The audit: run the contract suite with Great Expectations over the rows waiting to be published.
 
-1. ``prepare_candidates`` pins the batches the ledger shows as staged but unpublished and fills
-   ``audit_candidates`` with their rows that parsed, one per event_id (the first occurrence: earliest
-   batch, then file name, then line), leaving out event_ids already stored: the rows that would be published if every rule passed.
-2. ``validate`` runs the suite over that table through a GX checkpoint, rebuilds the Data Docs pages of
+1. ``prepare_candidates`` pins the batches the ledger shows as staged but unpublished, and marks which of
+   their rows that parsed are candidates, one per event_id (the first occurrence: earliest batch, then file
+   name, then line), leaving out event_ids already stored: the rows that would be published if every rule
+   passed. The view ``audit_candidates`` shows them where they lie, in ``staging_events``: no row is copied.
+2. ``validate`` runs the suite over that view through a GX checkpoint, rebuilds the Data Docs pages of
    that validation from an HTML-escaped copy of its result (``_build_data_docs``), and returns a JSON-able
    summary: per rule the number of failing rows, whether it passed, and a few sample event_ids; the
    table-level checks; the Data Docs address.
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import psycopg
 
-from include.contract.columns import CANDIDATE_COLUMNS
 from include.contract.rules import SUITE_NAME, severities, suite_parameters
 from include.quality.suite import build_suite
 from include.results import AuditResult, RuleResult, TableCheck, Validation
@@ -35,43 +35,59 @@ BATCH_DEFINITION = "whole_table"
 VALIDATION = "ecommerce_events_contract"
 CHECKPOINT = "ecommerce_events_audit"
 SAMPLE_IDS = 5
-# Second DISTINCT ON key over staging_events s: NULL for rows with an event_id, the row's own id otherwise,
-# so rows without an event_id never collapse into one (the backfill uses it too)
-MISSING_ID_KEY = "CASE WHEN s.event_id IS NULL THEN s.staging_row_id END"
 _DB_URL_VARIABLE = "ECOMMERCE_GX_DATABASE_URL"  # referenced as ${...} so no password lands in GX's config
 
 
 def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
-    """Pin the unpublished batches and rebuild ``audit_candidates`` from them (one transaction).
+    """Pin the unpublished batches and mark which of their rows are the candidates (one transaction).
 
-    One per event_id: the first occurrence (earliest batch, file, line). Rows without an event_id are not
-    copies of each other, so each one stays a candidate (and is dead-lettered by ``event_id_present``)."""
-    columns = ", ".join("s." + c for c in CANDIDATE_COLUMNS)
+    One per event_id: the first occurrence (earliest batch, file, line), and none for an event_id stored
+    already. Rows without an event_id are not copies of each other, so each one stays a candidate (and is
+    dead-lettered by ``event_id_present``). The candidates stay where they are: the view ``audit_candidates``
+    reads them from ``staging_events`` through the two small tables written here, the pinned batches and the
+    rows left out (include/storage/staging.py ``create_audit_candidates_view``)."""
     with conn.transaction():
         # read before the anti-join below: a write committed after this read moves the generation on, so the
         # publish sees it and checks its candidates against the stored ids again (include.storage.locks.publish_lock)
         generation = events_generation(conn)
         batches = conn.execute(
-            "SELECT spark_query_id::text, spark_batch_id, input_files FROM pipeline_batch_ledger "
+            "SELECT spark_query_id, spark_batch_id, input_files FROM pipeline_batch_ledger "
             "WHERE published_at IS NULL ORDER BY staged_at, spark_batch_id FOR UPDATE"
         ).fetchall()
+        conn.execute("TRUNCATE audit_pinned_batches, audit_excluded_rows")
+        with conn.cursor().copy("COPY audit_pinned_batches (spark_query_id, spark_batch_id) FROM STDIN") as copy:
+            for query_id, batch_id, _ in batches:
+                copy.write_row((query_id, batch_id))
         # The publish empties staging_events with TRUNCATE, so its statistics describe an empty table until
-        # autovacuum looks again; the planner needs the real size for the statements below (~0.5 s per 1M rows).
-        conn.execute("ANALYZE staging_events")
-        conn.execute("TRUNCATE audit_candidates")
-        candidates = conn.execute(
-            f"""
-            INSERT INTO audit_candidates ({", ".join(CANDIDATE_COLUMNS)})
-            SELECT DISTINCT ON (s.event_id, {MISSING_ID_KEY}) {columns}
-              FROM staging_events s
-              JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
-             WHERE l.published_at IS NULL AND s.parse_errors IS NULL
-               AND NOT EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = s.event_id)
-             ORDER BY s.event_id, {MISSING_ID_KEY}, s.spark_batch_id, s.source_file, s.source_line
+        # autovacuum looks again; the planner needs the real sizes for the statements below and for the
+        # suite's scans of the view (~0.5 s per 1M rows).
+        conn.execute("ANALYZE staging_events, audit_pinned_batches")
+        # Left out: every occurrence after the first of an event_id repeated in these batches (only the
+        # repeated ids are sorted, found by one hash aggregate), and every row whose event_id is stored.
+        conn.execute(
             """
-        ).rowcount
-        conn.execute("ANALYZE audit_candidates")
-    return AuditResult(batches=[(query_id, batch_id) for query_id, batch_id, _ in batches],
+            INSERT INTO audit_excluded_rows (staging_row_id)
+            WITH parsed AS MATERIALIZED (
+                SELECT s.staging_row_id, s.event_id, s.spark_batch_id, s.source_file, s.source_line
+                  FROM staging_events s JOIN audit_pinned_batches USING (spark_query_id, spark_batch_id)
+                 WHERE s.parse_errors IS NULL AND s.event_id IS NOT NULL
+            ), repeated AS MATERIALIZED (
+                SELECT event_id FROM parsed GROUP BY event_id HAVING count(*) > 1
+            )
+            SELECT staging_row_id FROM (
+                SELECT p.staging_row_id, row_number() OVER (
+                           PARTITION BY p.event_id
+                           ORDER BY p.spark_batch_id, p.source_file, p.source_line, p.staging_row_id) AS occurrence
+                  FROM parsed p JOIN repeated USING (event_id)
+            ) later WHERE occurrence > 1
+            UNION
+            SELECT p.staging_row_id FROM parsed p
+             WHERE EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = p.event_id)
+            """
+        )
+        conn.execute("ANALYZE audit_excluded_rows")
+        candidates = conn.execute("SELECT count(*) FROM audit_candidates").fetchone()[0]
+    return AuditResult(batches=[(str(query_id), batch_id) for query_id, batch_id, _ in batches],
                        input_files=sum(files for _, _, files in batches), candidate_rows=candidates,
                        events_generation=generation)
 

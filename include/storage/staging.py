@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from include.contract.columns import BY_NAME, EVENT_COLUMNS, STAGED_COLUMNS
+from include.contract.columns import BY_NAME, CANDIDATE_COLUMNS, EVENT_COLUMNS, STAGED_COLUMNS
 from include.names import SCHEMA_LOCK
 from include.settings import Settings
 from include.storage.connections import with_arrow_connection, with_connection
@@ -35,12 +35,36 @@ def apply_schema(conn: psycopg.Connection) -> None:
         xact_lock(conn, SCHEMA_LOCK)
         conn.execute(SCHEMA_SQL.read_text())
         add_contract_columns(conn)
+        create_audit_candidates_view(conn)
 
 
 # The tables that carry a row's contract columns (schema.sql declares today's; a column the contract file
 # gains later is added by ``add_contract_columns``, at the end of each table).
-CONTRACT_TABLES = {"staging_events": STAGED_COLUMNS, "audit_candidates": EVENT_COLUMNS,
-                   "revalidation_candidates": EVENT_COLUMNS, "ecommerce_events": EVENT_COLUMNS}
+CONTRACT_TABLES = {"staging_events": STAGED_COLUMNS, "revalidation_candidates": EVENT_COLUMNS,
+                   "ecommerce_events": EVENT_COLUMNS}
+
+
+def create_audit_candidates_view(conn: psycopg.Connection) -> None:
+    """(Re)create the view ``audit_candidates``: what the every-minute audit validates and the publish routes.
+
+    The staged rows of the batches the audit pinned (``audit_pinned_batches``) that parsed, minus the ones it
+    excluded (``audit_excluded_rows``: later occurrences of an event_id, event_ids already stored): one row per
+    event_id, read where it lies in ``staging_events``, typed columns only (``CANDIDATE_COLUMNS``), so no
+    candidate row is copied. Built from the column table, so a column the contract file gains is in it; it is
+    replaced only when its columns differ (a replace waits for every reader of the view)."""
+    present = [name for (name,) in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'audit_candidates' ORDER BY ordinal_position")]
+    if present == list(CANDIDATE_COLUMNS):
+        return
+    conn.execute("DROP VIEW IF EXISTS audit_candidates")
+    conn.execute(f"""
+        CREATE VIEW audit_candidates AS
+        SELECT {", ".join("s." + c for c in CANDIDATE_COLUMNS)}
+          FROM staging_events s
+          JOIN audit_pinned_batches p ON (p.spark_query_id, p.spark_batch_id) = (s.spark_query_id, s.spark_batch_id)
+         WHERE s.parse_errors IS NULL
+           AND NOT EXISTS (SELECT 1 FROM audit_excluded_rows x WHERE x.staging_row_id = s.staging_row_id)""")
 
 
 def add_contract_columns(conn: psycopg.Connection) -> list[str]:

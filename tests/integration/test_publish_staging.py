@@ -128,12 +128,10 @@ def test_a_staging_copy_the_server_rolls_back_is_sent_again_whole(pipeline, bina
         [(0, 2199, "line,0")]
 
 
-def test_binary_and_csv_staging_copies_store_the_same_rows_on_every_corpus(pipeline, spark, tmp_path):
-    """The differential test of the staging COPY: the binary one (ADBC, from Arrow) against the CSV text one it
-    replaced, on the rows Spark types from the parser's whole differential corpus (the generator's output of
-    every kind, the evolving feed): the same rows, value for value, in every column (NULLs, the raw lines,
-    the parse errors, the rescued columns as JSON, decimals, instants)."""
-    from include.contract.columns import STAGED_COLUMNS
+def _stage_every_corpus_twice(pipeline, spark, tmp_path) -> int:
+    """Stage the rows Spark types from the parser's whole differential corpus (the generator's output of every
+    kind, the evolving feed, injected text) as batch 1 of ``PUBLISHED`` by the binary COPY and as its batch 2
+    by the CSV COPY; return the rows of each."""
     from include.contract.parser import MAX_FIELD_CHARS
     from include.storage.staging import copy_arrow_to_staging
     from spark_jobs.staging import typed_events
@@ -153,7 +151,17 @@ def test_binary_and_csv_staging_copies_store_the_same_rows_on_every_corpus(pipel
     rows = sum(b.num_rows for b in batches)
     assert copy_arrow_to_staging(pipeline.settings, str(PUBLISHED), 1, 0, iter(batches), binary=True)[0] == rows
     assert copy_arrow_to_staging(pipeline.settings, str(PUBLISHED), 2, 0, iter(batches), binary=False)[0] == rows
+    return rows
 
+
+def test_binary_and_csv_staging_copies_store_the_same_rows_on_every_corpus(pipeline, spark, tmp_path):
+    """The differential test of the staging COPY: the binary one (ADBC, from Arrow) against the CSV text one it
+    replaced, on the rows Spark types from the parser's whole differential corpus (the generator's output of
+    every kind, the evolving feed): the same rows, value for value, in every column (NULLs, the raw lines,
+    the parse errors, the rescued columns as JSON, decimals, instants)."""
+    from include.contract.columns import STAGED_COLUMNS
+
+    rows = _stage_every_corpus_twice(pipeline, spark, tmp_path)
     columns = ", ".join(STAGED_COLUMNS)
     differ = pipeline.query(
         f"(SELECT 'binary only', {columns} FROM staging_events WHERE spark_batch_id = 1 EXCEPT ALL "
@@ -168,3 +176,50 @@ def test_binary_and_csv_staging_copies_store_the_same_rows_on_every_corpus(pipel
     print(f"\nstaging COPY differential: {files_seen} files, {total} rows each way "
           f"({unparsed} with parse errors, {rescued} with rescued columns, {late} late)")
     assert total == rows > 10_000 and unparsed > 100 and rescued >= 50 and late > 0 and files_seen >= 40
+
+
+def test_the_audit_picks_the_candidates_the_reference_copy_picked_on_every_corpus(pipeline, spark, tmp_path):
+    """The differential test of the audit's candidates: the view ``audit_candidates`` (rows validated where
+    they lie, with the repeats and stored ids left out by ``prepare_candidates``) against the reference it
+    replaced, the ``DISTINCT ON`` copy, on the whole corpus staged twice (every row of the second batch
+    repeats one of the first), with three rows without an event_id in each batch and every seventh parsed
+    event_id stored already: the same rows."""
+    from include.contract.columns import STAGED_COLUMNS
+    from include.quality.audit import prepare_candidates
+
+    _stage_every_corpus_twice(pipeline, spark, tmp_path)
+    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
+        for batch in (1, 2):
+            conn.execute("INSERT INTO pipeline_batch_ledger (spark_query_id, spark_batch_id, airflow_run_id, "
+                         "input_files, input_rows, started_at) VALUES (%s, %s, 'differential', 1, 0, now())",
+                         (PUBLISHED, batch))
+        # the corpus's rows without an event_id do not parse; three that do, in each batch
+        others = ", ".join(c for c in STAGED_COLUMNS if c != "event_id")
+        conn.execute(f"INSERT INTO staging_events (spark_query_id, spark_batch_id, spark_partition, {others}) "
+                     f"(SELECT spark_query_id, spark_batch_id, spark_partition, {others} FROM staging_events "
+                     f" WHERE parse_errors IS NULL AND spark_batch_id = 1 LIMIT 3) UNION ALL "
+                     f"(SELECT spark_query_id, spark_batch_id, spark_partition, {others} FROM staging_events "
+                     f" WHERE parse_errors IS NULL AND spark_batch_id = 2 LIMIT 3)")
+        stored = conn.execute(
+            "INSERT INTO ecommerce_events (event_id, event_type, event_time, schema_version, source_file, source_line) "
+            "SELECT DISTINCT event_id, 'view', now(), 'v3', 'stored.csv', 1 FROM staging_events "
+            "WHERE spark_batch_id = 1 AND parse_errors IS NULL AND event_id IS NOT NULL AND staging_row_id % 7 = 0"
+        ).rowcount
+        conn.commit()
+        audit = prepare_candidates(conn)
+        conn.commit()
+        missing_id_key = "CASE WHEN s.event_id IS NULL THEN s.staging_row_id END"
+        reference = {row_id for (row_id,) in conn.execute(
+            f"""SELECT DISTINCT ON (s.event_id, {missing_id_key}) s.staging_row_id
+                  FROM staging_events s JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
+                 WHERE l.published_at IS NULL AND s.parse_errors IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = s.event_id)
+                 ORDER BY s.event_id, {missing_id_key}, s.spark_batch_id, s.source_file, s.source_line""")}
+        candidates = {row_id for (row_id,) in conn.execute("SELECT staging_row_id FROM audit_candidates")}
+        [(parsed, without_id)] = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE event_id IS NULL) FROM staging_events WHERE parse_errors IS NULL")
+    print(f"\naudit candidates differential: {parsed} parsed rows, {stored} ids stored, {without_id} without an "
+          f"event_id; {len(candidates)} candidates each way")
+    assert candidates == reference
+    assert audit.candidate_rows == len(candidates)
+    assert stored > 100 and without_id == 6 and 0 < len(candidates) < parsed // 2 + without_id

@@ -54,3 +54,18 @@ def test_schema_sql_declares_the_column_table(pipeline):
     assert sorted(name for name, _ in _columns(pipeline, "audit_candidates")) == sorted(CANDIDATE_COLUMNS)
     assert _columns(pipeline, "revalidation_candidates") == staging  # a staged row, raw line included
 
+
+
+def test_a_database_of_the_release_that_copied_the_candidates_gets_the_view(pipeline):
+    """Before the audit validated the staged rows where they lie, ``audit_candidates`` was a table, a copy of
+    every candidate row. Applying today's schema to such a database replaces the table by the view."""
+    from include.contract.columns import CANDIDATE_COLUMNS
+
+    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
+        conn.execute("DROP VIEW audit_candidates")
+        conn.execute("CREATE UNLOGGED TABLE audit_candidates (LIKE staging_events)")
+        conn.execute("ALTER TABLE audit_candidates DROP COLUMN raw_data, DROP COLUMN parse_errors")
+        conn.commit()
+        apply_schema(conn)
+    assert pipeline.scalar("SELECT relkind FROM pg_class WHERE oid = 'audit_candidates'::regclass") == "v"
+    assert [name for name, _ in _columns(pipeline, "audit_candidates")] == list(CANDIDATE_COLUMNS)

@@ -175,13 +175,27 @@ CREATE TABLE IF NOT EXISTS staging_events (
 );
 CREATE INDEX IF NOT EXISTS ix_staging_events_batch ON staging_events (spark_query_id, spark_batch_id);
 
--- What the Great Expectations suite validates in one run: the staged rows of the unpublished batches that
--- parsed, one per event_id (the first occurrence), minus event_ids already stored. Rebuilt by every audit.
-CREATE UNLOGGED TABLE IF NOT EXISTS audit_candidates (LIKE staging_events);
--- Only typed columns: the raw line is read from staging_events for the few rows that are dead-lettered, so
--- the suite's and the routing's scans read half the bytes (docs/performance.md).
-ALTER TABLE audit_candidates DROP COLUMN IF EXISTS raw_data, DROP COLUMN IF EXISTS parse_errors;
-CREATE INDEX IF NOT EXISTS ix_audit_candidates_row ON audit_candidates (staging_row_id);
+-- What the Great Expectations suite validates in one run is the view audit_candidates (created by
+-- include/storage/staging.py apply_schema from the column table): the staged rows of the batches the audit
+-- pinned that parsed, one per event_id (the first occurrence), minus event_ids already stored. The rows are
+-- validated where they lie, in staging_events; an audit writes only these two small tables, rebuilt by
+-- every audit (include/quality/audit.py prepare_candidates):
+-- the batches it pinned,
+CREATE UNLOGGED TABLE IF NOT EXISTS audit_pinned_batches (
+    spark_query_id  UUID    NOT NULL,
+    spark_batch_id  BIGINT  NOT NULL,
+    PRIMARY KEY (spark_query_id, spark_batch_id)
+);
+-- and the parsed rows of those batches that are not candidates: a later occurrence of an event_id, or an
+-- event_id already stored (usually none, or a few).
+CREATE UNLOGGED TABLE IF NOT EXISTS audit_excluded_rows (staging_row_id BIGINT NOT NULL);
+-- An older deployment has audit_candidates as a table (a copy of every candidate row): the view replaces it.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('audit_candidates') AND relkind = 'r') THEN
+        DROP TABLE audit_candidates;
+    END IF;
+END $$;
 
 -- Analytics views of the original system (same names; `CREATE OR REPLACE` keeps them current).
 CREATE OR REPLACE VIEW v_hourly_event_summary AS
@@ -323,7 +337,7 @@ CREATE INDEX IF NOT EXISTS ix_dead_letter_moves_source ON dead_letter_moves (sou
 ALTER TABLE dead_letter_moves ADD COLUMN IF NOT EXISTS approved_by TEXT;
 
 -- What a backfill or a replay validates with the same suite (a table of its own, so neither ever touches
--- the every-minute runs' audit_candidates). Used under the advisory lock "ecommerce_events revalidation".
+-- the every-minute runs' audit tables). Used under the advisory lock "ecommerce_events revalidation".
 CREATE UNLOGGED TABLE IF NOT EXISTS revalidation_candidates (LIKE staging_events);
 CREATE INDEX IF NOT EXISTS ix_revalidation_candidates_row ON revalidation_candidates (staging_row_id);
 
@@ -348,7 +362,6 @@ CREATE INDEX IF NOT EXISTS ix_pipeline_batch_ledger_staged_at ON pipeline_batch_
 -- JSON ({"coupon_code": "X10"}), on the stored event and on its dead letter, until the contract learns them.
 -- Added at the end of each table, so the column table (include/contract/columns.py) lists it last.
 ALTER TABLE staging_events ADD COLUMN IF NOT EXISTS rescued_data JSONB;
-ALTER TABLE audit_candidates ADD COLUMN IF NOT EXISTS rescued_data JSONB;
 ALTER TABLE revalidation_candidates ADD COLUMN IF NOT EXISTS rescued_data JSONB;
 ALTER TABLE ecommerce_events ADD COLUMN IF NOT EXISTS rescued_data JSONB;
 ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS rescued_data JSONB;
