@@ -236,3 +236,26 @@ def test_an_event_stored_between_audit_and_publish_is_a_duplicate_not_an_error(p
     assert "write generation" in capsys.readouterr().out
     assert pipeline.scalar("SELECT source_file FROM ecommerce_events WHERE event_id = %s",
                            (rows[2]["event_id"],)) == "/archive/replayed.csv"
+
+
+def test_a_publish_whose_audit_another_audit_replaced_publishes_nothing(pipeline, tmp_path):
+    """The candidates are a view over the batches the latest audit pinned. An audit's publish that runs after
+    a newer audit pinned more batches (a retry of an old task instance) would route rows GX never counted for
+    it: it refuses, and the newer audit's publish stores every batch once."""
+    from include.publish.every_minute import AuditOutOfDate
+
+    pipeline.reset()
+    settings = replace(pipeline.settings, great_expectations_dir=tmp_path / "gx")
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        stage(conn, _rows("/landing/first.csv", {line: {} for line in range(2, 5)}))
+        older = prepare_candidates(conn)
+        older.validation = validate(settings, "older")
+        stage(conn, _rows("/landing/second.csv", {line: {} for line in range(2, 6)}))
+        newer = prepare_candidates(conn)
+        newer.validation = validate(settings, "newer")
+        with pytest.raises(AuditOutOfDate, match="pinned 2 batch"):
+            publish(conn, older, settings, "older")
+        assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 0
+        summary = publish(conn, newer, settings, "newer")
+    assert (summary.total, summary.valid, len(summary.batches)) == (7, 7, 2)
+    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 7
