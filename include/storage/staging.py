@@ -52,10 +52,7 @@ def create_audit_candidates_view(conn: psycopg.Connection) -> None:
     event_id, read where it lies in ``staging_events``, typed columns only (``CANDIDATE_COLUMNS``), so no
     candidate row is copied. Built from the column table, so a column the contract file gains is in it; it is
     replaced only when its columns differ (a replace waits for every reader of the view)."""
-    present = [name for (name,) in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = 'audit_candidates' ORDER BY ordinal_position")]
-    if present == list(CANDIDATE_COLUMNS):
+    if _column_names(conn, "audit_candidates") == list(CANDIDATE_COLUMNS):
         return
     conn.execute("DROP VIEW IF EXISTS audit_candidates")
     conn.execute(f"""
@@ -67,6 +64,13 @@ def create_audit_candidates_view(conn: psycopg.Connection) -> None:
            AND NOT EXISTS (SELECT 1 FROM audit_excluded_rows x WHERE x.staging_row_id = s.staging_row_id)""")
 
 
+def _column_names(conn: psycopg.Connection, table: str) -> list[str]:
+    """The columns of ``table`` (or view) in the current schema, in their order; [] if it does not exist."""
+    return [name for (name,) in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = %s ORDER BY ordinal_position", (table,))]
+
+
 def add_contract_columns(conn: psycopg.Connection) -> list[str]:
     """Add the columns the contract file (``include/contract/contract.yaml``) declares and a table lacks:
     a new version's columns need no DDL of their own. Returns ``table.column`` of each one added."""
@@ -74,9 +78,7 @@ def add_contract_columns(conn: psycopg.Connection) -> list[str]:
 
     added = []
     for table, columns in CONTRACT_TABLES.items():
-        present = {name for (name,) in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = %s", (table,))}
+        present = set(_column_names(conn, table))
         for name in columns:
             if name not in present:
                 conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
@@ -141,7 +143,7 @@ def copy_arrow_to_staging(
             n = batch.num_rows
             query = pa.repeat(query_key, n)
             keyed = pa.RecordBatch.from_arrays(
-                [pa.ExtensionArray.from_storage(pa.uuid(), query) if writer else query,
+                [pa.ExtensionArray.from_storage(pa.uuid(), query) if binary else query,
                  pa.repeat(batch_key, n), pa.repeat(partition_key, n)]
                 + [batch.column(c) for c in STAGED_COLUMNS],
                 names=schema.names,
