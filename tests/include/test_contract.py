@@ -146,3 +146,37 @@ def test_the_spark_executors_read_the_contract_from_inside_the_code_zip(tmp_path
                           text=True, timeout=60, env={k: val for k, val in os.environ.items() if k != "PYTHONPATH"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "v1,v2,v3"
+
+
+@pytest.mark.unit
+def test_the_code_zip_carries_bytecode_the_workers_import_without_compiling(tmp_path):
+    """Every module in the zip has its .pyc: a Spark worker imports the parser's modules and compiles none of
+    them. Bytecode of another Python (another magic number) is passed over for the source."""
+    import zipfile
+
+    from include.airflow.packaging import build_code_archive
+
+    archive = build_code_archive(tmp_path / "built")
+    assert build_code_archive(tmp_path / "built") == archive  # the same code gives the same zip
+    with zipfile.ZipFile(archive) as z:
+        names = set(z.namelist())
+        assert {name + "c" for name in names if name.endswith(".py")} <= names
+        foreign = tmp_path / "foreign.zip"
+        with zipfile.ZipFile(foreign, "w") as out:
+            for name in sorted(names):
+                data = z.read(name)
+                out.writestr(name, b"\0\0\r\n" + data[4:] if name.endswith(".pyc") else data)
+    probe = ("import builtins, sys; compiled = []; real = builtins.compile\n"
+             "def spy(source, name, *a, **k):\n compiled.append(name); return real(source, name, *a, **k)\n"
+             "builtins.compile = spy; sys.path.insert(0, sys.argv[1])\n"
+             "import spark_jobs.transforms, include.contract.parser\n"
+             "print(sum('.zip' in str(n) or n.startswith(('spark_jobs', 'include')) for n in compiled))")
+    clean_env = {k: val for k, val in os.environ.items() if k != "PYTHONPATH"}
+    counts = []
+    for zip_path in (archive, foreign):
+        done = subprocess.run([sys.executable, "-c", probe, str(zip_path)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60, env=clean_env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        counts.append(int(done.stdout.strip()))
+    assert counts[0] == 0
+    assert counts[1] > 5  # the foreign bytecode was rejected and every module compiled from its source
