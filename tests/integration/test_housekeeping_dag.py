@@ -5,8 +5,6 @@ log, an old quality row and rotates an oversized component log, each in its own 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,11 +12,8 @@ import psycopg
 import pytest
 
 from include.names import HOUSEKEEPING_DAG_ID
-from tests.fixtures.pipeline import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
-
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
 def test_one_run_prunes_each_kind_in_its_own_task(pipeline, tmp_path):
@@ -45,9 +40,8 @@ def test_one_run_prunes_each_kind_in_its_own_task(pipeline, tmp_path):
     component_log.parent.mkdir()
     component_log.write_bytes(b"x" * 3000)
 
-    env = {**pipeline.env, "PIPELINE_LOG_DIR": str(component_log.parent), "COMPONENT_LOG_MAX_BYTES": "1k"}
-    done = subprocess.run([AIRFLOW, "dags", "test", HOUSEKEEPING_DAG_ID], env=env, cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = pipeline.dags_test(HOUSEKEEPING_DAG_ID, PIPELINE_LOG_DIR=str(component_log.parent),
+                              COMPONENT_LOG_MAX_BYTES="1k")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     with psycopg.connect(airflow_db) as conn:
