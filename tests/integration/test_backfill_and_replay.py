@@ -47,9 +47,9 @@ def land(pipeline, generator: EventGenerator, landed_at: datetime) -> str:
     return str(path)
 
 
-def airflow(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run([AIRFLOW, *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+def airflow(pipeline, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`airflow <args>` with ``env``, in the session's Airflow CLI process (tests/fixtures/dag_runner.py)."""
+    done = pipeline.runner.run(list(args), env, timeout)
     assert done.returncode == 0, f"airflow {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -74,7 +74,7 @@ def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[str, float]:
     airflow_db = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")
     stamp = logical_date.isoformat()
     started = time.monotonic()
-    airflow(env, "backfill", "create", "--dag-id", "ecommerce_events", "--from-date", stamp, "--to-date", stamp,
+    airflow(pipeline, env, "backfill", "create", "--dag-id", "ecommerce_events", "--from-date", stamp, "--to-date", stamp,
             "--reprocess-behavior", "completed", "--max-active-runs", "1")
     with psycopg.connect(airflow_db, autocommit=True) as conn:
         backfill_id = conn.execute("SELECT max(id) FROM backfill WHERE dag_id = 'ecommerce_events'").fetchone()[0]
@@ -202,8 +202,8 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     # The real CLI path: api-server + scheduler, `airflow backfill create`, under MAX_PRICE=150.
     base, env = pipeline.api_server_env(**QUALITY_OFF, MAX_PRICE="150", AIRFLOW_ADMIN_PASSWORD=PASSWORD)
     admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
-    airflow(env, "dags", "reserialize")
-    airflow(env, "dags", "unpause", "ecommerce_events")
+    airflow(pipeline, env, "dags", "reserialize")
+    airflow(pipeline, env, "dags", "unpause", "ecommerce_events")
     supervisor = supervised.Supervisor(env)
     try:
         supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", env["AIRFLOW_API_PORT"]])
@@ -251,7 +251,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
         assert (second["moved_to_events"], second["moved_to_dead_letter"], second["events_added"],
                 second["dead_letters_added"], second["dead_letters_updated"]) == (0, 0, 0, 0, 0)
 
-        airflow(env, "dags", "pause", "ecommerce_events")  # no scheduled run competes with the replays below
+        airflow(pipeline, env, "dags", "pause", "ecommerce_events")  # no scheduled run competes with the replays below
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -260,7 +260,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
         # rejected one changes nothing, an approved one publishes exactly the dead letters that pass now.
         token = api_token(base, PASSWORD)
         rest(base, token, "POST", "/api/v2/variables", {"key": "ecommerce_max_price", "value": "10000"})
-        airflow(env, "dags", "unpause", REPLAY_DAG_ID)
+        airflow(pipeline, env, "dags", "unpause", REPLAY_DAG_ID)
         passing_now = pipeline.scalar(
             "SELECT count(*) FROM dead_letter_events WHERE status = 'open' AND failed_rules = '{price_in_range}' "
             "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 10000")
@@ -315,7 +315,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     finally:
         for command in (("dags", "pause", "ecommerce_events"), ("dags", "pause", REPLAY_DAG_ID),
                         ("variables", "delete", "ecommerce_max_price")):  # later tests set MAX_PRICE themselves
-            subprocess.run([AIRFLOW, *command], env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=300)
+            pipeline.runner.run(list(command), env, timeout=300)
         supervisor.stop()
 
     report = {"window_files": len(window_files), "rows_reread": stored_lines, "moved_to_events": expected_in,
