@@ -4,11 +4,16 @@ subprocess's would, and a command that kills the process is answered by its exit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+import time
 
+import psutil
 import pytest
+
+from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +35,39 @@ def test_each_command_sees_its_own_environment_and_returns_its_own_output(pipeli
     assert missing.returncode != 0 and "no_such_dag" in missing.stdout + missing.stderr
 
 
-def test_a_command_that_kills_the_runner_returns_its_exit_code_and_the_next_gets_a_new_runner(pipeline):
+def test_a_runner_killed_mid_run_answers_with_its_exit_code_leaves_no_process_and_is_started_again(pipeline):
+    """The runner dies in the middle of a DAG run (the OOM killer, a stray SIGKILL) while its spark-submit runs:
+    the command's answer is the kill, the spark-submit and JVM it started go with it (they would hold the
+    checkpoint's lock), and the next command gets a new runner."""
     runner = pipeline.runner
     pipeline.airflow_ready()
-    first = runner.run(["config", "get-value", "core", "parallelism"], {}, timeout=120)
-    assert first.returncode == 0
+    pipeline.reset()
+    generator = EventGenerator(5)
+    generator.write_batch(generator.generate_batch(50, "v3"), "v3", pipeline.landing_dir)
+    assert runner.run(["config", "get-value", "core", "parallelism"], {}, timeout=120).returncode == 0
     pid = runner._process.pid
 
-    # the process dies in the middle of a DAG run (the OOM killer, a fault test's SIGKILL): killed from outside
-    threading.Timer(3, os.kill, (pid, signal.SIGKILL)).start()
-    killed = runner.run(["dags", "test", "ecommerce_events"], {"LANDING_DIR": str(pipeline.root / "none")},
-                        timeout=120)
-    assert killed.returncode == -signal.SIGKILL
+    def kill_once_spark_runs() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                if any("SparkSubmit" in " ".join(child.cmdline())
+                       for child in psutil.Process(pid).children(recursive=True)):
+                    os.kill(pid, signal.SIGKILL)
+                    return
+            time.sleep(0.2)
 
+    killer = threading.Thread(target=kill_once_spark_runs)
+    killer.start()
+    killed = runner.run(["dags", "test", "ecommerce_events"], {}, timeout=300)
+    killer.join()
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+
+    def in_its_group(process: psutil.Process) -> bool:
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            return os.getpgid(process.pid) == pid and process.status() != psutil.STATUS_ZOMBIE
+        return False
+
+    assert [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if in_its_group(p)] == []
     after = runner.run(["config", "get-value", "core", "parallelism"], {}, timeout=120)
     assert after.returncode == 0 and runner._process.pid != pid
