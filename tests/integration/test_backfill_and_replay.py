@@ -31,7 +31,7 @@ from scripts import pipeline as supervised
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import PROJECT_ROOT
-from tests.fixtures.ui import OUTPUT_DIR, api_token, graph_screenshot, log_in
+from tests.fixtures.ui import OUTPUT_DIR, api_token, graph_screenshot, leave_the_ui, log_in
 
 pytestmark = pytest.mark.integration
 
@@ -288,6 +288,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
         WebDriverWait(browser, 60).until(lambda d: "would be stored" in d.find_element(By.TAG_NAME, "body").text)
         time.sleep(1)
         browser.save_screenshot(str(OUTPUT_DIR / "replay_approval_form.png"))
+        leave_the_ui(browser)
         answer(base, token, rejected, "Reject")
         assert wait_for_replay(pipeline, rejected) == "success"
         assert pipeline.task_states(rejected, REPLAY_DAG_ID)["apply"] == "skipped"
