@@ -196,6 +196,7 @@ class TriggerDialog:
         # the UI opens the new run's page
         WebDriverWait(self.driver, 60).until(lambda d: f"/dags/{DAG_ID}/runs/" in d.current_url)
         self.run_url = self.driver.current_url
+        self.driver.get("about:blank")  # the page polls while its run is active; back to it once the run ended
         return unquote(self.run_url.split("/runs/", 1)[1].split("?")[0])
 
 
