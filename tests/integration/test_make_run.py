@@ -41,7 +41,7 @@ from scripts.airflow_env import ADMIN_USER
 from scripts.generator import EventGenerator
 from tests.fixtures.browser import headless_chromium, log_in
 from tests.fixtures.pipeline import PROJECT_ROOT
-from tests.fixtures.ui import OUTPUT_DIR, answers, api_token
+from tests.fixtures.ui import OUTPUT_DIR, answers, api_token, leave_the_ui
 
 # the first test's setup pays for the whole chain of runs (a few minutes; on a loaded machine far more)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -196,7 +196,7 @@ class TriggerDialog:
         # the UI opens the new run's page
         WebDriverWait(self.driver, 60).until(lambda d: f"/dags/{DAG_ID}/runs/" in d.current_url)
         self.run_url = self.driver.current_url
-        self.driver.get("about:blank")  # the page polls while its run is active; back to it once the run ended
+        leave_the_ui(self.driver)  # back to the run's page once the run ended
         return unquote(self.run_url.split("/runs/", 1)[1].split("?")[0])
 
 
@@ -284,7 +284,7 @@ def manual_runs(make_run, pipeline) -> dict[str, Triggered | BaseException]:
     results: dict[str, Triggered | BaseException] = {}
     with headless_chromium() as driver:
         log_in(driver, stack.base, ADMIN_USER, PASSWORD, f"/dags/{DAG_ID}")
-        driver.get("about:blank")  # the UI polls while a page is open; the CPU is better spent on the runs
+        leave_the_ui(driver)
         dialog = TriggerDialog(driver, stack)
         ways: dict[str, tuple[bool, Callable[[], str], datetime | None, str]] = {
             # name: (the trigger takes milliseconds, trigger, the run's logical date, its triggered_by)
