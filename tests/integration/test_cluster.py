@@ -2,9 +2,13 @@
 standalone cluster with two workers, all started by `python -m scripts.pipeline cluster` (the code behind
 `make cluster`), one cluster for the whole module; its last test stops it with one Ctrl+C.
 
-Known files are landed beside the generator's; the scheduler's every-minute runs must store each of their
-event ids exactly once, with no dead letter. The happy path shows where the work ran (Celery workers, an
-executor on each Spark worker); the faults kill a node mid-run and show the pipeline recover by itself.
+The cluster runs without the generator (`--no-generator`): each test lands its own files, known valid rows
+and one file of rows that must be dead-lettered, so every run that reads files is one a test started, and no
+run of the generator's files competes with a fault for the two cores. The happy path waits for the
+scheduler's every-minute run; the fault tests trigger a run through the REST API as soon as their files have
+landed, and kill a node while it ingests. Every known event id must be stored exactly once, every bad row
+dead-lettered once, and the pipeline must recover by itself. The happy path also shows where the work ran
+(Celery workers, an executor on each Spark worker).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from scripts.cluster import Cluster
 from scripts.generator import EventGenerator
 from scripts.pipeline import SCHEDULED_DAG_IDS
 from tests.fixtures.pipeline import PROJECT_ROOT, free_port
-from tests.fixtures.ui import answers
+from tests.fixtures.ui import answers, trigger_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -34,6 +38,7 @@ TASKS = ("detect_work", "ingest", "audit", "publish")
 # A Celery worker killed with its task leaves the task instance "running" until the scheduler misses its
 # heartbeats: Airflow's default waits 300 s; a deployment that wants faster recovery sets this lower.
 HEARTBEAT_TIMEOUT_SECONDS = 45
+PASSWORD = "cluster-test-Passw0rd"
 
 
 @dataclass
@@ -74,14 +79,13 @@ def running(pipeline, tmp_path_factory):
         "TASK_RETRY_DELAY_SECONDS": "5",
         "CLUSTER_DIR": str(cluster.root), "REDIS_PORT": str(cluster.redis_port),
         "SPARK_MASTER_PORT": str(cluster.spark_master_port), "SPARK_MASTER_UI_PORT": str(cluster.spark_master_ui_port),
-        "PIPELINE_LOG_DIR": str(logs), "GENERATOR_RATE_SECONDS": "20", "GENERATOR_BATCH_SIZE": "50",
-        "MAX_FILES_PER_TRIGGER": "100",
+        "PIPELINE_LOG_DIR": str(logs), "AIRFLOW_ADMIN_PASSWORD": PASSWORD, "MAX_FILES_PER_TRIGGER": "100",
     })
     pipeline.fail_unfinished_runs(DAG_ID)
     (root / "staging").mkdir()
     output = root / "cluster.log"
     with open(output, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "scripts.pipeline", "cluster"], env=env, cwd=PROJECT_ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "scripts.pipeline", "cluster", "--no-generator"], env=env, cwd=PROJECT_ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
     running = RunningCluster(cluster, process, base, logs, output, root / "staging")
     try:
@@ -94,7 +98,8 @@ def running(pipeline, tmp_path_factory):
 
 
 def land_known_files(pipeline, running: RunningCluster, prefix: str, seed: int) -> set[str]:
-    """Four files (v1..v3) with duplicates and late rows, no broken row; the distinct event ids in them."""
+    """Four files (v1..v3) with duplicates and late rows, no broken row, and ``bad-<prefix>.csv``, a file of the
+    generator's mix in which one row in five is broken; the distinct event ids of the four."""
     generator = EventGenerator(seed, invalid_ratio=0.0, duplicate_ratio=0.03, late_ratio=0.03)
     ids: set[str] = set()
     for index in range(4):
@@ -103,7 +108,20 @@ def land_known_files(pipeline, running: RunningCluster, prefix: str, seed: int) 
         ids |= {row["event_id"] for row in batch}
         staged = generator.write_batch(batch, version, running.staging)
         staged.rename(pipeline.landing_dir / f"{prefix}-{index}.csv")  # atomically, under a name the test knows
+    noisy = EventGenerator(seed + 1000, invalid_ratio=0.2)  # ids of its own
+    staged = noisy.write_batch(noisy.generate_batch(100, "v3"), "v3", running.staging)
+    staged.rename(pipeline.landing_dir / f"bad-{prefix}.csv")
     return ids
+
+
+def land_and_trigger(pipeline, running: RunningCluster, prefix: str, seed: int) -> tuple[set[str], float]:
+    """Land the known files and trigger a run through the REST API at once, as an operator who does not want
+    to wait for the next minute; (the known ids, when they landed). The run queues behind an active one
+    (one active run at a time), and a scheduled run that starts first takes the files instead."""
+    landed_at = time.time()
+    expected = land_known_files(pipeline, running, prefix, seed)
+    trigger_run(running.base, PASSWORD, DAG_ID)
+    return expected, landed_at
 
 
 def stored_ids(pipeline, prefix: str) -> list[str]:
@@ -113,7 +131,7 @@ def stored_ids(pipeline, prefix: str) -> list[str]:
 
 def wait_until_stored(pipeline, running: RunningCluster, prefix: str, expected: set[str], seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while set(stored_ids(pipeline, prefix)) != expected or list(pipeline.landing_dir.glob(f"{prefix}-*")):
+    while set(stored_ids(pipeline, prefix)) != expected or list(pipeline.landing_dir.glob(f"*{prefix}*")):
         running.assert_alive()
         assert time.monotonic() < deadline, (len(stored_ids(pipeline, prefix)), len(expected),
                                              running.output.read_text()[-3000:])
@@ -122,12 +140,15 @@ def wait_until_stored(pipeline, running: RunningCluster, prefix: str, expected: 
 
 
 def assert_exactly_once(pipeline, prefix: str, expected: set[str]) -> None:
-    """Every known id stored once, none dead-lettered, every file archived once; and over everything published
-    so far (the generator's files too, with their bad rows): the metrics count what the tables hold, and no
+    """Every known id stored once, none dead-lettered, every file archived once, the bad file's broken rows
+    dead-lettered; and over everything published so far: the metrics count what the tables hold, and no
     source line is dead-lettered twice."""
     assert sorted(stored_ids(pipeline, prefix)) == sorted(expected)
     assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE source_file LIKE %s", (f"%/{prefix}-%",)) == 0
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE source_file LIKE %s",
+                           (f"%/bad-{prefix}.csv",)) > 0
     assert len(list(pipeline.settings.archive_dir.rglob(f"{prefix}-*.csv"))) == 4
+    assert len(list(pipeline.settings.archive_dir.rglob(f"bad-{prefix}.csv"))) == 1
     # one statement, one snapshot: a publish commits its events, dead letters and metrics together
     [(valid, events, invalid, dead, twice)] = pipeline.query(
         "SELECT (SELECT sum(valid_records) FROM data_quality_metrics), (SELECT count(*) FROM ecommerce_events), "
@@ -226,8 +247,7 @@ def test_a_celery_worker_killed_while_it_runs_ingest_costs_no_row_and_no_duplica
     """The node running `ingest` dies (SIGKILL to the worker and everything under it: the task, spark-submit,
     the Spark driver). The scheduler misses the task's heartbeats, fails the attempt and retries it on the
     other worker; the Supervisor starts the dead worker again. Nothing is lost, nothing is stored twice."""
-    landed_at = time.time()
-    expected = land_known_files(pipeline, running, "cluster-kill", 43)
+    expected, landed_at = land_and_trigger(pipeline, running, "cluster-kill", 43)
     run_id = ingest_running(pipeline, running, landed_at)
     victim = next((worker for worker in range(1, running.cluster.celery_workers + 1)
                    if f"run_id={run_id}/task_id=ingest/" in running.worker_log(f"celery-worker-{worker}")), None)
@@ -251,8 +271,7 @@ def test_a_spark_worker_killed_while_the_ingest_runs_costs_no_row_and_no_duplica
     """A Spark worker node dies (SIGKILL to the Worker and its executor) while the ingest's application runs:
     the application goes on with the executor on the other worker (Spark reruns what the lost one had), the
     Supervisor starts the worker again, and every row is stored once."""
-    landed_at = time.time()
-    expected = land_known_files(pipeline, running, "cluster-spark-kill", 47)
+    expected, landed_at = land_and_trigger(pipeline, running, "cluster-spark-kill", 47)
     run_id = ingest_running(pipeline, running, landed_at, on_worker=1)
     kill_node(running, str(running.cluster.spark_work_dir(1)))
     killed_at = time.monotonic()
@@ -284,8 +303,7 @@ def test_redis_or_the_scheduler_restarted_while_the_ingest_runs_costs_no_row_and
     takes over the running DAG run and queues them. Nothing is retried, lost or stored twice."""
     marker, seed = RESTARTED[component]
     prefix = f"cluster-{component}"
-    landed_at = time.time()
-    expected = land_known_files(pipeline, running, prefix, seed)
+    expected, landed_at = land_and_trigger(pipeline, running, prefix, seed)
     run_id = ingest_running(pipeline, running, landed_at)
     assert len(kill_node(running, marker)) >= 1
     killed_at = time.monotonic()

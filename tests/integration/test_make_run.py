@@ -24,8 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,7 +39,7 @@ from scripts.airflow_env import ADMIN_USER
 from scripts.generator import EventGenerator
 from tests.fixtures.browser import headless_chromium, log_in
 from tests.fixtures.pipeline import PROJECT_ROOT
-from tests.fixtures.ui import OUTPUT_DIR, answers, api_token, leave_the_ui
+from tests.fixtures.ui import OUTPUT_DIR, answers, leave_the_ui, trigger_run
 
 # the first test's setup pays for the whole chain of runs (a few minutes; on a loaded machine far more)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -138,15 +136,7 @@ def make_run(pipeline, tmp_path_factory):
 
 def trigger_through_rest_api(stack: Stack, logical_date: datetime | None) -> str:
     """POST /api/v2/dags/{dag_id}/dagRuns; Airflow 3 requires the key, and allows null for a manual run."""
-    body = {"logical_date": logical_date.isoformat() if logical_date else None}
-    request = urllib.request.Request(
-        f"{stack.base}/api/v2/dags/{DAG_ID}/dagRuns", data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_token(stack.base, PASSWORD)}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())["dag_run_id"]
-    except urllib.error.HTTPError as error:
-        raise AssertionError(f"trigger refused: {error.code} {error.read().decode()[:1000]}") from error
+    return trigger_run(stack.base, PASSWORD, DAG_ID, logical_date)
 
 
 def trigger_through_cli(stack: Stack) -> str:
