@@ -104,6 +104,9 @@ class Environment:
             say("writing Spark's class-data archive (once per Java and Spark version, about a minute) ...")
             if build_class_archive():
                 say(f"Spark class-data archive ready ({time.monotonic() - started_at:.0f} s)")
+            else:
+                say("no class-data archive yet (another process is writing it, or it cannot be built here): "
+                    "Spark starts without it, about 10 s slower per run")
         return cls(settings, env, started)
 
 

@@ -148,10 +148,13 @@ def driver_java_options(output_dir: Path | None = None) -> str:
     return f"-XX:SharedArchiveFile={archive}"
 
 
-def build_class_archive(output_dir: Path | None = None, timeout_s: float = 300) -> Path | None:
+def build_class_archive(output_dir: Path | None = None, timeout_s: float = 300, wait: bool = False) -> Path | None:
     """Write the class-data archive once, from a training run of ``spark_jobs/train_class_archive.py`` (the job's own
-    transforms over a small stream, no database). Returns its path, or None when it cannot be built here;
-    Spark then starts without it. Two callers at once: one builds, the other waits for it (a file lock)."""
+    transforms over a small stream, no database). Returns its path, or None when there is none yet; Spark then
+    starts without it.
+
+    Two callers at once (a file lock): one builds. The other returns None at once unless ``wait``: a DAG run or
+    a `make run` starting next to a build (~40 s) starts its JVM without the archive rather than wait for it."""
     import fcntl
     import logging
     import subprocess
@@ -162,8 +165,14 @@ def build_class_archive(output_dir: Path | None = None, timeout_s: float = 300) 
     if target is None:
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return target
     with open(target.parent / ".class_archive.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            log.info("another process is writing Spark's class-data archive; this JVM starts without it")
+            return None
         if target.exists():
             return target
         partial = target.with_suffix(f".{os.getpid()}.partial")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_archive_is_written_once_and_a_spark_submit_maps_it(tmp_path):
-    archive = packaging.build_class_archive()
+    archive = packaging.build_class_archive(wait=True)  # another test worker may be writing it
     assert archive is not None and archive.exists() and archive.stat().st_size > 50_000_000
     assert packaging.build_class_archive() == archive, "a second call reuses the archive"
     options = packaging.driver_java_options()
@@ -36,6 +36,41 @@ def test_the_archive_is_written_once_and_a_spark_submit_maps_it(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rows 10" in done.stdout
+
+
+def test_a_caller_does_not_wait_while_another_process_writes_the_archive(tmp_path, monkeypatch):
+    """A DAG run (or `make run`) that starts while another process writes the archive starts Spark without it at
+    once, rather than wait the ~40 s of the training run; a caller that asks to wait gets the archive."""
+    import fcntl
+    import threading
+
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "spark-core.jar").write_bytes(b"one")
+    monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+    target = packaging.class_archive_path(tmp_path)
+    trained = []
+
+    def fake_spark_submit(command, **kwargs):
+        trained.append(command)
+        partial = next(arg.split("=", 2)[-1] for arg in command if "ArchiveClassesAtExit" in arg)
+        Path(partial).write_bytes(b"archive")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_spark_submit)
+    with open(tmp_path / ".class_archive.lock", "w") as writer:  # another process is writing it
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        started = time.monotonic()
+        assert packaging.build_class_archive(tmp_path) is None
+        assert time.monotonic() - started < 1 and trained == []
+        assert packaging.driver_java_options(tmp_path) == "-Xshare:auto"  # its JVM starts as before
+        waited = []
+        waiter = threading.Thread(target=lambda: waited.append(packaging.build_class_archive(tmp_path, wait=True)))
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive()  # ``wait=True`` waits for the writer
+    waiter.join(timeout=10)
+    assert waited == [target] and target.exists() and len(trained) == 1
 
 
 def test_other_jars_name_another_archive_and_without_one_spark_starts_as_before(tmp_path, monkeypatch):
