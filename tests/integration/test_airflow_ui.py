@@ -90,14 +90,10 @@ def request(base: str, path: str, headers: dict[str, str] | None = None,
 
 @pytest.fixture(scope="module")
 def ui(pipeline, tmp_path_factory):
-    """A published run and the real api-server on a free port: (base url, known dead letters, run id)."""
+    """A published run and the real api-server on a free port: (base url, known dead letters, run id). The
+    api-server boots while the run goes through `airflow dags test`, which does not use it."""
     pipeline.reset()
-    known = land_events(pipeline.landing_dir)
-    done = pipeline.once()
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    run_id = pipeline.scalar("SELECT DISTINCT airflow_run_id FROM ecommerce_events")
-    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE event_id = ANY(%s)", (list(known),)) == len(known)
-
+    pipeline.airflow_ready()
     base, env = pipeline.api_server_env(AIRFLOW_ADMIN_PASSWORD=PASSWORD)
     admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
     log_path = tmp_path_factory.mktemp("api-server") / "api-server.log"
@@ -109,6 +105,12 @@ def ui(pipeline, tmp_path_factory):
             start_new_session=True,
         )
     try:
+        known = land_events(pipeline.landing_dir)
+        done = pipeline.once()
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        run_id = pipeline.scalar("SELECT DISTINCT airflow_run_id FROM ecommerce_events")
+        assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE event_id = ANY(%s)",
+                               (list(known),)) == len(known)
         deadline = time.monotonic() + 180
         while True:
             assert server.poll() is None, log_path.read_text()[-4000:]
