@@ -85,8 +85,8 @@ def running(pipeline, tmp_path_factory):
     (root / "staging").mkdir()
     output = root / "cluster.log"
     with open(output, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "scripts.pipeline", "cluster", "--no-generator"], env=env, cwd=PROJECT_ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "scripts.pipeline", "cluster", "--no-generator"], env=env,
+                                   cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
     running = RunningCluster(cluster, process, base, logs, output, root / "staging")
     try:
         yield running
