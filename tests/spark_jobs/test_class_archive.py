@@ -17,6 +17,28 @@ from include.settings import PROJECT_ROOT
 pytestmark = pytest.mark.integration
 
 
+def one_jar(tmp_path: Path, monkeypatch) -> None:
+    """Spark's jars as a directory of one jar (the archive's name hashes the jar list)."""
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "spark-core.jar").write_bytes(b"one")
+    monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+
+
+def fake_training_runs(monkeypatch) -> list[list[str]]:
+    """Replace the training spark-submit with one that writes a tiny archive; the commands it was given."""
+    runs: list[list[str]] = []
+
+    def fake_spark_submit(command, **kwargs):
+        runs.append(command)
+        partial = next(arg.split("=", 2)[-1] for arg in command if "ArchiveClassesAtExit" in arg)
+        Path(partial).write_bytes(b"archive")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_spark_submit)
+    return runs
+
+
 def test_the_archive_is_written_once_and_a_spark_submit_maps_it(tmp_path):
     archive = packaging.build_class_archive(wait=True)  # another test worker may be writing it
     assert archive is not None and archive.exists() and archive.stat().st_size > 50_000_000
@@ -44,20 +66,9 @@ def test_a_caller_does_not_wait_while_another_process_writes_the_archive(tmp_pat
     import fcntl
     import threading
 
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "spark-core.jar").write_bytes(b"one")
-    monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+    one_jar(tmp_path, monkeypatch)
     target = packaging.class_archive_path(tmp_path)
-    trained = []
-
-    def fake_spark_submit(command, **kwargs):
-        trained.append(command)
-        partial = next(arg.split("=", 2)[-1] for arg in command if "ArchiveClassesAtExit" in arg)
-        Path(partial).write_bytes(b"archive")
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(subprocess, "run", fake_spark_submit)
+    trained = fake_training_runs(monkeypatch)
     with open(tmp_path / ".class_archive.lock", "w") as writer:  # another process is writing it
         fcntl.flock(writer, fcntl.LOCK_EX)
         started = time.monotonic()
@@ -87,23 +98,14 @@ def test_other_jars_name_another_archive_and_without_one_spark_starts_as_before(
 
 def test_an_archive_in_use_elsewhere_is_kept_and_one_unused_for_weeks_is_deleted(tmp_path, monkeypatch):
     """Two checkouts with their own virtualenvs each have an archive; building one must not evict the other."""
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "spark-core.jar").write_bytes(b"one")
-    monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+    one_jar(tmp_path, monkeypatch)
     other, old = tmp_path / "spark_classes_other.jsa", tmp_path / "spark_classes_old.jsa"
     other.write_bytes(b"in use by another checkout")
     old.write_bytes(b"unused")
     weeks_ago = time.time() - (packaging.CLASS_ARCHIVE_UNUSED_DAYS + 1) * 86400
     os.utime(old, (weeks_ago, weeks_ago))
     target = packaging.class_archive_path(tmp_path)
-
-    def fake_spark_submit(command, **kwargs):
-        partial = next(arg.split("=", 2)[-1] for arg in command if "ArchiveClassesAtExit" in arg)
-        Path(partial).write_bytes(b"archive")
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(subprocess, "run", fake_spark_submit)
+    fake_training_runs(monkeypatch)
     assert packaging.build_class_archive(tmp_path) == target and target.exists()
     assert other.exists() and not old.exists()
     os.utime(target, (weeks_ago, weeks_ago))
