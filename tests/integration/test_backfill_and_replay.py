@@ -17,8 +17,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -31,7 +29,7 @@ from scripts import pipeline as supervised
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import PROJECT_ROOT
-from tests.fixtures.ui import OUTPUT_DIR, api_token, graph_screenshot, leave_the_ui, log_in
+from tests.fixtures.ui import OUTPUT_DIR, api_token, graph_screenshot, leave_the_ui, log_in, rest
 
 pytestmark = pytest.mark.integration
 
@@ -97,18 +95,6 @@ def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[str, float]:
                         "success"),
         **dict.fromkeys(("ingest", "audit", "publish"), "skipped")}
     return run_id, time.monotonic() - started
-
-
-def rest(base: str, token: str, method: str, path: str, body: dict | None = None):
-    """One call of Airflow's REST API as the admin; the decoded JSON answer."""
-    request = urllib.request.Request(
-        f"{base}{path}", data=json.dumps(body).encode() if body is not None else None, method=method,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        raise AssertionError(f"{method} {path}: {error.code} {error.read().decode()[:1000]}") from error
 
 
 def run_path(run_id: str) -> str:
