@@ -17,12 +17,13 @@ from include.settings import PROJECT_ROOT
 pytestmark = pytest.mark.integration
 
 
-def one_jar(tmp_path: Path, monkeypatch) -> None:
-    """Spark's jars as a directory of one jar (the archive's name hashes the jar list)."""
+def one_jar(tmp_path: Path, monkeypatch) -> Path:
+    """Spark's jars as a directory of one jar (the archive's name hashes the jar list); that directory."""
     jars = tmp_path / "jars"
     jars.mkdir()
     (jars / "spark-core.jar").write_bytes(b"one")
     monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+    return jars
 
 
 def fake_training_runs(monkeypatch) -> list[list[str]]:
@@ -85,10 +86,7 @@ def test_a_caller_does_not_wait_while_another_process_writes_the_archive(tmp_pat
 
 
 def test_other_jars_name_another_archive_and_without_one_spark_starts_as_before(tmp_path, monkeypatch):
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "spark-core.jar").write_bytes(b"one")
-    monkeypatch.setattr(packaging, "_spark_jars_dir", lambda: jars)
+    jars = one_jar(tmp_path, monkeypatch)
     first = packaging.class_archive_path(tmp_path)
     (jars / "spark-sql.jar").write_bytes(b"two")
     second = packaging.class_archive_path(tmp_path)
