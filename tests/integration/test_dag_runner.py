@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from scripts.generator import EventGenerator
+from tests.fixtures.processes import live_members
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +64,6 @@ def test_a_runner_killed_mid_run_answers_with_its_exit_code_leaves_no_process_an
     killer.join()
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
 
-    def in_its_group(process: psutil.Process) -> bool:
-        with contextlib.suppress(ProcessLookupError, psutil.Error):
-            return os.getpgid(process.pid) == pid and process.status() != psutil.STATUS_ZOMBIE
-        return False
-
-    assert [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if in_its_group(p)] == []
+    assert live_members(pid) == []  # the runner, spark-submit and its JVM: all of them have exited
     after = runner.run(["config", "get-value", "core", "parallelism"], {}, timeout=120)
     assert after.returncode == 0 and runner._process.pid != pid
