@@ -18,13 +18,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.contract.columns import PARSED_COLUMNS
-from include.contract.parser import MAX_FIELD_CHARS, FileRejected, decode, decompress, migration_plan
+from include.contract.parser import (
+    DEFAULT_MAX_DECOMPRESSED_BYTES,
+    MAX_FIELD_CHARS,
+    FileRejected,
+    decode,
+    decompress,
+    migration_plan,
+)
 from include.contract.versions import UnknownSchemaVersion, match_header
 
-# What the parser hands to Spark (``spark_jobs.transforms.PARSED_SCHEMA``), as Arrow types.
+# What the parser hands to Spark (``spark_jobs.transforms.PARSED_SCHEMA``), as Arrow types: text but for the
+# line number and the delivery id.
+_NOT_TEXT = {"source_line": pa.int32(), "delivery_id": pa.int64()}
 PARSED_ARROW_SCHEMA = pa.schema(
-    [pa.field(c, pa.int32() if c == "source_line" else pa.string()) for c in PARSED_COLUMNS]
-    + [pa.field("file_error", pa.string())]
+    [pa.field(c, _NOT_TEXT.get(c, pa.string())) for c in PARSED_COLUMNS] + [pa.field("file_error", pa.string())]
 )
 # Characters that make a file not plain: any of them needs the careful parser's rules.
 _NOT_PLAIN = ('"', "\x00")
@@ -32,11 +40,12 @@ _NOT_PLAIN = ('"', "\x00")
 _MAX_BODY_CHARS = 2**30
 
 
-def parse_plain_file(content: bytes, source_file: str) -> pa.RecordBatch | None:
+def parse_plain_file(content: bytes, source_file: str, delivery_id: int | None = None,
+                     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES) -> pa.RecordBatch | None:
     """The records of a plain file as one batch of ``PARSED_ARROW_SCHEMA``, or ``None`` if it is not plain.
 
     Raises ``FileRejected`` exactly where ``parse_file`` does (compression, encoding, header)."""
-    text = decode(decompress(content, source_file))
+    text = decode(decompress(content, source_file, max_decompressed_bytes))
     if "\r" in text:  # CRLF line ends are plain (the parser drops the terminator); a lone CR is not
         if text.count("\r") != text.count("\r\n"):
             return None
@@ -73,6 +82,7 @@ def parse_plain_file(content: bytes, source_file: str) -> pa.RecordBatch | None:
         schema_version=_repeat(match.version.name, rows),
         source_file=_repeat(source_file, rows),
         source_line=pa.array(np.arange(2, rows + 2, dtype=np.int32)),  # the header is line 1, no blank lines
+        delivery_id=pa.nulls(rows, pa.int64()) if delivery_id is None else pa.repeat(pa.scalar(delivery_id, pa.int64()), rows),
         raw_data=lines,
         parse_errors=pa.nulls(rows, pa.string()),
         rescued_data=pa.nulls(rows, pa.string()),

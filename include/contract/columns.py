@@ -5,7 +5,7 @@ this module). Every other column list derives from it.
 | --- | --- |
 | ``feed`` | a CSV column of the feed; ``since`` is the first schema version that carries it |
 | ``derived`` | computed by the ingest (``total_amount``, ``is_late_arrival``) |
-| ``lineage`` | where the row came from (schema version, file, line) |
+| ``lineage`` | where the row came from (schema version, file, line, delivery) |
 | ``staging`` | kept only until publish (the raw line and the reasons it could not be typed) |
 | ``rescued`` | the values of columns the contract does not know, per row, as JSON (``rescued_data``) |
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 CONTRACT_FILE = Path(__file__).with_name("contract.yaml")
 ROLES = ("feed", "derived", "lineage", "staging", "rescued")
-SQL_TYPES = ("text", "integer", "numeric(12,2)", "numeric(14,2)", "timestamp with time zone", "boolean", "jsonb")
+SQL_TYPES = ("text", "integer", "bigint", "numeric(12,2)", "numeric(14,2)", "timestamp with time zone", "boolean", "jsonb")
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import bz2
 import csv
-import gzip
+import hashlib
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -35,13 +36,17 @@ from include.contract.versions import (
     match_header,
 )
 
-# Compressed files are read like plain ones; the suffix says how (``include.storage.landing.FEED_SUFFIXES``).
-_DECOMPRESSORS = {".gz": (gzip.decompress, "gzip"), ".bz2": (bz2.decompress, "bzip2")}
-
 # Longest value accepted in one field. Real values are far shorter; anything longer is damage or abuse.
 MAX_FIELD_CHARS = 1024
 # Above this csv refuses to read a field at all; such a record is dead-lettered with its raw text.
 _CSV_FIELD_LIMIT = 16 * 1024 * 1024
+# The most of one record's raw text a dead letter keeps: a valid record is at most 16 fields of MAX_FIELD_CHARS,
+# so only damaged records are ever cut. A longer one keeps this prefix, then its full length and a SHA-256 of
+# the whole record (``bounded_raw``), so the dead-letter page and its CSV export stay small and the record can
+# still be told apart from every other and found in the archived file.
+MAX_RAW_CHARS = 16 * MAX_FIELD_CHARS + 64
+# What a file may expand to when it is decompressed, unless the caller says otherwise (MAX_DECOMPRESSED_BYTES).
+DEFAULT_MAX_DECOMPRESSED_BYTES = 256 * 2**20
 
 
 
@@ -89,25 +94,65 @@ def decode(content: bytes) -> str:
         ) from None
 
 
-def decompress(content: bytes, source_file: str) -> bytes:
+def decompress(content: bytes, source_file: str, max_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES) -> bytes:
     """The bytes of a ``.csv.gz`` / ``.csv.bz2`` file uncompressed (others as they are); ``FileRejected`` when
-    the compressed stream is damaged."""
-    suffix = source_file[source_file.rfind("."):].lower()
-    if suffix not in _DECOMPRESSORS:
+    the compressed stream is damaged or would expand past ``max_bytes``.
+
+    The stream is expanded piece by piece and stopped as soon as it passes ``max_bytes``: a few MB of gzip
+    that expand to a GB (a decompression bomb, or one enormous field) cost at most ``max_bytes`` of memory and
+    end in quarantine, instead of a Python worker or the JVM running out of memory on every attempt."""
+    lowered = source_file.lower()
+    if lowered.endswith(".gz"):
+        name, new = "gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif lowered.endswith(".bz2"):
+        name, new = "bzip2", bz2.BZ2Decompressor
+    else:
         return content
-    decompress_all, name = _DECOMPRESSORS[suffix]
+    pieces: list[bytes] = []
+    size = 0
+    remaining = content
     try:
-        return decompress_all(content)
-    except (OSError, EOFError, ValueError) as error:
+        while remaining:  # a file may hold several compressed members one after the other (`cat a.gz b.gz`)
+            stream = new()
+            pending = remaining
+            while True:
+                piece = stream.decompress(pending, max_bytes - size + 1)
+                size += len(piece)
+                pieces.append(piece)
+                if size > max_bytes:
+                    raise FileRejected(
+                        f"{name} file expands past MAX_DECOMPRESSED_BYTES={max_bytes} bytes "
+                        f"({len(content)} bytes compressed); not read")
+                if stream.eof:
+                    break
+                pending = getattr(stream, "unconsumed_tail", b"")  # zlib keeps what max_length held back here
+                if not pending and getattr(stream, "needs_input", True):
+                    raise FileRejected(f"not a readable {name} file: the compressed data ends before its end marker")
+            remaining = stream.unused_data
+    except FileRejected:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error) as error:
         raise FileRejected(f"not a readable {name} file: {error}") from None
+    return b"".join(pieces)
 
 
-def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
-    """Yield one canonical record per CSV record of ``content`` (header excluded, blank lines skipped).
+def bounded_raw(raw: str) -> str:
+    """``raw`` as a dead letter keeps it: whole up to ``MAX_RAW_CHARS``, else its prefix, its full length and
+    a SHA-256 of the whole (the marker says so in plain words)."""
+    if len(raw) <= MAX_RAW_CHARS:
+        return raw
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{raw[:MAX_RAW_CHARS]}… [cut: {len(raw)} characters in all, sha256 {digest}]"
+
+
+def parse_file(content: bytes, source_file: str, delivery_id: int | None = None,
+               max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES) -> Iterator[dict[str, object]]:
+    """Yield one canonical record per CSV record of ``content`` (header excluded, blank lines skipped), with
+    its lineage: ``source_file``, its first physical line, ``delivery_id``.
 
     Raises ``FileRejected`` before yielding anything if the file cannot be read at all.
     """
-    text = decode(decompress(content, source_file))
+    text = decode(decompress(content, source_file, max_decompressed_bytes))
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     tap = _LineTap(iter(io.StringIO(text, newline="")))
     reader = csv.reader(tap, strict=True)
@@ -135,7 +180,7 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
             return
         except csv.Error as csv_error:
             fields, error = None, f"malformed CSV: {csv_error}"
-        raw = tap.take().replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL; keep it visible
+        raw = bounded_raw(tap.take().replace("\x00", "\\x00"))  # PostgreSQL text cannot hold NUL; keep it visible
         if fields is not None and not fields:
             continue  # a blank line holds no record
         if error is None:
@@ -148,6 +193,7 @@ def parse_file(content: bytes, source_file: str) -> Iterator[dict[str, object]]:
             schema_version=version.name,
             source_file=source_file,
             source_line=start_line,
+            delivery_id=delivery_id,
             raw_data=raw,
             parse_errors=error,
             rescued_data=json.dumps({name: fields[i] or None for name, i in rescued}, ensure_ascii=False)

@@ -5,9 +5,12 @@ agree with the careful parser or decline the file."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+
 import pytest
 
-from include.contract.parser import MAX_FIELD_CHARS, FileRejected
+from include.contract.parser import MAX_FIELD_CHARS, FileRejected, parse_file
 from include.contract.versions import V1, V2, V3
 from tests.fixtures.parser_paths import both_paths
 
@@ -186,3 +189,31 @@ def test_compressed_files_are_read_like_plain_ones_and_damaged_ones_rejected(suf
     assert parse(packed, f"/landing/f{suffix}") == [dict(r, source_file=f"/landing/f{suffix}") for r in parse(text)]
     with pytest.raises(FileRejected, match=f"not a readable {'gzip' if module == 'gzip' else 'bzip2'} file"):
         parse(packed[: len(packed) // 2], f"/landing/f{suffix}")
+
+
+@pytest.mark.parametrize("suffix, compress", [(".csv.gz", gzip.compress), (".csv.bz2", bz2.compress)])
+def test_a_compressed_file_is_expanded_only_up_to_its_bound(suffix, compress):
+    """A file that expands past MAX_DECOMPRESSED_BYTES is refused as soon as it passes it (a bomb costs the
+    bound, not its full size); members written one after another are all read; a cut stream is refused."""
+    from include.contract.parser import decompress
+
+    body = b"event_id,user_id,event_type,product_id,price,event_time\n" + b"0" * 5_000_000
+    assert decompress(compress(body) + compress(b"more"), "f" + suffix, 6_000_000) == body + b"more"
+    with pytest.raises(FileRejected, match="expands past MAX_DECOMPRESSED_BYTES=1000000 bytes"):
+        list(parse_file(compress(body), "/l/bomb" + suffix, max_decompressed_bytes=1_000_000))
+    with pytest.raises(FileRejected, match="ends before its end marker"):
+        decompress(compress(body)[:-20], "f" + suffix, 6_000_000)
+
+
+def test_an_oversized_record_keeps_a_bounded_prefix_its_length_and_a_hash():
+    import hashlib
+
+    from include.contract.parser import MAX_RAW_CHARS
+
+    line = "e1,1,view,1," + "x" * 100_000 + ",2026-01-01T00:00:00"
+    [record] = parse_file(f"{V1.header}\n{line}\n".encode(), "/l/a.csv")
+    assert "oversize field" in record["parse_errors"]
+    assert record["raw_data"].startswith(line[:MAX_RAW_CHARS])
+    assert record["raw_data"].endswith(f"[cut: {len(line)} characters in all, "
+                                       f"sha256 {hashlib.sha256(line.encode()).hexdigest()}]")
+    assert len(record["raw_data"]) < MAX_RAW_CHARS + 150

@@ -382,7 +382,7 @@ def test_structural_rows_are_dead_lettered_by_the_parser(tmp_path, version_name)
                 assert record["parse_errors"] is None and record == dict(
                     expected_record(row, version_name), schema_version=version_name, source_file=record["source_file"],
                     source_line=record["source_line"], raw_data=record["raw_data"], parse_errors=None,
-                    rescued_data=None)
+                    rescued_data=None, delivery_id=None)
     assert set(seen) == set(STRUCTURAL_KINDS)
     assert max(seen.values()) - min(seen.values()) <= 1, "structural kinds rotate like the invalid ones"
 
