@@ -42,6 +42,8 @@ class Validation:
     table_checks: dict[str, TableCheck] = field(default_factory=dict)
     data_docs: str | None = None
     validation_seconds: float = 0.0
+    # the moment the rules were evaluated at (ISO-8601): the routing evaluates them at the same one
+    audited_at: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Validation:

@@ -31,6 +31,10 @@ UUID_REGEX = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9
 FUTURE_TOLERANCE_MINUTES = 5
 
 
+# Where a rule's SQL means "the moment of this validation": replaced by that moment (``expectation_kwargs``).
+AUDITED_AT = "{audited_at}"
+
+
 def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
@@ -76,10 +80,12 @@ ROW_RULES: tuple[RowRule, ...] = (
             "UnexpectedRowsExpectation",
             {"unexpected_rows_query": f"SELECT * FROM {{batch}} WHERE user_id IS NULL AND event_type IN ({_LOGIN_TYPES})"}),
     RowRule("event_time_present", "event_time is missing", "ExpectColumnValuesToNotBeNull", {"column": "event_time"}),
+    # "the future" is the validation's own moment (``audited_at``), the same for Great Expectations and for the
+    # routing: with now() in each, a row at the edge could count in one and not in the other
     RowRule("event_time_not_in_future", f"event_time is more than {FUTURE_TOLERANCE_MINUTES} minutes in the future",
             "UnexpectedRowsExpectation",
             {"unexpected_rows_query": "SELECT * FROM {batch} WHERE event_time > "
-                                      f"now() + interval '{FUTURE_TOLERANCE_MINUTES} minutes'"}),
+                                      f"{AUDITED_AT} + interval '{FUTURE_TOLERANCE_MINUTES} minutes'"}),
     # A new category or segment is the business growing, not bad data: stored, and the violation recorded.
     RowRule("category_known", "category is not a known category", "ExpectColumnValuesToBeInSet",
             {"column": "category", "value_set": list(CATEGORIES)}, severity="warn"),
@@ -110,8 +116,21 @@ def severities(settings: Settings, source: str = "RULE_SEVERITY") -> dict[str, s
     return {rule.name: overrides.get(rule.name, rule.severity) for rule in ROW_RULES}
 
 
-def suite_parameters(settings: Settings) -> dict[str, Any]:
-    return {"max_price": settings.max_price}
+def suite_parameters(settings: Settings, audited_at: str | None = None) -> dict[str, Any]:
+    """The suite's parameters: the thresholds in force, and the moment of the validation (ISO-8601; None: the
+    database's ``now()``, for showing the rules rather than validating)."""
+    return {"max_price": settings.max_price, "audited_at": audited_at}
+
+
+def expectation_kwargs(rule: RowRule, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule's expectation arguments, its SQL's ``AUDITED_AT`` replaced by the validation's moment."""
+    kwargs = dict(rule.kwargs)
+    query = kwargs.get("unexpected_rows_query")
+    if query and AUDITED_AT in query:
+        moment = parameters.get("audited_at")
+        kwargs["unexpected_rows_query"] = query.replace(
+            AUDITED_AT, f"{_literal(str(moment), parameters)}::timestamptz" if moment else "now()")
+    return kwargs
 
 
 def describe(rule: RowRule, parameters: Mapping[str, Any]) -> str:
@@ -164,7 +183,7 @@ def routing_predicate(rule: RowRule, parameters: Mapping[str, Any]) -> str:
             bounds.append(f"{column} {op} {_literal(kwargs['max_value'], parameters)}")
         return f"{column} IS NOT NULL AND NOT ({' AND '.join(bounds)})"
     if rule.expectation_type == "UnexpectedRowsExpectation":
-        match = _WHERE.match(kwargs["unexpected_rows_query"])
+        match = _WHERE.match(expectation_kwargs(rule, parameters)["unexpected_rows_query"])
         if not match:
             raise ValueError(f"{rule.name}: unexpected_rows_query must be 'SELECT * FROM {{batch}} WHERE ...'")
         return f"({match['predicate']})"

@@ -46,7 +46,7 @@ def route_rule_failures(conn: psycopg.Connection, validation: Validation | None,
     if validation is None:
         return
     severity = severities(settings)
-    parameters = suite_parameters(settings)
+    parameters = suite_parameters(settings, validation.audited_at)
     predicates = {rule.name: routing_predicate(rule, parameters) for rule in ROW_RULES}
     # One scan of the whole table finds the rows that break any rule (a few percent); each rule's routing then
     # reads only those. A predicate that is NULL for a row selects it neither here nor alone.
@@ -83,7 +83,8 @@ def route_rule_failures(conn: psycopg.Connection, validation: Validation | None,
 
 
 # The lineage columns a dead letter carries, in the order the INSERTs list them.
-DEAD_LETTER_LINEAGE = "schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id"
+DEAD_LETTER_LINEAGE = ("schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id, "
+                       "delivery_id")
 PASSES_EVERY_RULE = "NOT EXISTS (SELECT 1 FROM rule_failures f WHERE f.staging_row_id = c.staging_row_id)"
 
 
@@ -115,9 +116,9 @@ def record_violations(source: str, *, run_id: str, where: str) -> str:
     it is, so a backfill re-deriving a window records nothing twice."""
     return f"""
         INSERT INTO rule_violations (event_id, rule, reason, source_file, source_line, airflow_run_id,
-                                     spark_query_id, spark_batch_id)
+                                     spark_query_id, spark_batch_id, delivery_id)
         SELECT c.event_id, w.rule, w.reason, c.source_file, c.source_line, {run_id}, c.spark_query_id,
-               c.spark_batch_id
+               c.spark_batch_id, c.delivery_id
           FROM rule_warnings w JOIN ({source}) USING (staging_row_id)
          WHERE {where}
         ON CONFLICT (event_id, rule) DO NOTHING
@@ -126,11 +127,11 @@ def record_violations(source: str, *, run_id: str, where: str) -> str:
 
 def record_moves(direction: str, cause: str, rows: str, *, approved: bool = False) -> str:
     """``INSERT … SELECT`` into ``dead_letter_moves`` of the rows of ``rows`` (a FROM clause yielding
-    event_id, source_file, source_line, dead_letter_id, failed_rules); the parameters are the run id and,
-    when ``approved``, who approved the moves."""
+    event_id, source_file, source_line, delivery_id, dead_letter_id, failed_rules); the parameters are the run
+    id and, when ``approved``, who approved the moves."""
     return f"""
-        INSERT INTO dead_letter_moves (direction, cause, event_id, source_file, source_line, dead_letter_id,
-                                       failed_rules, airflow_run_id, approved_by)
-        SELECT '{direction}', '{cause}', event_id, source_file, source_line, dead_letter_id, failed_rules, %s,
-               {"%s" if approved else "NULL"}
+        INSERT INTO dead_letter_moves (direction, cause, event_id, source_file, source_line, delivery_id,
+                                       dead_letter_id, failed_rules, airflow_run_id, approved_by)
+        SELECT '{direction}', '{cause}', event_id, source_file, source_line, delivery_id, dead_letter_id,
+               failed_rules, %s, {"%s" if approved else "NULL"}
           FROM {rows}"""

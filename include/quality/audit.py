@@ -45,7 +45,7 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
     already. Rows without an event_id are not copies of each other, so each one stays a candidate (and is
     dead-lettered by ``event_id_present``). The candidates stay where they are: the view ``audit_candidates``
     reads them from ``staging_events`` through the two small tables written here, the pinned batches and the
-    rows left out (include/storage/staging.py ``create_audit_candidates_view``)."""
+    rows left out (include/storage/schema.py ``create_audit_candidates_view``)."""
     with conn.transaction():
         # read before the anti-join below: a write committed after this read moves the generation on, so the
         # publish sees it and checks its candidates against the stored ids again (include.storage.locks.publish_lock)
@@ -111,7 +111,7 @@ def _sqlalchemy_url(settings: Settings) -> str:
     ).render_as_string(hide_password=False)
 
 
-def _checkpoint(context, settings: Settings, table: str = ASSET):
+def _checkpoint(context, settings: Settings, table: str = ASSET, audited_at: str | None = None):
     """Register (or update) datasource, asset, suite, validation definition and checkpoint; return it.
 
     ``table`` is the table validated: ``audit_candidates`` for the every-minute runs, another table of the
@@ -133,7 +133,7 @@ def _checkpoint(context, settings: Settings, table: str = ASSET):
         batch_definition = asset.get_batch_definition(BATCH_DEFINITION)
     except (KeyError, ValueError, LookupError):
         batch_definition = asset.add_batch_definition_whole_table(BATCH_DEFINITION)
-    suite = context.suites.add_or_update(build_suite(suite_parameters(settings), severities(settings)))
+    suite = context.suites.add_or_update(build_suite(suite_parameters(settings, audited_at), severities(settings)))
     validation = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=VALIDATION + suffix, data=batch_definition, suite=suite)
     )
@@ -202,12 +202,14 @@ def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> Val
     import great_expectations as gx
 
     started = time.monotonic()
+    # one moment for the rules that depend on time, in Great Expectations and in the routing after it
+    audited_at = with_connection(settings, lambda conn: conn.execute("SELECT now()").fetchone()[0]).isoformat()
     os.environ[_DB_URL_VARIABLE] = _sqlalchemy_url(settings)
     context = _context(settings)
-    checkpoint = _checkpoint(context, settings, table)
+    checkpoint = _checkpoint(context, settings, table, audited_at)
     prune_validation_results(settings)
     result = checkpoint.run(
-        expectation_parameters=suite_parameters(settings),
+        expectation_parameters=suite_parameters(settings, audited_at),
         run_id=gx.RunIdentifier(run_name=airflow_run_id),
     )
     _build_data_docs(context, result)
@@ -242,7 +244,7 @@ def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> Val
                            + "; ".join(str(rules[n].exception) for n in broken))
     return Validation(suite=SUITE_NAME, success=bool(result.success), rules=rules, table_checks=table_checks,
                       data_docs=str(data_docs_index(settings)),
-                      validation_seconds=round(time.monotonic() - started, 2))
+                      validation_seconds=round(time.monotonic() - started, 2), audited_at=audited_at)
 
 
 def audit_staged_batches(settings: Settings, airflow_run_id: str) -> AuditResult:

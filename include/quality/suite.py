@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.contract import rules as _rules
-from include.contract.rules import ROW_RULES, SEVERITY_MEANING, SUITE_NAME, TABLE_EXPECTATIONS, describe
+from include.contract.rules import (
+    ROW_RULES,
+    SEVERITY_MEANING,
+    SUITE_NAME,
+    TABLE_EXPECTATIONS,
+    describe,
+    expectation_kwargs,
+)
 
 
 def build_suite(parameters: Mapping[str, Any], severity: Mapping[str, str] | None = None):
@@ -18,7 +25,7 @@ def build_suite(parameters: Mapping[str, Any], severity: Mapping[str, str] | Non
     severity = severity or {rule.name: rule.severity for rule in ROW_RULES}
     expectations = [
         getattr(gxe, rule.expectation_type)(
-            **rule.kwargs, description=f"{describe(rule, parameters)} [severity: {severity[rule.name]}]",
+            **expectation_kwargs(rule, parameters), description=f"{describe(rule, parameters)} [severity: {severity[rule.name]}]",
             meta={"rule": rule.name, "routes_rows": True, "severity": severity[rule.name],
                   "notes": {"format": "markdown",
                             "content": [f"**severity: {severity[rule.name]}**: {SEVERITY_MEANING[severity[rule.name]]}"]}},

@@ -5,6 +5,7 @@ row is dead-lettered with exactly the rule it broke."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -95,7 +96,8 @@ def test_every_rule_counts_exactly_its_failing_row_and_routing_agrees(audited, p
         for rule in ROW_RULES:
             gx_count = result.validation.rules[rule.name].unexpected_count
             routed = conn.execute(
-                f"SELECT count(*) FROM audit_candidates WHERE {routing_predicate(rule, suite_parameters(settings))}"
+                "SELECT count(*) FROM audit_candidates WHERE "
+                f"{routing_predicate(rule, suite_parameters(settings, result.validation.audited_at))}"
             ).fetchone()[0]
             assert gx_count == 1, (rule.name, gx_count)
             assert routed == gx_count, rule.name
@@ -259,3 +261,25 @@ def test_a_publish_whose_audit_another_audit_replaced_publishes_nothing(pipeline
         summary = publish(conn, newer, settings, "newer")
     assert (summary.total, summary.valid, len(summary.batches)) == (7, 7, 2)
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 7
+
+
+def test_rows_at_the_future_edge_are_judged_at_one_moment_by_the_audit_and_by_the_publish(pipeline, tmp_path):
+    """``event_time_not_in_future`` compares with the moment of the validation, and the publish routes by that
+    same moment however long after the audit it runs. Rows a second either side of "now + 5 minutes": judged by
+    two clocks (``now()`` in Great Expectations, again in the routing seconds later) the counts would differ and
+    every retry would fail with RoutingMismatch."""
+    pipeline.reset()
+    settings = replace(pipeline.settings, great_expectations_dir=tmp_path / "gx")
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        edge = conn.execute("SELECT now() + interval '5 minutes'").fetchone()[0]
+        stage(conn, _rows("/landing/edge.csv", {line: {"event_time": edge + timedelta(seconds=offset)}
+                                               for line, offset in enumerate((-1, 1, 2, 3, 4, 6, 9), start=2)}))
+        pinned = prepare_candidates(conn)
+    pinned.validation = validate(settings, "edge_test")
+    future = pinned.validation.rules["event_time_not_in_future"].unexpected_count
+    time.sleep(5)  # the publish runs seconds after the audit: now() has moved past some of those rows
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        summary = publish(conn, pinned, settings, "edge_test")
+    assert future >= 4 and summary.invalid == future and summary.valid == 7 - future
+    assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE 'event_time_not_in_future' = "
+                           "ANY(failed_rules)") == future
