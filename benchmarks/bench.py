@@ -175,11 +175,11 @@ def storable_csv(files: list[Path]) -> tuple[list[bytes], int]:
 
     seen: set[str] = set()
     chunks, total = [], 0
-    for path in files:
+    for delivery_id, path in enumerate(files, 1):  # each file one delivery, numbered as the peers number them
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         try:
-            records = list(parse_file(path.read_bytes(), str(path)))
+            records = list(parse_file(path.read_bytes(), str(path), delivery_id))
         except FileRejected:
             continue
         for record in records:
@@ -404,7 +404,7 @@ def reset_pipeline(bench: Bench) -> None:
     is ALERT_FILE (the bench does not set its own: it is the checkout's)."""
     from psycopg import sql
 
-    from include.storage.staging import apply_schema
+    from include.storage.schema import apply_schema
     from scripts.local_postgres import ensure_database
 
     settings = bench.settings

@@ -165,6 +165,8 @@ def duckdb_events_sql(groups: Sequence[HeaderGroup], settings: Settings) -> str:
     derived = {
         "total_amount": "CAST(price * quantity AS DECIMAL(14,2))",
         "is_late_arrival": f"coalesce(event_time < now() - INTERVAL {late} MINUTE, false)",
+        # a peer has no delivery ledger: each input file is one delivery
+        "delivery_id": "CAST(file_index + 1 AS BIGINT)",
     }
     output = [derived.get(c, c) + (f" AS {c}" if c in derived else "") for c in EVENT_COLUMNS]
     return f"""
@@ -213,7 +215,7 @@ def write_binary_copy(conn: psycopg.Connection, table: str, batches) -> int:
     kept for the comparison in ``write_csv_copy``)."""
     from include.contract.columns import BY_NAME
 
-    names = {"integer": "int4", "numeric(12,2)": "numeric", "numeric(14,2)": "numeric",
+    names = {"integer": "int4", "bigint": "int8", "numeric(12,2)": "numeric", "numeric(14,2)": "numeric",
              "timestamp with time zone": "timestamptz", "boolean": "bool"}
     pg_types = [names.get(BY_NAME[c].sql_type, BY_NAME[c].sql_type) for c in EVENT_COLUMNS]  # text, jsonb as is
     rows = 0

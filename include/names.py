@@ -23,3 +23,4 @@ PUBLISH_LOCK = "ecommerce_events publish"            # every writer of ecommerce
 REVALIDATION_LOCK = "ecommerce_events revalidation"  # revalidation_candidates: backfills, replays, retention
 SCHEMA_LOCK = "ecommerce_events schema"              # applying schema.sql (two starts at once deadlocked)
 INGEST_LOCK_PREFIX = "ecommerce_events ingest"       # + the checkpoint directory: one live query per checkpoint
+CLAIM_LOCK = "ecommerce_events landing claim"        # claims out of LANDING_DIR: one at a time, ids in commit order

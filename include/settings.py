@@ -51,9 +51,9 @@ class Settings:
     postgres_password: str = "spark123"
     # streaming (the original system's TRIGGER_INTERVAL and WATERMARK_DELAY are accepted and ignored: the
     # DAG's every-minute schedule is the trigger, and events are never dropped as late, only flagged)
-    # A micro-batch admits landed files up to MAX_BYTES_PER_TRIGGER bytes (on disk, so compressed for .csv.gz;
-    # at least one file; 32m is ~200k rows of the generator's mix); 0 = by file count only. MAX_FILES_PER_TRIGGER
-    # bounds the files parsed and staged at once: a batch holding more is staged in chunks of that many files.
+    # A micro-batch admits claimed deliveries up to MAX_BYTES_PER_TRIGGER bytes (on disk, so compressed for
+    # .csv.gz; at least one file; 32m is ~200k rows of the generator's mix; 0 = by file count only) and at most
+    # MAX_FILES_PER_TRIGGER files, which bounds the memory of a batch of many small files.
     max_bytes_per_trigger: ByteSize = ByteSize("32m")
     max_files_per_trigger: int = 1000
     # data quality
@@ -75,6 +75,17 @@ class Settings:
     poison_file_max_attempts: int = 3
     # how long an ingest waits for another one on the same checkpoint before giving up
     ingest_lock_wait_seconds: int = 120
+    # the landing contract (include/storage/landing.py, README "Use your own feed"): a file is read once it is
+    # complete: its marker <name>LANDING_MARKER_SUFFIX exists, or (unless LANDING_REQUIRE_MARKER) it has not
+    # changed for LANDING_SETTLE_SECONDS; a file waiting longer than LANDING_STUCK_MINUTES raises a WARNING
+    landing_settle_seconds: float = 2.0
+    landing_marker_suffix: str = ".done"
+    landing_require_marker: bool = False
+    landing_stuck_minutes: int = 15
+    # bounded input: a file larger than MAX_FILE_BYTES, or a compressed one that expands past
+    # MAX_DECOMPRESSED_BYTES, is quarantined with the reason, never read whole into memory
+    max_file_bytes: ByteSize = ByteSize("256m")
+    max_decompressed_bytes: ByteSize = ByteSize("256m")
     # directories of the Airflow design
     landing_dir: Path = PROJECT_ROOT / "data" / "landing"
     archive_dir: Path = PROJECT_ROOT / "data" / "archive"
@@ -148,6 +159,15 @@ class Settings:
             problems.append("MIN_VALIDITY_RATE is a percentage between 0 and 100")
         if self.max_price <= 0:
             problems.append("MAX_PRICE must be positive")
+        if self.landing_settle_seconds < 0:
+            problems.append("LANDING_SETTLE_SECONDS must not be negative")
+        if self.landing_stuck_minutes < 1:
+            problems.append("LANDING_STUCK_MINUTES must be at least 1")
+        if not self.landing_marker_suffix.startswith(".") or "/" in self.landing_marker_suffix \
+                or len(self.landing_marker_suffix) < 2:
+            problems.append("LANDING_MARKER_SUFFIX must be a file suffix such as .done")
+        if self.max_file_bytes < 1 or self.max_decompressed_bytes < 1:
+            problems.append("MAX_FILE_BYTES and MAX_DECOMPRESSED_BYTES must be positive")
         problems += severity_problems(self.rule_severity, "RULE_SEVERITY")
         if self.late_arrival_minutes < 0:
             problems.append("LATE_ARRIVAL_MINUTES must not be negative")

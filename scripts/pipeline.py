@@ -40,7 +40,7 @@ import psycopg
 from include.airflow.packaging import build_class_archive, class_archive_path
 from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
-from include.storage.staging import apply_schema
+from include.storage.schema import apply_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
 from scripts.cluster import Cluster, ClusterError
 from scripts.env_file import EnvFileError, load_env_file

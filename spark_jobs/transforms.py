@@ -1,6 +1,6 @@
-"""Pure DataFrame transforms of the ingest job: landed files -> canonical records -> typed events.
+"""Pure transforms of the ingest: the bytes of a delivery -> canonical records -> typed events.
 
-No I/O here; the entry module (``ingest_events``) owns the SparkSession, the stream and the writes.
+No I/O here: ``spark_jobs.delivery_source`` reads the files, ``spark_jobs.stage`` writes the rows.
 """
 
 from __future__ import annotations
@@ -14,63 +14,72 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from include import faults
-from include.contract.columns import PARSED_COLUMNS, TYPED_FEED_COLUMNS
-from include.contract.parser import FileRejected, parse_file
+from include.contract.columns import TYPED_FEED_COLUMNS
+from include.contract.parser import DEFAULT_MAX_DECOMPRESSED_BYTES, FileRejected, parse_file
 from spark_jobs.columnar import PARSED_ARROW_SCHEMA, parse_plain_file
 
-PARSED_SCHEMA = T.StructType(
-    [
-        T.StructField(column, T.IntegerType() if column == "source_line" else T.StringType())
-        for column in PARSED_COLUMNS
-    ]
-    + [T.StructField("file_error", T.StringType())]
-)
+_SPARK_OF_ARROW = {pa.string(): T.StringType(), pa.int32(): T.IntegerType(), pa.int64(): T.LongType()}
+PARSED_SCHEMA = T.StructType([T.StructField(f.name, _SPARK_OF_ARROW[f.type]) for f in PARSED_ARROW_SCHEMA])
 
 # Target type of each feed column that is not text (from the column table), as Spark spells it.
 _SPARK_TYPES: dict[str, T.DataType] = {
     "integer": T.IntegerType(), "numeric(12,2)": T.DecimalType(12, 2), "timestamp with time zone": T.TimestampType(),
 }
 TYPED_COLUMNS: dict[str, T.DataType] = {column: _SPARK_TYPES[sql] for column, sql in TYPED_FEED_COLUMNS.items()}
+# Records of the careful parser handed to Spark at once (a plain file goes as one batch, however long).
+_RECORDS_PER_BATCH = 10_000
+# The line number of a delivery's file record: every delivery yields exactly one, after its rows.
+FILE_RECORD_LINE = 0
 
 
-def local_path(uri: str) -> str:
-    """``file:/a/b%20c.csv`` (as Spark reports a path) -> ``/a/b c.csv``; other schemes are kept as they are."""
-    from urllib.parse import unquote, urlparse
+def parse_delivery(content: bytes, source_file: str, delivery_id: int | None,
+                   max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES) -> Iterator[pa.RecordBatch]:
+    """The parsed records of one delivered file, in ``PARSED_ARROW_SCHEMA`` batches, then its *file record*.
 
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme in ("", "file") else uri
+    A plain file (one line per record, no quotes; the common case) is split by Arrow's kernels
+    (``spark_jobs.columnar``); any other goes through the careful parser, record by record, with the same
+    result. The file record (``source_line`` 0, no event fields) says the delivery was read, and ``file_error``
+    why it cannot be read at all (it then has no other record): so the driver learns every delivery of a
+    batch, the empty ones and the unreadable ones too, from the records themselves."""
+    faults.poison(content)
+    error = None
+    try:
+        plain = parse_plain_file(content, source_file, delivery_id, max_decompressed_bytes)
+        if plain is None:
+            records: list[dict[str, object]] = []
+            for record in parse_file(content, source_file, delivery_id, max_decompressed_bytes):
+                records.append(record)
+                if len(records) == _RECORDS_PER_BATCH:
+                    yield pa.RecordBatch.from_pylist(records, schema=PARSED_ARROW_SCHEMA)
+                    records = []
+            if records:
+                yield pa.RecordBatch.from_pylist(records, schema=PARSED_ARROW_SCHEMA)
+        elif plain.num_rows:
+            yield plain
+    except FileRejected as rejected:
+        error = str(rejected)
+    yield pa.RecordBatch.from_pylist(
+        [{"source_file": source_file, "source_line": FILE_RECORD_LINE, "delivery_id": delivery_id, "file_error": error}],
+        schema=PARSED_ARROW_SCHEMA)
 
 
 def parse_landed_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` function: rows of the binaryFile source (path, content) -> parsed records.
-
-    A plain file (one line per record, no quotes; the common case) is split by Arrow's kernels
-    (``spark_jobs.columnar``); any other goes through the careful parser, record by record, with the
-    same result. A file that cannot be read at all becomes one record with ``file_error`` set and no event
-    fields, so the driver can quarantine it while the rest of the batch goes on.
-    """
+    """``mapInArrow`` function over (delivery_id, source_file, content) rows: ``parse_delivery`` of each.
+    The delivery source parses as it reads; this is for files already in a DataFrame (the warm-up, tests)."""
     for batch in batches:
-        paths = batch.column("path").to_pylist()
-        contents = batch.column("content").to_pylist()
-        records: list[dict[str, object]] = []
-        for uri, content in zip(paths, contents):
-            faults.poison(content)
-            source_file = local_path(uri)
-            try:
-                plain = parse_plain_file(content or b"", source_file)
-                if plain is None:
-                    records.extend(parse_file(content or b"", source_file))
-                elif plain.num_rows:
-                    yield plain
-            except FileRejected as rejected:
-                records.append({"source_file": source_file, "source_line": 0, "file_error": str(rejected)})
-        if records:
-            yield pa.RecordBatch.from_pylist(records, schema=PARSED_ARROW_SCHEMA)
+        for delivery_id, source_file, content in zip(*(batch.column(c).to_pylist() for c in
+                                                        ("delivery_id", "source_file", "content"))):
+            yield from parse_delivery(content or b"", source_file, delivery_id)
 
 
-def filter_file_errors(parsed: DataFrame) -> DataFrame:
-    """Keep only the records of readable files (file-level rejections are handled by the driver)."""
-    return parsed.filter(F.col("file_error").isNull()).drop("file_error")
+def filter_file_records(parsed: DataFrame) -> DataFrame:
+    """Keep only the records of rows (each delivery's file record is for the driver)."""
+    return parsed.filter(F.col("source_line") != FILE_RECORD_LINE).drop("file_error")
+
+
+def file_records(parsed: DataFrame) -> DataFrame:
+    """One row per delivery of ``parsed``: (delivery_id, source_file, file_error: NULL if it was read)."""
+    return parsed.filter(F.col("source_line") == FILE_RECORD_LINE).select("delivery_id", "source_file", "file_error")
 
 
 # Columns the events table cannot store without: a row missing one is dead-lettered by the job itself.

@@ -29,7 +29,6 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -49,7 +48,6 @@ TASK_FAILED = "task_failed"
 BREAKER_OPEN = "circuit_breaker_open"
 NO_FRESH_DATA = "no_fresh_data"
 DEAD_LETTER_GROWTH = "dead_letter_growth"
-FOREIGN_FILE = "foreign_file"   # + ":" + the quarantine path: one alert per file
 NEW_COLUMN = "new_column"       # + ":" + the column name: one alert per name, ever
 # a run that got through publish proves these are over
 CLEARED_BY_A_PUBLISHED_RUN = (TASK_FAILED, BREAKER_OPEN)
@@ -377,16 +375,6 @@ def after_quality_gate(settings: Settings, summary: PublishSummary, problems: li
         log.exception("alerts after the quality gate could not be raised")
 
 
-def alert_foreign_files(settings: Settings, moved: list[tuple[Path, str]], run_id: str | None) -> None:
-    """One WARNING per file of LANDING_DIR the ingest cannot read at all (not a feed file by its name)."""
-    for path, reason in moved:
-        raise_alert(settings, Alert(
-            WARNING, f"{FOREIGN_FILE}:{path}", reason, f"file {path.name!r} in the landing directory quarantined",
-            run_id=run_id, details=(reason, f"moved to {path}", "its reason: SELECT * FROM quarantined_files "
-                                    f"WHERE quarantine_path = '{path}';"),
-            links=links(airflow_base_url(), run_id)))
-
-
 def alert_new_columns(settings: Settings, new_columns: list[dict[str, str | None]], run_id: str | None) -> None:
     """One WARNING the first time a column the contract does not know appears in the feed: its values are
     kept in ``rescued_data`` until the contract learns it (docs/data-contract.md)."""
@@ -424,17 +412,18 @@ def check_dead_letter_growth(settings: Settings, conn, run_id: str | None, base_
 
 def check_freshness(settings: Settings, run_id: str | None, now: datetime | None = None) -> None:
     """CRITICAL when no new data arrived for ALERT_NO_DATA_MINUTES while FEED_EXPECTED; recovery when it
-    flows again. "Arrived" is the newest of: a batch staged (ledger) or a file waiting in LANDING_DIR, so an
-    open breaker (files pile up) is not mistaken for a silent feed. Nothing is checked when the feed is not
-    expected (the default; `make run` sets FEED_EXPECTED=true because it starts the generator)."""
+    flows again. "Arrived" is the newest of: a delivery claimed, or a file first seen waiting in LANDING_DIR,
+    both by the pipeline's own clock (a producer's modification time, old or in the future, never counts), so
+    an open breaker (deliveries pile up) is not mistaken for a silent feed. Nothing is checked when the feed is
+    not expected (the default; `make run` sets FEED_EXPECTED=true because it starts the generator)."""
     if not settings.feed_expected:
         return
     now = now or datetime.now(UTC)
     base_url = airflow_base_url()
     with _connection(settings, None) as conn:
-        staged = conn.execute("SELECT max(staged_at) FROM pipeline_batch_ledger").fetchone()[0]
-        landed = [datetime.fromtimestamp(p.stat().st_mtime, UTC) for p in _files(settings.landing_dir)]
-        seen = max([t for t in (staged, *landed) if t is not None], default=None)
+        claimed, waiting = conn.execute("SELECT (SELECT max(claimed_at) FROM deliveries), "
+                                        "(SELECT max(first_seen_at) FROM landing_waits)").fetchone()
+        seen = max([t for t in (claimed, waiting) if t is not None], default=None)
         quiet = timedelta(minutes=settings.alert_no_data_minutes)
         if seen is not None and now - seen > quiet:
             minutes = int((now - seen).total_seconds() // 60)
@@ -450,9 +439,3 @@ def check_freshness(settings: Settings, run_id: str | None, now: datetime | None
             clear_alerts(settings, (NO_FRESH_DATA,), f"data is arriving again (last at {seen:%H:%M:%S} UTC)",
                          run_id, base_url, conn)
 
-
-def _files(directory: Path) -> list[Path]:
-    try:
-        return [p for p in directory.iterdir() if p.is_file()]
-    except OSError:
-        return []

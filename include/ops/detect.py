@@ -1,9 +1,10 @@
-"""``detect_work`` of an every-minute run: is there anything to do, and may the circuit breaker let it run?
+"""``detect_work`` of an every-minute run: claim what has landed, and is there anything for the ingest to do?
 
-Anything to do means feed files (``*.csv``, ``*.csv.gz``, ``*.csv.bz2``) waiting in LANDING_DIR, or batches an
-earlier run staged but did not publish. Zero-byte files (which Spark's scan skips) and files that are not
-feed files are quarantined here once they are old enough; each of the latter raises a WARNING. The answer costs
-a directory listing and one short transaction: no JVM for an empty minute.
+It claims every complete file of LANDING_DIR as a delivery and quarantines what is not a file to read
+(``include.storage.deliveries.claim``), raises the WARNINGs about quarantined files and about files waiting too
+long (``include.ops.landing_alerts``), and asks the circuit breaker whether runs may go on. Anything to do
+means deliveries waiting for the ingest, or batches an earlier run staged but did not publish. The answer costs
+a directory listing and a few short transactions: no JVM for an empty minute.
 """
 
 from __future__ import annotations
@@ -11,28 +12,39 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from include.ops import circuit_breaker
-from include.ops.alerts import alert_foreign_files
+from include.ops.landing_alerts import alert_quarantined, alert_waiting
 from include.settings import Settings
 from include.storage.connections import with_connection
-from include.storage.landing import feed_suffix, quarantine_unreadable_files, waiting_files
+from include.storage.deliveries import claim
 
 
 def detect_every_minute_work(settings: Settings, run_id: str | None) -> bool:
     breaker = circuit_breaker.breaker_from_settings(settings)
 
     def look(conn):
-        moved = quarantine_unreadable_files(settings, conn, run_id)
-        unpublished = conn.execute("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL").fetchone()[0]
+        claimed = claim(settings, conn, run_id)
+        waiting, unpublished = conn.execute(
+            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'claimed'), "
+            "(SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL)").fetchone()
         now = datetime.now(UTC)  # the decision is pure: the same state and time give the same answer
         before, _ = circuit_breaker.transition(conn, lambda state: breaker.decide(state, now).state)
-        return moved, unpublished, breaker.decide(before, now)
+        return claimed, waiting, unpublished, breaker.decide(before, now)
 
-    moved, unpublished, decision = with_connection(settings, look)
-    for path, reason in moved:
-        print(f"quarantined {path}: {reason}")
-    alert_foreign_files(settings, [(path, reason) for path, reason in moved if feed_suffix(path.name) is None], run_id)
-    waiting = waiting_files(settings.landing_dir)
-    print(f"{len(waiting)} file(s) waiting in {settings.landing_dir}; {unpublished} batch(es) staged, unpublished")
+    claimed, waiting, unpublished, decision = with_connection(settings, look)
+    for delivery in claimed.deliveries:
+        print(f"claimed {delivery.file_name} as delivery {delivery.delivery_id} ({delivery.size_bytes} bytes)")
+    for delivery, reason in claimed.quarantined:
+        print(f"quarantined {delivery.file_name} (delivery {delivery.delivery_id}): {reason}")
+    for entry, verdict, first_seen in claimed.stock.waiting:
+        print(f"waiting in {settings.landing_dir.name}/: {entry.name}: {verdict.reason} (first seen {first_seen:%H:%M:%S})")
+    now = datetime.now(UTC)
+
+    def alerts(conn) -> None:
+        alert_quarantined(settings, conn, run_id)
+        alert_waiting(settings, conn, claimed.stock.stuck(now, settings.landing_stuck_minutes), run_id)
+
+    with_connection(settings, alerts, autocommit=True)
+    print(f"{waiting} delivery(ies) waiting for the ingest; {unpublished} batch(es) staged, unpublished")
     print(decision.message)
     return bool(waiting or unpublished) and decision.allowed
 

@@ -206,9 +206,9 @@ HISTORY_RULES: dict[str, str] = {
     "pipeline_backfill_ledger": "published_at < %(history)s",
     "rule_violations": "recorded_at < %(history)s",
     "dead_letter_moves": "moved_at < %(history)s",
-    # a successful staging deletes a file's row; one left this long belongs to a file that is gone (moved or
-    # deleted by hand). Were the file still waiting, it would get POISON_FILE_MAX_ATTEMPTS fresh attempts.
-    "file_attempts": "last_attempt_at < %(history)s",
+    # deliveries whose file is gone from the archive (retention) or sits in the quarantine: no backfill can
+    # re-read them; the archived ones stay as long as their files (ARCHIVE_RETENTION_DAYS)
+    "deliveries": "status IN ('expired', 'quarantined') AND claimed_at < %(history)s",
     # only conditions that recovered: a missing row and an inactive one mean the same to the de-duplication
     # (include/ops/alerts.py decide_raise), while an active one must stay to be neither repeated early nor
     # left without its recovery message

@@ -27,6 +27,8 @@ def delete_expired_archive(settings: Settings, now: datetime | None = None,
     the ledger); and the deletion holds the revalidation lock, so it never pulls a file from under a
     running backfill (it skips this time if one is running).
     """
+    from include.storage.connections import with_connection
+
     days = settings.archive_retention_days
     if days <= 0:
         return {"retention_days": days, "deleted_files": 0, "deleted_folders": 0, "skipped": "retention disabled"}
@@ -46,4 +48,9 @@ def delete_expired_archive(settings: Settings, now: datetime | None = None,
                 folders += 1
             if not any(day.iterdir()):
                 day.rmdir()
-    return {"retention_days": days, "cutoff": cutoff.isoformat(), "deleted_files": files, "deleted_folders": folders}
+        # every hour folder that ended before the cut-off is gone: so are the files of the deliveries claimed then
+        expired = with_connection(settings, lambda conn: conn.execute(
+            "UPDATE deliveries SET status = 'expired' WHERE status = 'archived' "
+            "AND claimed_at < date_trunc('hour', %s::timestamptz)", (cutoff,)).rowcount)
+    return {"retention_days": days, "cutoff": cutoff.isoformat(), "deleted_files": files, "deleted_folders": folders,
+            "expired_deliveries": expired}

@@ -3,16 +3,16 @@
 A backfill run of ``ecommerce_events`` (``airflow backfill create`` or the UI's backfill dialog; Airflow
 gives it run_type ``backfill`` and the data interval of its schedule slot) takes the DAG's backfill path:
 
-1. ``detect_work`` lists the files that *landed* in the interval, from ARCHIVE_DIR
-   (``include.storage.landing.archived_files``);
+1. ``detect_work`` lists the deliveries claimed in the interval whose files are still archived
+   (``include.storage.deliveries.claimed_in``);
 2. ``backfill_ingest`` runs ``spark_jobs/backfill_batch.py``: it reads exactly that file list (no streaming
    query, no checkpoint, no file moves), applies the ingest's parse and transforms, and COPYs the rows into
    ``staging_events`` under a fresh backfill batch id recorded in ``pipeline_backfill_ledger``;
 3. ``rederive`` (``rederive`` here) validates them with the same Great Expectations suite (over
    ``revalidation_candidates``) and re-derives them (``publish_backfill``) in one transaction.
 
-**Which rows a backfill owns.** Exactly the rows of the files it re-read, matched by lineage
-(``source_file``, ``source_line``). For each such line the new verdict is compared with where the line is
+**Which rows a backfill owns.** Exactly the rows of the deliveries it re-read, matched by lineage
+(``delivery_id``, ``source_line``): two deliveries of one name are two files. For each such line the new verdict is compared with where the line is
 now: a line that passes and is stored stays untouched; a line that passes and is dead-lettered moves into
 ``ecommerce_events`` (its dead letter becomes ``resolved``); a line that fails and is stored moves into
 ``dead_letter_events`` (an earlier dead letter of the line is reopened, never duplicated); every move is a
@@ -36,7 +36,7 @@ from include.publish import sql
 from include.results import PublishSummary, Validation, failing_rules, time_span, validity_rate
 from include.settings import Settings
 from include.storage.connections import with_connection
-from include.storage.landing import archived_files, window
+from include.storage.deliveries import claimed_in, window
 from include.storage.locks import publish_lock, revalidation_lock
 
 # Second DISTINCT ON key over staging_events s: NULL for rows with an event_id, the row's own id otherwise,
@@ -56,15 +56,16 @@ def is_backfill_run(run_type: object) -> bool:
 
 
 def detect_window(settings: Settings, interval_start: datetime, interval_end: datetime) -> bool:
-    """``detect_work`` of a backfill run: does the archive hold files that landed in the run's window?"""
+    """``detect_work`` of a backfill run: does the archive hold deliveries claimed in the run's window?"""
     start, end = window(interval_start, interval_end)
-    files = archived_files(settings, start, end)
-    print(f"backfill window [{start:%Y-%m-%d %H:%M:%S}, {end:%Y-%m-%d %H:%M:%S}) UTC: {len(files)} archived file(s)"
-          + "".join(f"\n  {f.path} (landed {f.landed_at:%H:%M:%S.%f})" for f in files))
-    if not files:
+    found = with_connection(settings, lambda conn: claimed_in(conn, start, end))
+    print(f"backfill window [{start:%Y-%m-%d %H:%M:%S}, {end:%Y-%m-%d %H:%M:%S}) UTC: {len(found)} archived "
+          "delivery(ies)" + "".join(f"\n  {d.delivery_id}: {d.file_name} (claimed {d.claimed_at:%H:%M:%S.%f}, {d.path})"
+                                    for d in found))
+    if not found:
         print(f"nothing to re-read: no file landed then, or it is older than ARCHIVE_RETENTION_DAYS="
               f"{settings.archive_retention_days}; rows stored for that window stay as they are")
-    return bool(files)
+    return bool(found)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class PinnedBackfill:
     """The unpublished backfill batches of one run and the candidates built from their rows."""
 
     backfill_batches: list[str]
-    source_files: list[str]
+    deliveries: list[int]
     input_files: int
     candidate_rows: int
 
@@ -84,7 +85,7 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> PinnedB
     now wins, then the first by file and line (as the every-minute runs choose)."""
     with conn.transaction():
         batches = conn.execute(
-            "SELECT backfill_batch_id, source_files, input_files FROM pipeline_backfill_ledger "
+            "SELECT backfill_batch_id, deliveries, input_files FROM pipeline_backfill_ledger "
             "WHERE airflow_run_id = %s AND published_at IS NULL FOR UPDATE", (airflow_run_id,),
         ).fetchall()
         ids = [b[0] for b in batches]
@@ -97,11 +98,11 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> PinnedB
               FROM staging_events s
              WHERE s.spark_query_id = ANY(%(ids)s) AND s.parse_errors IS NULL
                AND NOT EXISTS (SELECT 1 FROM ecommerce_events e
-                                WHERE e.event_id = s.event_id AND NOT e.source_file = ANY(%(owned)s))
+                                WHERE e.event_id = s.event_id AND NOT coalesce(e.delivery_id = ANY(%(owned)s), false))
              ORDER BY s.event_id, {MISSING_ID_KEY},
                       EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = s.event_id
-                                 AND e.source_file = s.source_file AND e.source_line = s.source_line) DESC,
-                      s.source_file, s.source_line
+                                 AND e.delivery_id = s.delivery_id AND e.source_line = s.source_line) DESC,
+                      s.delivery_id, s.source_line
             """,
             {"ids": ids, "owned": owned},
         ).rowcount
@@ -125,7 +126,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         conn.execute(
             f"""
             CREATE TEMP TABLE verdicts ON COMMIT DROP AS
-            SELECT s.staging_row_id, s.event_id, s.source_file, s.source_line, s.raw_data,
+            SELECT s.staging_row_id, s.event_id, s.source_file, s.source_line, s.delivery_id, s.raw_data,
                    CASE WHEN s.parse_errors IS NOT NULL THEN 'parse'
                         WHEN c.staging_row_id IS NULL THEN 'duplicate'
                         WHEN f.rules IS NOT NULL THEN 'rule'
@@ -134,9 +135,9 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
                    coalesce(s.parse_errors, f.reasons) AS reasons,
                    CASE WHEN f.rules IS NOT NULL THEN to_jsonb(c) - 'raw_data' END AS typed_row,
                    (SELECT e.event_id FROM ecommerce_events e
-                     WHERE e.source_file = s.source_file AND e.source_line = s.source_line LIMIT 1) AS stored_event_id,
+                     WHERE e.delivery_id = s.delivery_id AND e.source_line = s.source_line LIMIT 1) AS stored_event_id,
                    (SELECT d.id FROM dead_letter_events d
-                     WHERE d.source_file = s.source_file AND d.source_line = s.source_line
+                     WHERE d.delivery_id = s.delivery_id AND d.source_line = s.source_line
                      ORDER BY d.id DESC LIMIT 1) AS dead_letter_id
               FROM staging_events s
               LEFT JOIN {REVALIDATION_TABLE} c USING (staging_row_id)
@@ -170,7 +171,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
                                             typed_row, rescued_data, {sql.DEAD_LETTER_LINEAGE})
             SELECT v.event_id, s.raw_data, v.reasons, v.verdict, v.failed_rules, v.typed_row, s.rescued_data,
                    s.schema_version,
-                   s.source_file, s.source_line, %s, s.spark_query_id, s.spark_batch_id
+                   s.source_file, s.source_line, %s, s.spark_query_id, s.spark_batch_id, s.delivery_id
               FROM verdicts v JOIN staging_events s USING (staging_row_id)
              WHERE v.verdict IN ('rule', 'parse') AND v.dead_letter_id IS NULL
             """,
@@ -179,19 +180,19 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         # the event times of the stored lines about to leave ecommerce_events (for the asset event's span)
         leaving = conn.execute(
             """SELECT min(e.event_time), max(e.event_time) FROM ecommerce_events e JOIN verdicts v
-                   ON e.source_file = v.source_file AND e.source_line = v.source_line
+                   ON e.delivery_id = v.delivery_id AND e.source_line = v.source_line
                 WHERE v.verdict IN ('rule', 'parse')""").fetchone()
         moves = sql.record_moves("to_dead_letter", "backfill", """
             gone g JOIN LATERAL (SELECT id AS dead_letter_id, failed_rules FROM dead_letter_events d
-                                  WHERE d.source_file = g.source_file AND d.source_line = g.source_line
+                                  WHERE d.delivery_id = g.delivery_id AND d.source_line = g.source_line
                                   ORDER BY id DESC LIMIT 1) d ON true""")
         moved_out = conn.execute(
             f"""
             WITH gone AS (
                 DELETE FROM ecommerce_events e USING verdicts v
-                 WHERE v.verdict IN ('rule', 'parse') AND e.source_file = v.source_file
+                 WHERE v.verdict IN ('rule', 'parse') AND e.delivery_id = v.delivery_id
                    AND e.source_line = v.source_line
-                RETURNING e.event_id, e.source_file, e.source_line
+                RETURNING e.event_id, e.source_file, e.source_line, e.delivery_id
             )
             {moves}
             """,
@@ -201,8 +202,8 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         # Passing lines not stored: store them (an event_id stored meanwhile makes the line a duplicate).
         inserted = sql.insert_events(
             f"{REVALIDATION_TABLE} c JOIN verdicts v USING (staging_row_id)", run_id="%s",
-            where="v.verdict = 'pass' AND v.stored_event_id IS NULL", order_by="c.source_file, c.source_line",
-            returning="event_id, source_file, source_line, event_time")
+            where="v.verdict = 'pass' AND v.stored_event_id IS NULL", order_by="c.delivery_id, c.source_line",
+            returning="event_id, source_file, source_line, delivery_id, event_time")
         conn.execute(f"CREATE TEMP TABLE stored_now ON COMMIT DROP AS WITH stored AS ({inserted}) SELECT * FROM stored",
                      (airflow_run_id,))
         moved_in = conn.execute(
@@ -210,8 +211,9 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
             WITH resolved AS (
                 UPDATE dead_letter_events d SET status = 'resolved', status_changed_at = now()
                   FROM stored_now s
-                 WHERE d.source_file = s.source_file AND d.source_line = s.source_line AND d.status = 'open'
-                RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.failed_rules
+                 WHERE d.delivery_id = s.delivery_id AND d.source_line = s.source_line AND d.status = 'open'
+                RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.delivery_id,
+                          d.failed_rules
             )
             {sql.record_moves("to_events", "backfill", "resolved")}
             """,
@@ -220,8 +222,8 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         # warn-level violations of the lines that are events now (kept or stored by this run)
         summary["violations_recorded"] = conn.execute(sql.record_violations(
             f"{REVALIDATION_TABLE} c JOIN verdicts v USING (staging_row_id)", run_id="%s",
-            where="v.verdict = 'pass' AND (v.stored_event_id IS NOT NULL OR (c.source_file, c.source_line) IN "
-                  "(SELECT source_file, source_line FROM stored_now))"), (airflow_run_id,)).rowcount
+            where="v.verdict = 'pass' AND (v.stored_event_id IS NOT NULL OR (c.delivery_id, c.source_line) IN "
+                  "(SELECT delivery_id, source_line FROM stored_now))"), (airflow_run_id,)).rowcount
         inserted, *entering = conn.execute("SELECT count(*), min(event_time), max(event_time) FROM stored_now").fetchone()
         summary["event_time_span"] = time_span([*leaving, *entering])
         # dead_letters_updated/_added include the dead letters of the lines that moved out of ecommerce_events

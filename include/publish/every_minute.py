@@ -81,7 +81,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             f"""
             INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, rescued_data, {lineage})
             SELECT s.event_id, s.raw_data, s.parse_errors, 'parse', s.rescued_data, s.schema_version, s.source_file,
-                   s.source_line, l.airflow_run_id, s.spark_query_id, s.spark_batch_id
+                   s.source_line, l.airflow_run_id, s.spark_query_id, s.spark_batch_id, s.delivery_id
               FROM staging_events s JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id)
              WHERE s.parse_errors IS NOT NULL AND (s.spark_query_id, s.spark_batch_id) IN (SELECT * FROM pinned_batches)
             """
@@ -93,13 +93,13 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             SELECT c.event_id, s.raw_data, string_agg(f.reason, '; ' ORDER BY f.rule), 'rule',
                    array_agg(f.rule ORDER BY f.rule), (array_agg(to_jsonb(c)))[1], (array_agg(c.rescued_data))[1],
                    c.schema_version, c.source_file, c.source_line,
-                   l.airflow_run_id, c.spark_query_id, c.spark_batch_id
+                   l.airflow_run_id, c.spark_query_id, c.spark_batch_id, c.delivery_id
               FROM audit_candidates c
               JOIN rule_failures f USING (staging_row_id)
               JOIN staging_events s USING (staging_row_id)  -- the raw line (the view shows typed columns only)
               JOIN pipeline_batch_ledger l ON (l.spark_query_id, l.spark_batch_id) = (c.spark_query_id, c.spark_batch_id)
              GROUP BY c.staging_row_id, c.event_id, s.raw_data, c.schema_version, c.source_file, c.source_line,
-                      l.airflow_run_id, c.spark_query_id, c.spark_batch_id
+                      l.airflow_run_id, c.spark_query_id, c.spark_batch_id, c.delivery_id
             """
         )
         # The audit left out the event_ids stored when it ran; if no writer has stored events since, none of
@@ -160,6 +160,7 @@ def publish(conn: psycopg.Connection, audit: AuditResult, settings: Settings, ai
             f"UPDATE pipeline_batch_ledger SET published_at = now(), published_by_run_id = %s WHERE {_PENDING}",
             (airflow_run_id,),
         )
+        conn.execute(f"UPDATE deliveries SET published_at = now() WHERE {_PENDING}")
         clear_staged_rows(conn)
         conn.execute("TRUNCATE audit_pinned_batches, audit_excluded_rows")
         faults.reached("publish_in_transaction")

@@ -135,7 +135,8 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
                        SET status = 'replayed', status_changed_at = now(), last_replayed_at = now(),
                            replay_attempts = d.replay_attempts + 1
                       FROM published p WHERE d.id = p.dead_letter_id
-                    RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.failed_rules
+                    RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.delivery_id,
+                              d.failed_rules
                 )
                 {sql.record_moves("to_events", "replay", "replayed", approved=True)}
                 """,

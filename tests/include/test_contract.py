@@ -37,7 +37,7 @@ PROBE = textwrap.dedent("""
            "v3": list(parse_file(v3.encode(), "/l/b.csv"))}
     if len(sys.argv) > 1:
         import psycopg
-        from include.storage.staging import apply_schema
+        from include.storage.schema import apply_schema
         with psycopg.connect(sys.argv[1]) as conn:
             apply_schema(conn)
     print(json.dumps(out))

@@ -119,8 +119,10 @@ def _fill_every_pruned_table(conn: psycopg.Connection) -> dict[str, set[str]]:
                      (label, at))
         conn.execute("INSERT INTO dead_letter_moves (moved_at, direction, cause, event_id) "
                      "VALUES (%s, 'to_events', 'replay', %s)", (at, label))
-        conn.execute("INSERT INTO file_attempts (source_file, attempts, last_attempt_at) VALUES (%s, 1, %s)",
-                     (label, at))
+        # old-3's file is still archived (a backfill may re-read it): its delivery stays whatever its age
+        status = {"old-1": "expired", "old-2": "quarantined", "old-3": "archived"}.get(label, "expired")
+        conn.execute("INSERT INTO deliveries (file_name, source_file, size_bytes, claimed_at, completed_by, status, path)"
+                     " VALUES (%s, %s, 1, %s, 'settled', %s, '/x')", (label, label, at, status))
     ledger = [  # (query, batch, label, staged, published)
         (q1, 1, "q1 old published", OLD, OLD),
         (q1, 2, "q1 old published, newest of q1 (the checkpoint may replay it)", OLD, OLD),
@@ -154,7 +156,7 @@ def _fill_every_pruned_table(conn: psycopg.Connection) -> dict[str, set[str]]:
     history = {"middle", "recent"}
     return {
         "data_quality_metrics": history, "rule_violations": history, "dead_letter_moves": history,
-        "file_attempts": history,
+        "deliveries": history | {"old-3"},
         "pipeline_batch_ledger": {"q1 old published, newest of q1 (the checkpoint may replay it)",
                                   "q2 old unpublished", "q2 recent published"},
         "pipeline_backfill_ledger": {"old unpublished", "recent published"},
@@ -164,7 +166,7 @@ def _fill_every_pruned_table(conn: psycopg.Connection) -> dict[str, set[str]]:
 
 
 LABEL = {"data_quality_metrics": "batch_id", "rule_violations": "event_id", "dead_letter_moves": "event_id",
-         "file_attempts": "source_file", "pipeline_batch_ledger": "airflow_run_id",
+         "deliveries": "file_name", "pipeline_batch_ledger": "airflow_run_id",
          "pipeline_backfill_ledger": "airflow_run_id", "pipeline_alerts": "alert_key", "dead_letter_events": "event_id"}
 
 

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from include.ops import alerts
+from include.storage import deliveries
 from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.integration
@@ -173,11 +174,11 @@ def test_a_failing_ingest_opens_the_breaker_skips_spark_is_said_once_and_one_tri
     assert [json.loads(line)["level"] for line in (tmp_path / "alerts.jsonl").read_text().splitlines()] == [
         "ERROR", "CRITICAL"]
 
-    # while the breaker is open, runs skip the ingest: no Spark job, the files wait in the landing directory
+    # while the breaker is open, runs skip the ingest: no Spark job, the files wait, claimed, for the ingest
     done, output = run(pipeline, slack, tmp_path, **cooldown)
     assert done.returncode == 0, output[-4000:]
     assert "circuit breaker OPEN since" in output and "skipping the ingest" in output
-    assert "Spark-Submit cmd" not in output and len(list(pipeline.landing_dir.glob("*.csv"))) == FILES
+    assert "Spark-Submit cmd" not in output and len(list(pipeline.landing_dir.glob(".claimed/*.csv"))) == FILES
     assert slack.take() == []
 
     # the trial run fails the same way and opens the breaker again: the same two conditions, no message
@@ -205,9 +206,8 @@ def test_no_fresh_data_while_the_feed_is_expected_is_critical_then_recovers(pipe
     """The freshness check runs in the DAG's success callback of a real (empty) run."""
     pipeline.reset()
     with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
-        conn.execute("INSERT INTO pipeline_batch_ledger (spark_query_id, spark_batch_id, airflow_run_id, input_files,"
-                     " input_rows, started_at, staged_at, published_at) VALUES (gen_random_uuid(), 0, 'r', 1, 1,"
-                     " now() - interval '16 minutes', now() - interval '15 minutes', now() - interval '15 minutes')")
+        conn.execute("INSERT INTO deliveries (file_name, source_file, size_bytes, claimed_at, completed_by, status,"
+                     " path) VALUES ('a.csv', '/l/a.csv', 1, now() - interval '15 minutes', 'settled', 'archived', '/a')")
     done, output = run(pipeline, slack, tmp_path, FEED_EXPECTED="true", ALERT_NO_DATA_MINUTES="10")
     assert done.returncode == 0, output[-4000:]
     [silent] = slack.take()
@@ -220,7 +220,9 @@ def test_no_fresh_data_while_the_feed_is_expected_is_critical_then_recovers(pipe
                        alert_no_data_minutes=10)
     _with_slack(slack, lambda: alerts.check_freshness(settings, "scheduled__again"))  # still silent: no repeat
     assert slack.take() == []
-    land(pipeline, seed=51, files=1)  # a file arrives
+    land(pipeline, seed=51, files=1)  # a file arrives, and the next run's detect_work claims it
+    with psycopg.connect(settings.postgres_conninfo) as conn:
+        deliveries.claim(settings, conn)
     _with_slack(slack, lambda: alerts.check_freshness(settings, "scheduled__flowing"))
     [recovery] = slack.take()
     assert "recovered: data is arriving again" in recovery["text"]

@@ -13,7 +13,6 @@ recording the approver.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -39,10 +38,21 @@ QUALITY_OFF = {"MIN_VALIDITY_RATE": "0"}  # thresholds are changed on purpose he
 
 
 def land(pipeline, generator: EventGenerator, landed_at: datetime) -> str:
-    """Write one generated file into the landing dir with ``landed_at`` as its landing time (mtime)."""
+    """Write one generated file into the landing dir; ``claimed_at`` sets its landing time once it is claimed."""
     path = generator.write_batch(generator.generate_batch(120, "v3"), "v3", pipeline.landing_dir)
-    os.utime(path, (landed_at.timestamp(), landed_at.timestamp()))
+    LANDED[str(path)] = landed_at
     return str(path)
+
+
+LANDED: dict[str, datetime] = {}
+
+
+def claimed_at_landing_times(pipeline) -> None:
+    """Give the deliveries the landing times ``land`` was told (a delivery's landing time is when it was claimed:
+    the test places them in minutes two hours ago, as if they had been claimed then)."""
+    with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
+        for path, landed_at in LANDED.items():
+            conn.execute("UPDATE deliveries SET claimed_at = %s WHERE source_file = %s", (landed_at, path))
 
 
 def airflow(pipeline, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -168,6 +178,7 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
     window_high = land(pipeline, generator, minute + timedelta(minutes=1, seconds=40))
     after_c = land(pipeline, generator, minute + timedelta(minutes=2, seconds=1))
     assert pipeline.once(**QUALITY_OFF).returncode == 0
+    claimed_at_landing_times(pipeline)
     timings["two every-minute runs"] = time.monotonic() - started
     window_files = [window_low, window_high]
     outside = [before_a, after_c]
@@ -315,15 +326,20 @@ def test_archive_retention_deletes_only_expired_hour_folders_and_waits_for_backf
     from dataclasses import replace
 
     from include.ops.retention import delete_expired_archive
-    from include.storage.landing import archive_path
+    from include.storage.deliveries import Delivery, archive_path
     from include.storage.locks import revalidation_lock
 
     pipeline.reset()
     settings = replace(pipeline.settings, archive_retention_days=2)
     now = datetime.now(UTC)
 
-    def archived(name: str, landed: datetime):
-        path = archive_path(settings.archive_dir, settings.landing_dir / name, landed)
+    def archived(name: str, claimed: datetime):
+        with psycopg.connect(settings.postgres_conninfo, autocommit=True) as conn:
+            delivery_id = conn.execute(
+                "INSERT INTO deliveries (file_name, source_file, size_bytes, claimed_at, completed_by, status, path) "
+                "VALUES (%s, %s, 10, %s, 'settled', 'archived', '') RETURNING delivery_id",
+                (name, str(settings.landing_dir / name), claimed)).fetchone()[0]
+        path = archive_path(settings, Delivery(delivery_id, name, "", 10, claimed, "archived", ""))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("event_id\n")
         return path
@@ -340,4 +356,7 @@ def test_archive_retention_deletes_only_expired_hour_folders_and_waits_for_backf
     done = delete_expired_archive(settings, now)
     assert (done["deleted_files"], old.exists(), fresh.exists(), stray.exists()) == (1, False, True, True)
     assert not old.parent.parent.exists()  # the emptied day folder is gone too
+    assert done["expired_deliveries"] == 1  # no backfill looks for the deleted file any more
+    assert pipeline.query("SELECT file_name, status FROM deliveries ORDER BY file_name") == [
+        ("fresh.csv", "archived"), ("old.csv", "expired")]
     assert delete_expired_archive(replace(settings, archive_retention_days=0), now)["deleted_files"] == 0

@@ -131,7 +131,8 @@ def stored_ids(pipeline, prefix: str) -> list[str]:
 
 def wait_until_stored(pipeline, running: RunningCluster, prefix: str, expected: set[str], seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while set(stored_ids(pipeline, prefix)) != expected or list(pipeline.landing_dir.glob(f"*{prefix}*")):
+    while set(stored_ids(pipeline, prefix)) != expected or list(pipeline.landing_dir.glob(f"*{prefix}*")) \
+            or list(pipeline.landing_dir.glob(f".claimed/*{prefix}*")):
         running.assert_alive()
         assert time.monotonic() < deadline, (len(stored_ids(pipeline, prefix)), len(expected),
                                              running.output.read_text()[-3000:])
@@ -147,8 +148,8 @@ def assert_exactly_once(pipeline, prefix: str, expected: set[str]) -> None:
     assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE source_file LIKE %s", (f"%/{prefix}-%",)) == 0
     assert pipeline.scalar("SELECT count(*) FROM dead_letter_events WHERE source_file LIKE %s",
                            (f"%/bad-{prefix}.csv",)) > 0
-    assert len(list(pipeline.settings.archive_dir.rglob(f"{prefix}-*.csv"))) == 4
-    assert len(list(pipeline.settings.archive_dir.rglob(f"bad-{prefix}.csv"))) == 1
+    assert len(list(pipeline.settings.archive_dir.rglob(f"*__{prefix}-*.csv"))) == 4  # <delivery id>__<name>
+    assert len(list(pipeline.settings.archive_dir.rglob(f"*__bad-{prefix}.csv"))) == 1
     # one statement, one snapshot: a publish commits its events, dead letters and metrics together
     [(valid, events, invalid, dead, twice)] = pipeline.query(
         "SELECT (SELECT sum(valid_records) FROM data_quality_metrics), (SELECT count(*) FROM ecommerce_events), "

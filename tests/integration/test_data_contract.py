@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.contract.versions import V3
+from include.storage.deliveries import split_stored_name
 from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.integration
@@ -151,7 +152,7 @@ def test_every_row_of_a_nasty_mix_gets_exactly_one_clear_fate(pipeline):
     assert pipeline.scalar("SELECT sum(quarantined_files) FROM v_data_quality_dashboard") == 3
     assert "lacks the required column" in reasons["unknown_version.csv"]
     assert "not UTF-8" in reasons["latin1.csv"] and "empty file" in reasons["empty.csv"]
-    assert sorted(p.name for p in (pipeline.root / "quarantine").rglob("*.csv")) == sorted(reasons)
+    assert sorted(split_stored_name(p.name)[1] for p in (pipeline.root / "quarantine").rglob("*.csv")) == sorted(reasons)
     assert list(landing.glob("*.csv")) == []
     # nothing is left behind in staging, and the Data Docs show this run
     assert pipeline.scalar("SELECT count(*) FROM staging_events") == 0
@@ -230,14 +231,16 @@ def test_an_evolving_feed_is_read_by_column_name_and_every_file_gets_a_fate(pipe
     assert "names column 'EVENT_ID' twice" in reasons["twice.csv"]
     assert "not a readable gzip file" in reasons["broken.csv.gz"]
     assert "not a feed file" in reasons["notes.txt"]
-    assert [p.name for p in landing.iterdir()] == []  # nothing left waiting unseen
-    archived = sorted(p.name for p in pipeline.archive_dir.rglob("*") if p.is_file())
+    assert [p.name for p in landing.iterdir()] == [".claimed"]  # nothing left waiting unseen
+    assert list((landing / ".claimed").iterdir()) == []
+    archived = sorted(split_stored_name(p.name)[1] for p in pipeline.archive_dir.rglob("*") if p.is_file())
     assert archived == sorted(stored_ids)
 
-    # one WARNING for the new column (with file and a sample), one for the stray file
+    # one WARNING for the new column (with file and a sample), one naming the quarantined files
     alerts = [json.loads(line) for line in pipeline.settings.alert_file.read_text().splitlines()]
     new_column = [a for a in alerts if a["key"] == "new_column:coupon_code"]
     assert len(new_column) == 1 and new_column[0]["level"] == "WARNING"
     assert "coupons.csv" in new_column[0]["details"][0] and "'X" in new_column[0]["details"][0]
-    assert [a["level"] for a in alerts if a["key"].startswith("foreign_file:")] == ["WARNING"]
+    [quarantined] = [a for a in alerts if a["key"] == "quarantined_files"]
+    assert quarantined["level"] == "WARNING" and "notes.txt: not a feed file" in " ".join(quarantined["details"])
     assert pipeline.scalar("SELECT first_file FROM feed_columns_seen WHERE column_name = 'coupon_code'").endswith("coupons.csv")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from include.storage.deliveries import split_stored_name
 from scripts.generator import EventGenerator
 
 pytestmark = pytest.mark.integration
@@ -55,9 +56,13 @@ def test_generated_rows_land_once_are_announced_and_runs_that_store_nothing_anno
     assert pipeline.scalar("SELECT sum(total_records) FROM v_data_quality_dashboard") == 1500
     assert pipeline.scalar("SELECT count(*) FROM v_category_performance") > 1
     assert pipeline.scalar("SELECT sum(events) FROM v_user_segment_analysis") == 1500
-    # files moved out of the landing dir into the archive, by landing hour
-    assert list(pipeline.landing_dir.glob("*.csv")) == []
-    assert sorted(p.name for p in pipeline.archive_dir.glob("*/*/*.csv")) == landed
+    # files moved out of the landing dir into the archive, by claim hour, each under its delivery id
+    assert list(pipeline.landing_dir.glob("*.csv")) == [] and list(pipeline.landing_dir.glob(".claimed/*")) == []
+    archived = {p.name: split_stored_name(p.name) for p in pipeline.archive_dir.glob("*/*/*.csv")}
+    assert sorted(name for _, name in archived.values()) == landed
+    assert sorted(i for i, _ in archived.values()) == [i for (i,) in pipeline.query(
+        "SELECT delivery_id FROM deliveries WHERE status = 'archived' AND published_at IS NOT NULL ORDER BY 1")]
+    assert pipeline.scalar("SELECT count(DISTINCT delivery_id) FROM ecommerce_events") == 6
     # what Airflow records (its metadata database): clean input, rows stored, no dead letter, so one asset
     # event, for ecommerce_events only
     [(asset, task, run_id, extra)] = pipeline.asset_events(started)
@@ -76,7 +81,7 @@ def test_generated_rows_land_once_are_announced_and_runs_that_store_nothing_anno
     second = pipeline.make_once()
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     output = second.stdout + second.stderr
-    assert "0 file(s) waiting" in output and "0 batch(es) staged" in output
+    assert "0 delivery(ies) waiting" in output and "0 batch(es) staged" in output
     assert "spark-submit" not in output.replace("spark_submit", "")
     assert "Airflow metadata database up to date" in output  # and it did not pay a metadata migration
     assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 1500

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from include.airflow.packaging import build_class_archive, build_code_archive, driver_java_options
+from include.storage.deliveries import split_stored_name
 from scripts.generator import EventGenerator
 from tests.fixtures.pipeline import PROJECT_ROOT
 
@@ -91,8 +92,18 @@ def assert_exactly_once(pipeline, expected: dict) -> None:
     assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL") == 0
     assert pipeline.scalar("SELECT count(*) FROM data_quality_metrics") == \
         pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger")
-    assert list(pipeline.landing_dir.glob("*.csv")) == []
-    assert sorted(p.name for p in pipeline.archive_dir.rglob("*.csv")) == sorted(expected["files"])
+    assert waiting_files(pipeline) == []
+    archived = sorted(split_stored_name(p.name) for p in pipeline.archive_dir.rglob("*.csv"))
+    assert sorted(name for _, name in archived) == sorted(expected["files"])
+    assert [i for i, _ in archived] == [i for (i,) in pipeline.query(  # each file one delivery, archived once
+        "SELECT delivery_id FROM deliveries WHERE status = 'archived' ORDER BY 1")]
+    assert pipeline.scalar("SELECT count(*) FROM deliveries WHERE status = 'archived' "
+                           "AND (attempts > 0 OR published_at IS NULL)") == 0
+
+
+def waiting_files(pipeline) -> list:
+    """Feed files not yet archived: in LANDING_DIR, or claimed and waiting for the ingest."""
+    return [*pipeline.landing_dir.glob("*.csv"), *pipeline.landing_dir.glob(".claimed/*.csv")]
 
 
 def staged_state(pipeline) -> tuple[int, int, int, int, int]:
@@ -100,7 +111,7 @@ def staged_state(pipeline) -> tuple[int, int, int, int, int]:
     return (pipeline.scalar("SELECT count(*) FROM staging_events"),
             pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger"),
             pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NOT NULL"),
-            len(list(pipeline.landing_dir.glob("*.csv"))), len(list(pipeline.archive_dir.rglob("*.csv"))))
+            len(waiting_files(pipeline)), len(list(pipeline.archive_dir.rglob("*.csv"))))
 
 
 def test_killed_at_every_fault_point_in_turn_each_next_run_recovers_and_all_is_stored_exactly_once(pipeline,
@@ -108,8 +119,10 @@ def test_killed_at_every_fault_point_in_turn_each_next_run_recovers_and_all_is_s
     """One story through every fault point of a batch's life, in order: spark-submit (its whole process group)
     is SIGKILLed at ``before_staging``; the next spark-submit recovers from that and is killed at
     ``mid_staging`` (a partition's COPY committed, the batch not recorded); the next recovers and is killed
-    at ``after_ledger`` (batch staged, files not moved); the next recovers and is killed at ``after_moves``
-    (files moved, Spark's checkpoint not committed). A DAG run then recovers from that, and is itself killed inside its publish
+    at ``after_ledger`` (batch staged, files not moved); the next finishes those moves before its query starts,
+    finds nothing left to read in the batch Spark replays (its deliveries are staged), and is killed at
+    ``after_moves`` of the second batch (files moved, Spark's checkpoint not committed). A DAG run then recovers
+    from that, and is itself killed inside its publish
     transaction; the next DAG run publishes. Each kill leaves the state its point promises, and in the end every
     event is stored exactly once. (Each recovery is the next process's: a chain costs one spark-submit per
     point instead of a kill and a whole DAG run per point.)"""
@@ -127,7 +140,7 @@ def test_killed_at_every_fault_point_in_turn_each_next_run_recovers_and_all_is_s
     staged, *rest = states["mid_staging"]  # a partition's COPY committed, the batch is not recorded
     assert 0 < staged <= first_batch and rest == [0, 0, FILES, 0], states
     assert states["after_ledger"] == (first_batch, 1, 0, FILES, 0), states  # staged once: the leftovers went
-    assert states["after_moves"] == (first_batch, 1, 0, FILES - 4, 4), states
+    assert states["after_moves"] == (expected["rows"], 2, 0, 0, FILES), states
 
     run = once_in_background(pipeline, tmp_path, PIPELINE_FAULT_PAUSE="publish_in_transaction")
     kill_hard(run, wait_for(tmp_path, "publish_in_transaction", run))
@@ -178,16 +191,76 @@ def test_a_poison_file_is_quarantined_after_bounded_attempts_and_the_rest_goes_o
     # the marker makes the Python worker that parses the file SIGKILL itself, every time
     run = pipeline.once(PIPELINE_FAULT_POISON_MARKER="POISON-PILL", POISON_FILE_MAX_ATTEMPTS="2")
     output = run.stdout + run.stderr
-    # first try crashes, the retry stages file by file and crashes on the poison file only, the third try
-    # quarantines it: the run ends green and every other row is stored exactly once
+    # first try crashes, the retry reads the suspects one at a time and crashes on the poison file only, the
+    # third try quarantines it unread: the run ends green and every other row is stored exactly once
     assert run.returncode == 0, output[-4000:]
-    assert "staging it file by file" in output
+    assert "read one at a time" in output
     [(reason, path)] = pipeline.query("SELECT reason, quarantine_path FROM quarantined_files")
     assert "poison file: the ingest job crashed 2 times" in reason
-    assert Path(path).name == "events_poison.csv" and Path(path).exists()
-    assert pipeline.scalar("SELECT count(*) FROM file_attempts") == 0
+    assert split_stored_name(Path(path).name)[1] == "events_poison.csv" and Path(path).exists()
     assert_exactly_once(pipeline, expected)
 
 
 # The circuit breaker under a failing ingest (open, skip Spark, failed trial, good trial, exactly once) is
 # tested with its alerts in tests/integration/test_alerts_to_slack.py.
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (zombies, which hold nothing, left out)."""
+    import psutil
+
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+    return alive
+
+
+def test_a_jvm_that_dies_mid_job_leaves_no_process_of_the_job_behind(pipeline, tmp_path):
+    """The JVM alone is SIGKILLed (as the OOM killer or a crash would end it) while the job's Python driver waits
+    in a batch: the driver, the Python worker daemons and their workers (each daemon in a process group of its
+    own) and the data source's planner all end with it, nothing sleeps on holding ports and memory; the next run
+    stores everything exactly once."""
+    import psutil
+
+    pipeline.reset()
+    expected = land(pipeline, seed=12)
+    job = spark_submit(pipeline, tmp_path, PIPELINE_FAULT_PAUSE="before_staging")
+    driver = wait_for(tmp_path, "before_staging", job)
+    tree = [child.pid for child in psutil.Process(job.pid).children(recursive=True)]
+    assert driver in tree and len(tree) > 2  # spark-submit execs the JVM: the driver and the workers are its children
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while (left := _alive(tree)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == [], f"processes of the killed job still running: {left}"
+    recovery = pipeline.once()
+    assert recovery.returncode == 0, recovery.stdout[-3000:] + recovery.stderr[-3000:]
+    assert_exactly_once(pipeline, expected)
+
+
+def test_an_ingest_that_lost_its_lock_to_another_stops_before_its_next_write(pipeline, tmp_path):
+    """PostgreSQL restarts between two batches of ingest A, which loses its checkpoint lock with its session;
+    ingest B, waiting for the lock, takes it and ingests everything. When A wakes up it finds the lock gone and
+    the fence moved on, and stops before it writes its second batch: no row lost or doubled."""
+    pipeline.reset()
+    expected = land(pipeline, seed=13)
+    first = tmp_path / "a"
+    first.mkdir()
+    a = spark_submit(pipeline, first, PIPELINE_FAULT_PAUSE="after_moves", PIPELINE_FAULT_PAUSE_SECONDS="40")
+    wait_for(first, "after_moves", a)  # A staged and moved its first batch, and sleeps before its second
+    pipeline.cluster.stop(mode="fast")
+    pipeline.cluster.start()
+    second = tmp_path / "b"
+    second.mkdir()
+    b = spark_submit(pipeline, second)
+    assert b.wait(timeout=300) == 0, (second / "spark-submit.log").read_text()[-3000:]
+    assert a.wait(timeout=300) != 0
+    log = (first / "spark-submit.log").read_text()
+    assert "IngestLockLost" in log and "another ingest has used the checkpoint since" in log, log[-3000:]
+    assert pipeline.scalar("SELECT count(*) FROM pipeline_batch_ledger") == 2  # A's first, B's second
+    publish = pipeline.once()
+    assert publish.returncode == 0, publish.stdout[-3000:] + publish.stderr[-3000:]
+    assert_exactly_once(pipeline, expected)

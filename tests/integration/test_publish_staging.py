@@ -91,7 +91,7 @@ def test_a_staging_copy_the_server_rolls_back_is_sent_again_whole(pipeline, bina
     import pyarrow as pa
 
     from include.contract.columns import STAGED_COLUMNS
-    from include.storage.staging import copy_arrow_to_staging
+    from include.storage.staging_table import copy_arrow_to_staging
 
     pipeline.reset()
 
@@ -133,19 +133,20 @@ def _stage_every_corpus_twice(pipeline, spark, tmp_path) -> int:
     kind, the evolving feed, injected text) as batch 1 of ``PUBLISHED`` by the binary COPY and as its batch 2
     by the CSV COPY; return the rows of each."""
     from include.contract.parser import MAX_FIELD_CHARS
-    from include.storage.staging import copy_arrow_to_staging
-    from spark_jobs.staging import typed_events
+    from include.storage.staging_table import copy_arrow_to_staging
+    from spark_jobs.stage import typed_events
     from spark_jobs.transforms import PARSED_SCHEMA, parse_landed_files
     from tests.spark_jobs.test_parser_paths import evolving_feed, generated_files
 
     pipeline.reset()
-    corpus = [(f"file://{path}", path.read_bytes()) for path in generated_files(tmp_path)]
-    corpus += [(f"file:///landing/{name}", content) for name, content in evolving_feed().items()]
+    corpus = [(str(path), path.read_bytes()) for path in generated_files(tmp_path)]
+    corpus += [(f"/landing/{name}", content) for name, content in evolving_feed().items()]
     injected = "e1,7,s1,view,42,\"'); DROP TABLE x; --\",1.00,1,new,t\nx,\"a\tb\\c\u00e9\U0001F600\",,,,,,,,\n"
-    corpus.append(("file:///landing/odd.csv", ("event_id,user_id,session_id,event_type,product_id,category,price,"
+    corpus.append(("/landing/odd.csv", ("event_id,user_id,session_id,event_type,product_id,category,price,"
                                                "quantity,user_segment,event_time\n" + injected
                                                + "e2,1,s,view,1," + "x" * (MAX_FIELD_CHARS + 1) + ",1,1,new,t\n").encode()))
-    files = spark.createDataFrame(corpus, "path string, content binary")
+    files = spark.createDataFrame([(i, path, content) for i, (path, content) in enumerate(corpus, 1)],
+                                  "delivery_id long, source_file string, content binary")
     typed = typed_events(files.mapInArrow(parse_landed_files, PARSED_SCHEMA), datetime.now(UTC), 60)
     batches = typed.toArrow().to_batches(max_chunksize=997)
     rows = sum(b.num_rows for b in batches)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from include.storage.staging import apply_schema
+from include.storage.schema import apply_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.db]
 

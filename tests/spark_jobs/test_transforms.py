@@ -9,11 +9,11 @@ import pytest
 from pyspark.sql import types as T
 
 from include.contract.columns import PARSED_COLUMNS
-from include.contract.versions import V1, V2
+from include.contract.versions import V1
 from spark_jobs.transforms import (
     PARSED_SCHEMA,
-    filter_file_errors,
-    local_path,
+    file_records,
+    filter_file_records,
     parse_landed_files,
     with_late_arrival,
     with_total_amount,
@@ -22,7 +22,8 @@ from spark_jobs.transforms import (
 
 pytestmark = pytest.mark.unit
 
-BINARY_SCHEMA = T.StructType([T.StructField("path", T.StringType()), T.StructField("content", T.BinaryType())])
+FILES_SCHEMA = T.StructType([T.StructField("delivery_id", T.LongType()), T.StructField("source_file", T.StringType()),
+                             T.StructField("content", T.BinaryType())])
 
 
 def records(spark, *rows: dict):
@@ -30,21 +31,24 @@ def records(spark, *rows: dict):
     return spark.createDataFrame(full, PARSED_SCHEMA)
 
 
-def test_landed_files_become_records_and_unreadable_files_one_error_record(spark):
+def test_deliveries_become_records_and_each_one_file_record_saying_whether_it_was_read(spark):
     good = f"{V1.header}\ne1,,view,5,9.99,2026-01-01T00:00:00\ne2,3,purchase,5,9.99,2026-01-01T00:00:01\n"
     files = spark.createDataFrame(
-        [("file:/land/good%20one.csv", good.encode()), ("file:/land/bad.csv", b"who,what\n1,2\n"),
-         ("file:/land/empty.csv", None)],
-        BINARY_SCHEMA,
+        [(1, "/land/good one.csv", good.encode()), (2, "/land/bad.csv", b"who,what\n1,2\n"),
+         (3, "/land/empty.csv", None), (4, "/land/header_only.csv", V1.header.encode() + b"\n")],
+        FILES_SCHEMA,
     )
     parsed = files.mapInArrow(parse_landed_files, PARSED_SCHEMA)
-    rows = {(r.source_file, r.source_line): r for r in parsed.collect()}
-    assert rows[("/land/good one.csv", 2)].event_id == "e1"
-    assert rows[("/land/good one.csv", 2)].user_id is None
-    assert rows[("/land/good one.csv", 3)].quantity == "1"
-    assert "lacks the required column(s) event_id" in rows[("/land/bad.csv", 0)].file_error
-    assert "empty file" in rows[("/land/empty.csv", 0)].file_error
-    assert filter_file_errors(parsed).count() == 2
+    rows = {(r.delivery_id, r.source_line): r for r in parsed.collect()}
+    assert rows[(1, 2)].event_id == "e1" and rows[(1, 2)].source_file == "/land/good one.csv"
+    assert rows[(1, 2)].user_id is None
+    assert rows[(1, 3)].quantity == "1"
+    assert "lacks the required column(s) event_id" in rows[(2, 0)].file_error
+    assert "empty file" in rows[(3, 0)].file_error
+    assert filter_file_records(parsed).count() == 2
+    # every delivery, the one without rows too, has its file record
+    assert sorted((r.delivery_id, r.file_error is None) for r in file_records(parsed).collect()) == [
+        (1, True), (2, False), (3, False), (4, True)]
 
 
 def test_typing_casts_values_and_explains_what_does_not_cast(spark):
@@ -100,8 +104,3 @@ def test_late_events_are_flagged_never_dropped(spark):
     assert out == {"fresh": False, "late": True, "no_time": False}
 
 
-def test_local_path_decodes_spark_file_uris():
-    assert local_path("file:/data/landing/a%20b.csv") == "/data/landing/a b.csv"
-    assert local_path("/plain/path.csv") == "/plain/path.csv"
-    assert local_path("s3a://bucket/x.csv") == "s3a://bucket/x.csv"
-    assert V2.name == "v2"

@@ -275,13 +275,9 @@ CREATE TABLE IF NOT EXISTS pipeline_circuit_breaker (
     updated_at            TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Attempts to stage each landed file that did not finish (the job crashed or failed). A file that keeps
--- crashing the job is quarantined after POISON_FILE_MAX_ATTEMPTS attempts; a successful staging clears it.
-CREATE TABLE IF NOT EXISTS file_attempts (
-    source_file      TEXT        PRIMARY KEY,
-    attempts         INTEGER     NOT NULL,
-    last_attempt_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-);
+-- Attempts to stage each landed file were counted here by its path; they are counted per delivery now
+-- (deliveries.attempts), since a path can be delivered again.
+DROP TABLE IF EXISTS file_attempts;
 
 -- ---------------------------------------------------------------------------------------------------------
 -- Backfills from the archive and dead-letter replay (include/publish/backfill.py, include/publish/replay.py,
@@ -300,8 +296,6 @@ ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS status_changed_at TIMEST
 ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS typed_row JSONB;
 CREATE INDEX IF NOT EXISTS ix_dead_letter_events_source ON dead_letter_events (source_file, source_line);
 CREATE INDEX IF NOT EXISTS ix_dead_letter_events_open ON dead_letter_events (failed_at) WHERE status = 'open';
--- Kept (measured need): a backfill asks, per re-read line, which event that line stored (include/publish/backfill.py).
-CREATE INDEX IF NOT EXISTS ix_ecommerce_events_source ON ecommerce_events (source_file, source_line);
 
 -- One row per backfill batch: the archived files of one DAG run's data interval, re-read in batch mode.
 CREATE TABLE IF NOT EXISTS pipeline_backfill_ledger (
@@ -387,3 +381,70 @@ CREATE TABLE IF NOT EXISTS hourly_revenue (
     refreshed_at    TIMESTAMPTZ   NOT NULL DEFAULT now(),
     airflow_run_id  TEXT                           -- the run of ecommerce_hourly_revenue that computed it
 );
+
+-- ===== Deliveries (include/storage/deliveries.py, docs/architecture.md "Deliveries") =====
+-- Every file that landed in LANDING_DIR, one row per delivery (a name delivered twice is two), written in the
+-- transaction that renamed it out of LANDING_DIR. The Spark stream reads the claimed ones by id, in order.
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id     BIGSERIAL   PRIMARY KEY,
+    file_name       TEXT        NOT NULL,                -- the name it landed under
+    source_file     TEXT        NOT NULL,                -- its landing path (the lineage its rows carry)
+    size_bytes      BIGINT      NOT NULL,                -- its size when claimed: what the ingest reads
+    modified_at     TIMESTAMPTZ,                         -- the producer's modification time (never used to decide)
+    claimed_at      TIMESTAMPTZ NOT NULL DEFAULT now(),  -- when the pipeline took it: its landing time
+    completed_by    TEXT        NOT NULL,                -- settled | marker | grace | recovered
+    status          TEXT        NOT NULL DEFAULT 'claimed'
+                    CHECK (status IN ('claimed', 'staged', 'archived', 'quarantined', 'expired')),
+    path            TEXT        NOT NULL,                -- where the file is now
+    attempts        INTEGER     NOT NULL DEFAULT 0,      -- ingest attempts that crashed reading it
+    spark_query_id  UUID,                                -- the batch that staged it
+    spark_batch_id  BIGINT,
+    rows_staged     INTEGER,
+    staged_at       TIMESTAMPTZ,
+    finalized_at    TIMESTAMPTZ,                         -- moved to the archive or the quarantine
+    published_at    TIMESTAMPTZ                          -- its batch was published
+);
+CREATE INDEX IF NOT EXISTS ix_deliveries_claimed_at ON deliveries (claimed_at);
+CREATE INDEX IF NOT EXISTS ix_deliveries_waiting ON deliveries (delivery_id) WHERE status = 'claimed';
+CREATE INDEX IF NOT EXISTS ix_deliveries_batch ON deliveries (spark_query_id, spark_batch_id);
+
+-- What waits in LANDING_DIR and why (still changing, waiting for its marker, a temporary name, ...), rebuilt by
+-- every look (include/storage/landing.py take_stock): since when each was seen, for the "waiting" WARNING.
+CREATE TABLE IF NOT EXISTS landing_waits (
+    name             TEXT        PRIMARY KEY,
+    inode            BIGINT      NOT NULL,
+    size_bytes       BIGINT      NOT NULL,
+    mtime_ns         BIGINT      NOT NULL,
+    ctime_ns         BIGINT      NOT NULL,
+    first_seen_at    TIMESTAMPTZ NOT NULL,
+    unchanged_since  TIMESTAMPTZ NOT NULL,
+    reason           TEXT        NOT NULL
+);
+
+-- The ingest's fencing token per checkpoint (include/storage/locks.py Fence): every write of an ingest checks
+-- that the epoch it took with the checkpoint's lock is still the newest.
+CREATE TABLE IF NOT EXISTS ingest_fence (
+    name      TEXT        PRIMARY KEY,
+    epoch     BIGINT      NOT NULL,
+    taken_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- Every row carries its delivery: (delivery_id, source_line) names one line of one delivered file.
+ALTER TABLE staging_events ADD COLUMN IF NOT EXISTS delivery_id BIGINT;
+ALTER TABLE revalidation_candidates ADD COLUMN IF NOT EXISTS delivery_id BIGINT;
+ALTER TABLE ecommerce_events ADD COLUMN IF NOT EXISTS delivery_id BIGINT;
+ALTER TABLE dead_letter_events ADD COLUMN IF NOT EXISTS delivery_id BIGINT;
+ALTER TABLE rule_violations ADD COLUMN IF NOT EXISTS delivery_id BIGINT;
+ALTER TABLE dead_letter_moves ADD COLUMN IF NOT EXISTS delivery_id BIGINT;
+ALTER TABLE quarantined_files ADD COLUMN IF NOT EXISTS delivery_id BIGINT;
+-- when detect_work's WARNING named this quarantined file (NULL: not yet)
+ALTER TABLE quarantined_files ADD COLUMN IF NOT EXISTS alerted_at TIMESTAMPTZ;
+ALTER TABLE pipeline_backfill_ledger ADD COLUMN IF NOT EXISTS deliveries BIGINT[] NOT NULL DEFAULT '{}';
+-- A backfill asks, per re-read line, which event and which dead letter that line is: by delivery and line. (The
+-- (source_file, source_line) index it replaces could not tell two deliveries of one name apart.)
+CREATE INDEX IF NOT EXISTS ix_ecommerce_events_delivery_line ON ecommerce_events (delivery_id, source_line);
+CREATE INDEX IF NOT EXISTS ix_dead_letter_events_delivery_line ON dead_letter_events (delivery_id, source_line);
+DROP INDEX IF EXISTS ix_ecommerce_events_source;
+CREATE INDEX IF NOT EXISTS ix_quarantined_files_unalerted ON quarantined_files (id) WHERE alerted_at IS NULL;
+-- quarantined files recorded before the delivery ledger were alerted (or not) by the release that recorded them
+UPDATE quarantined_files SET alerted_at = quarantined_at WHERE alerted_at IS NULL AND delivery_id IS NULL;
