@@ -36,7 +36,7 @@ class Line:
     name: str
     points: Sequence[tuple[datetime, float | None]]
     colour: str
-    reference: bool = False  # a threshold: dashed, without dots
+    reference: bool = False  # a threshold: dashed, without dots, carried across gaps
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,8 @@ def empty_chart(chart_id: str, title: str, subtitle: str, message: str) -> str:
 def line_chart(chart_id: str, title: str, subtitle: str, lines: Sequence[Line], start: datetime, end: datetime, *,
                unit: str = "", low: float | None = None, high: float | None = None,
                empty: str = "No data in this range") -> str:
-    """Lines over time; ``low``/``high`` fix the value axis (else it spans the values, from 0 when all are
-    positive). Without a single value in a non-reference line: the empty chart with the message ``empty``."""
+    """Lines over time, the first drawn on top; ``low``/``high`` fix the value axis (else it spans the values,
+    from 0 when all are positive). Without a value in a non-reference line: the empty chart saying ``empty``."""
     values = [v for line in lines for _, v in line.points if v is not None]
     if not any(v is not None for line in lines if not line.reference for _, v in line.points):
         return empty_chart(chart_id, title, subtitle, empty)
@@ -180,11 +180,13 @@ def line_chart(chart_id: str, title: str, subtitle: str, lines: Sequence[Line], 
         ticks = value_ticks(0, ticks[-1])
     plot = _Plot(start, end, ticks[0], ticks[-1])
     body = plot.axes(ticks, unit)
-    for line in lines:
+    for line in reversed(lines):
         runs: list[list[tuple[float, float]]] = [[]]
         for moment, value in line.points:
-            if value is None:
+            if value is None and not line.reference:
                 runs.append([])
+            elif value is None:
+                continue
             else:
                 runs[-1].append((plot.x(moment), plot.y(value)))
         path = " ".join("M" + " L".join(f"{x},{y}" for x, y in run) for run in runs if run)
@@ -197,7 +199,7 @@ def line_chart(chart_id: str, title: str, subtitle: str, lines: Sequence[Line], 
             if value is not None:
                 label = f"{line.name}: {number(value)}{unit} at {moment:%Y-%m-%d %H:%M} UTC"
                 body.append(f'<circle class="point" data-series="{text(line.name)}" data-time="{moment.isoformat()}" '
-                            f'data-value="{value:g}" cx="{plot.x(moment)}" cy="{plot.y(value)}" r="2.6" '
+                            f'data-value="{value:.12g}" cx="{plot.x(moment)}" cy="{plot.y(value)}" r="2.6" '
                             f'fill="{line.colour}"><title>{text(label)}</title></circle>')
     legend, rows = _legend([(line.name, line.colour, line.reference) for line in lines], TOP + PLOT_HEIGHT + 40)
     return _frame(chart_id, title, subtitle, TOP + PLOT_HEIGHT + 30 + rows * LEGEND_ROW, body + legend)
@@ -225,7 +227,7 @@ def stacked_bar_chart(chart_id: str, title: str, subtitle: str, buckets: Sequenc
             top, bottom = plot.y(level + value), plot.y(level)
             label = f"{stack.name}: {number(value)}{unit}, {bucket_start:%Y-%m-%d %H:%M} UTC"
             body.append(f'<rect class="bar" data-series="{text(stack.name)}" data-bucket="{bucket_start.isoformat()}" '
-                        f'data-value="{value:g}" x="{left}" y="{top}" width="{width:.1f}" '
+                        f'data-value="{value:.12g}" x="{left}" y="{top}" width="{width:.1f}" '
                         f'height="{max(bottom - top, 0.5):.1f}" fill="{stack.colour}"><title>{text(label)}</title></rect>')
             level += value
     legend, rows = _legend([(f"{stack.name} {stack.note}".strip(), stack.colour, False) for stack in stacks], TOP + PLOT_HEIGHT + 40)

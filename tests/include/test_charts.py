@@ -75,7 +75,7 @@ def test_bars_of_a_bucket_that_starts_before_the_range_are_cut_at_its_start():
 
 def test_a_line_chart_has_a_point_per_value_and_breaks_its_line_where_there_is_none():
     points = [(START, 99.5), (START + timedelta(hours=1), None), (START + timedelta(hours=2), 97.0)]
-    threshold = [(START, 95.0), (START + timedelta(hours=2), 95.0)]
+    threshold = [(START, 95.0), (START + timedelta(hours=1), None), (START + timedelta(hours=2), 95.0)]
     root = parsed(line_chart("chart-v", "Validity rate", "per hour",
                              [Line("all batches", points, "#0072B2"), Line("threshold", threshold, "#D55E00", True)],
                              START, END, unit="%", low=90, high=100))
@@ -84,7 +84,9 @@ def test_a_line_chart_has_a_point_per_value_and_breaks_its_line_where_there_is_n
                                                                               ("all batches", "97")]
     paths = {p.get("data-series"): p for p in of_class(root, "path", "line")}
     assert paths["all batches"].get("d").count("M") == 2  # two runs: the gap is not bridged
+    assert paths["threshold"].get("d").count("M") == 1  # a threshold holds across a gap
     assert paths["threshold"].get("stroke-dasharray") and not [c for c in circles if c.get("data-series") == "threshold"]
+    assert [p.get("data-series") for p in of_class(root, "path", "line")] == ["threshold", "all batches"]  # first on top
     assert texts(root, "y-label") == ["90%", "92%", "94%", "96%", "98%", "100%"]
     assert float(circles[0].get("cy")) < float(circles[1].get("cy"))  # 99.5 is drawn above 97
 
