@@ -142,7 +142,8 @@ def _legend(entries: list[tuple[str, str, bool]], top: float) -> tuple[list[str]
         swatch = (f'<line x1="{x}" y1="{y - 4}" x2="{x + 16}" y2="{y - 4}" stroke="{colour}" stroke-width="2" '
                   f'stroke-dasharray="5 3"/>' if reference else
                   f'<rect x="{x}" y="{y - 9}" width="16" height="10" rx="2" fill="{colour}"/>')
-        parts.append(f'<g class="legend-entry">{swatch}<text x="{x + 22}" y="{y}" fill="{TEXT}">{text(name)}</text></g>')
+        parts.append(f'<g class="legend-entry">{swatch}'
+                     f'<text x="{x + 22}" y="{y}" fill="{TEXT}">{text(name)}</text></g>')
         x += width
     return parts, row + 1 if entries else 0
 
@@ -152,7 +153,8 @@ def _frame(chart_id: str, title: str, subtitle: str, height: float, body: list[s
             f'aria-label="{text(title)}" viewBox="0 0 {WIDTH} {height:g}" width="100%" '
             f'font-family="{text(FONT)}" font-size="12">'
             f'<title>{text(title)}</title>'
-            f'<text class="chart-title" x="2" y="18" font-size="15" font-weight="600" fill="{TEXT}">{text(title)}</text>'
+            f'<text class="chart-title" x="2" y="18" font-size="15" font-weight="600" fill="{TEXT}">'
+            f'{text(title)}</text>'
             f'<text class="chart-subtitle" x="2" y="36" fill="{MUTED}">{text(subtitle)}</text>'
             + "".join(body) + "</svg>")
 
@@ -228,7 +230,9 @@ def stacked_bar_chart(chart_id: str, title: str, subtitle: str, buckets: Sequenc
             label = f"{stack.name}: {number(value)}{unit}, {bucket_start:%Y-%m-%d %H:%M} UTC"
             body.append(f'<rect class="bar" data-series="{text(stack.name)}" data-bucket="{bucket_start.isoformat()}" '
                         f'data-value="{value:.12g}" x="{left}" y="{top}" width="{width:.1f}" '
-                        f'height="{max(bottom - top, 0.5):.1f}" fill="{stack.colour}"><title>{text(label)}</title></rect>')
+                        f'height="{max(bottom - top, 0.5):.1f}" fill="{stack.colour}">'
+                        f'<title>{text(label)}</title></rect>')
             level += value
-    legend, rows = _legend([(f"{stack.name} {stack.note}".strip(), stack.colour, False) for stack in stacks], TOP + PLOT_HEIGHT + 40)
+    legend, rows = _legend([(f"{stack.name} {stack.note}".strip(), stack.colour, False) for stack in stacks],
+                           TOP + PLOT_HEIGHT + 40)
     return _frame(chart_id, title, subtitle, TOP + PLOT_HEIGHT + 30 + rows * LEGEND_ROW, body + legend)

@@ -15,8 +15,8 @@ The range is a preset (``range=1h|6h|24h|7d``, default 24h) or ``from``/``to``. 
 bucket boundary, so every bucket but the last is whole; the last ends at ``to`` or now. Each query filters
 its table's time column to the range and aggregates per bucket in PostgreSQL (``date_bin``): the page reads
 at most ``MAX_BUCKETS`` rows per series, whatever the range. Values are bound parameters. The time columns
-are indexed except ``data_quality_metrics.recorded_at`` (schema.sql has no index there; the table has one
-row per batch and loses rows older than PIPELINE_HISTORY_RETENTION_DAYS, about 130,000 rows at most).
+are indexed except ``data_quality_metrics.recorded_at``: schema.sql has no index there, and the table has one
+row per batch, pruned after PIPELINE_HISTORY_RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -284,8 +284,9 @@ def per_rule_stacks(counts: Mapping[tuple[datetime, str], int], buckets: list[da
               for i, rule in enumerate(shown)]
     rest = ranked[len(shown):]
     if rest:
-        stacks.append(Stack(f"{len(rest)} other rules", [sum(values[rule][i] for rule in rest) for i in range(len(buckets))],
-                            charts.OTHER, note=f"({sum(totals[rule] for rule in rest):,})"))
+        other = [sum(values[rule][i] for rule in rest) for i in range(len(buckets))]
+        stacks.append(Stack(f"{len(rest)} other rules", other, charts.OTHER,
+                            note=f"({sum(totals[rule] for rule in rest):,})"))
     return stacks
 
 

@@ -85,8 +85,10 @@ def test_a_line_chart_has_a_point_per_value_and_breaks_its_line_where_there_is_n
     paths = {p.get("data-series"): p for p in of_class(root, "path", "line")}
     assert paths["all batches"].get("d").count("M") == 2  # two runs: the gap is not bridged
     assert paths["threshold"].get("d").count("M") == 1  # a threshold holds across a gap
-    assert paths["threshold"].get("stroke-dasharray") and not [c for c in circles if c.get("data-series") == "threshold"]
-    assert [p.get("data-series") for p in of_class(root, "path", "line")] == ["threshold", "all batches"]  # first on top
+    assert paths["threshold"].get("stroke-dasharray")
+    assert [c for c in circles if c.get("data-series") == "threshold"] == []
+    # the first series is drawn last, on top
+    assert [p.get("data-series") for p in of_class(root, "path", "line")] == ["threshold", "all batches"]
     assert texts(root, "y-label") == ["90%", "92%", "94%", "96%", "98%", "100%"]
     assert float(circles[0].get("cy")) < float(circles[1].get("cy"))  # 99.5 is drawn above 97
 
