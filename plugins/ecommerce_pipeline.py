@@ -1,13 +1,15 @@
-"""Airflow plugin of the e-commerce pipeline: the "Data Quality", "Dead letters" and "Rule violations" pages of the
-Airflow UI, and two tabs of every DAG run's page.
+"""Airflow plugin of the e-commerce pipeline: the "Data Quality", "Dead letters", "Rule violations" and "Quality
+dashboard" pages of the Airflow UI, and two tabs of every DAG run's page.
 
-Airflow 3 way: a FastAPI app (``include/airflow/ui.py``) mounted by the api-server at ``/ecommerce``, three
+Airflow 3 way: a FastAPI app (``include/airflow/ui.py``) mounted by the api-server at ``/ecommerce``, four
 navigation entries (``external_views`` with destination ``nav``) and two run tabs (destination ``dag_run``)
 that show its pages inside the UI:
 
 * Data Quality -> ``/ecommerce/data-docs/index.html``, the Great Expectations Data Docs
 * Dead letters -> ``/ecommerce/dead-letters``, recent dead-lettered rows, filters, counts per rule, CSV export
 * Rule violations -> ``/ecommerce/rule-violations``, stored rows that broke a ``warn`` rule, same filters and export
+* Quality dashboard -> ``/ecommerce/quality-dashboard``, charts of validity, rows per minute, dead letters and
+  warn-level violations per rule, and freshness over a chosen range
 * a run's tab "Dead letters of this run" -> ``/ecommerce/dead-letters?run_id=<run id>``
 * a run's tab "Validation of this run" -> ``/ecommerce/run-validation?run_id=<run id>``, its Data Docs page
 
@@ -56,6 +58,8 @@ class EcommercePipelinePlugin(AirflowPlugin):
          "url_route": "dead-letters", "nav_top_level": True},
         {"name": "Rule violations", "href": "ecommerce/rule-violations", "destination": "nav",
          "url_route": "rule-violations", "nav_top_level": True},
+        {"name": "Quality dashboard", "href": "ecommerce/quality-dashboard", "destination": "nav",
+         "url_route": "quality-dashboard", "nav_top_level": True},
         # tabs of every DAG run's page; the UI fills in {RUN_ID} (URL-encoded) with the run's id
         {"name": "Dead letters of this run", "href": "ecommerce/dead-letters?run_id={RUN_ID}",
          "destination": "dag_run", "url_route": "run-dead-letters"},

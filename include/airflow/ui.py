@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -31,7 +32,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from include.airflow import dead_letters, violations
+from include.airflow import dead_letters, quality_dashboard, violations
 from include.airflow.data_docs_offline import VENDOR_DIR, offline_page
 from include.names import DAG_ID
 from include.settings import Settings
@@ -247,5 +248,21 @@ def create_app() -> FastAPI:
     @app.get("/rule-violations.csv")
     def rule_violations_export(request: Request) -> StreamingResponse:
         return export(request, violations, violations.ViolationFilter, "rule_violations.csv")
+
+    @app.get("/quality-dashboard", response_class=HTMLResponse)
+    def quality_dashboard_page(request: Request) -> HTMLResponse:
+        """The charts over the range of the query (default: the last 24 h), or a 400 that says what is wrong."""
+        from markupsafe import Markup
+
+        page = {"presets": list(quality_dashboard.PRESETS), "params": dict(request.query_params)}
+        try:
+            chosen = quality_dashboard.TimeRange.from_params(request.query_params, datetime.now(UTC))
+        except dead_letters.FilterError as error:
+            return _html("quality_dashboard.html", 400, error=str(error), chosen=None, **page)
+        with _connect() as conn:
+            dashboard = quality_dashboard.read(conn, chosen)
+        charts = {name: Markup(svg) for name, svg in quality_dashboard.render(dashboard).items()}  # escaped there
+        return _html("quality_dashboard.html", error=None, chosen=chosen, charts=charts,
+                     summary=quality_dashboard.summary(dashboard), **page)
 
     return app

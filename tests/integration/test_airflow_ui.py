@@ -2,8 +2,9 @@
 
 One `make once` run publishes generated events with known bad rows; then the real `airflow api-server`
 serves the UI. A user logs in through Airflow's own login page and sees the DAG grid with the successful
-run, the Great Expectations Data Docs under "Data Quality", and the known rows under "Dead letters".
-A caller without an Airflow session gets none of it. Screenshots go to test-output/ui/.
+run, the Great Expectations Data Docs under "Data Quality", the known rows under "Dead letters", and under
+"Quality dashboard" charts of that run and of hours of history written before it. A caller without an Airflow
+session gets none of it. Screenshots go to test-output/ui/.
 
 The browser is Debian's `chromium` with its `chromium-driver` (never a downloaded one).
 """
@@ -17,18 +18,22 @@ import io
 import json
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 import pytest
 
+from include.airflow.quality_dashboard import bucket_of
 from include.contract.versions import V3
+from include.results import validity_rate
 from scripts.airflow_env import ADMIN_USER, admin_password
 from scripts.generator import EventGenerator, write_raw_file
 from tests.fixtures.browser import headless_chromium
 from tests.fixtures.browser import log_in as log_in_as
 from tests.fixtures.pipeline import PROJECT_ROOT
 from tests.fixtures.processes import stop_process_group
+from tests.fixtures.quality_history import BUCKET, History, insert_history
 from tests.fixtures.ui import OUTPUT_DIR, graph_screenshot, loaded_addresses, log_in
 
 pytestmark = pytest.mark.integration
@@ -135,7 +140,7 @@ def test_without_an_airflow_session_the_pages_give_nothing_away(ui):
     base, known, run_id = ui
     pages = ["/ecommerce/dead-letters", f"/ecommerce/dead-letters?run_id={quote(run_id)}",
              "/ecommerce/dead-letters.csv", "/ecommerce/data-docs/index.html",
-             "/ecommerce/rule-violations", "/ecommerce/rule-violations.csv",
+             "/ecommerce/rule-violations", "/ecommerce/rule-violations.csv", "/ecommerce/quality-dashboard",
              "/ecommerce/vendor/jquery@3.7.1/dist/jquery.min.js", f"/ecommerce/run-validation?run_id={quote(run_id)}"]
     for path in pages:
         for headers in ({}, {"Cookie": "_token=forged.jwt.value"}, {"Authorization": "Bearer forged.jwt.value"}):
@@ -190,7 +195,7 @@ def test_no_page_loads_a_script_style_or_image_from_the_internet(ui, pipeline):
             assert status == 200, (page, address, status)
             if address.endswith((".css", ".js")):
                 assert headers["content-type"].startswith(("text/css", "text/javascript")), (address, headers)
-    for page in ("/ecommerce/dead-letters", "/ecommerce/rule-violations"):
+    for page in ("/ecommerce/dead-letters", "/ecommerce/rule-violations", "/ecommerce/quality-dashboard"):
         status, _, body = request(base, page, auth)
         assert status == 200 and loaded_addresses(body) == [], page
 
@@ -502,3 +507,166 @@ def test_a_run_page_has_tabs_with_this_runs_dead_letters_and_validation(ui, brow
     assert status == 404 and "No Great Expectations validation of run" in body
     status, _, body = request(base, "/ecommerce/run-validation?run_id=..", auth)
     assert status == 404
+
+
+@pytest.fixture(scope="module")
+def quality_history(ui, pipeline) -> History:
+    """20 hours of batches, dead letters and violations before the module's real run
+    (tests/fixtures/quality_history.py)."""
+    import psycopg
+
+    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
+        return insert_history(conn, datetime.now(UTC))
+
+
+def test_the_quality_dashboard_refuses_a_range_it_cannot_show(ui):
+    base, _, _ = ui
+    auth = {"Authorization": f"Bearer {api_token(base)}"}
+    status, headers, body = request(base, "/ecommerce/quality-dashboard", auth)
+    assert status == 200 and "default-src 'none'" in headers["content-security-policy"]
+    assert "<script" not in body and body.count("<svg") == 5
+    status, _, body = request(base, "/ecommerce/quality-dashboard?" + urlencode({"range": "<script>1</script>"}), auth)
+    assert status == 400 and "range=&#39;&lt;script&gt;1&lt;/script&gt;&#39; is not one of 1h, 6h, 24h, 7d" in body
+    assert "<script>1" not in body
+    status, _, body = request(base, "/ecommerce/quality-dashboard?from=yesterday", auth)
+    assert status == 400 and "is not an ISO-8601 date or time" in body
+
+
+# What a chart of the Quality dashboard drew: its texts and every bar and point with the numbers it carries.
+CHART = """
+const chart = document.getElementById(arguments[0]);
+const drawn = e => ({series: e.dataset.series, at: e.dataset.bucket || e.dataset.time, value: Number(e.dataset.value)});
+const texts = selector => [...chart.querySelectorAll(selector)].map(e => e.textContent);
+return {title: texts('.chart-title')[0], empty: texts('.empty'), legend: texts('.legend-entry'),
+        xLabels: texts('.x-label'), yLabels: texts('.y-label'), width: chart.getBoundingClientRect().width,
+        bars: [...chart.querySelectorAll('rect.bar')].map(drawn),
+        points: [...chart.querySelectorAll('circle.point')].map(drawn)};
+"""
+
+
+def drawn(chart: dict, kind: str, series: str) -> dict[str, float]:
+    """time (a bar's bucket, a point's time) -> value of one series of a chart."""
+    return {item["at"]: item["value"] for item in chart[kind] if item["series"] == series}
+
+
+def in_bucket(points: dict[str, float], bucket: datetime) -> list[float]:
+    """The values of the points drawn within the 15-minute bucket that starts at ``bucket``."""
+    return [value for moment, value in points.items() if bucket <= datetime.fromisoformat(moment) < bucket + BUCKET]
+
+
+def at_middle(bucket: datetime) -> str:
+    """Where the dashboard puts the point of a whole 15-minute bucket."""
+    return (bucket + BUCKET / 2).isoformat()
+
+
+def test_the_quality_dashboard_charts_the_rows_in_postgresql(ui, quality_history, browser, pipeline):
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        look_at_the_quality_dashboard(ui, quality_history, browser, pipeline)
+    except Exception:
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(OUTPUT_DIR / "failure-quality-dashboard.png"))
+        (OUTPUT_DIR / "failure-quality-dashboard.html").write_text(browser.page_source)
+        raise
+    finally:
+        browser.set_window_size(1500, 1300)
+
+
+def look_at_the_quality_dashboard(ui, history: History, browser, pipeline) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _, run_id = ui
+    wait = WebDriverWait(browser, 60)
+    # the module's real run: one publish (one transaction, one moment) of its batches
+    [(published, valid, invalid, batches)] = pipeline.query(
+        "SELECT max(recorded_at), sum(valid_records), sum(invalid_records), count(*) FROM data_quality_metrics "
+        "WHERE airflow_run_id = %s", (run_id,))
+    real_bucket = bucket_of(published, BUCKET)
+    assert real_bucket not in history.buckets, (real_bucket, history.buckets[-1])
+
+    log_in(browser, base, PASSWORD)
+    browser.get(f"{base}/dags/ecommerce_events")
+    wait.until(EC.element_to_be_clickable((By.XPATH, "//*[normalize-space(text())='Quality dashboard']"))).click()
+    frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Quality dashboard']")))
+    browser.switch_to.frame(frame)
+    wait.until(EC.presence_of_element_located((By.ID, "chart-freshness")))
+    assert "buckets of 15 min" in browser.find_element(By.ID, "range").text
+    charts = {name: browser.execute_script(CHART, f"chart-{name}")
+              for name in ("validity", "rows", "dead-letters", "violations", "freshness")}
+    for name, chart in charts.items():
+        assert chart["empty"] == [] and chart["width"] > 400, (name, chart["empty"], chart["width"])
+        assert len(chart["xLabels"]) >= 4 and len(chart["yLabels"]) >= 3, (name, chart)
+    tiles = dict(reversed(tile.text.split("\n", 1)) for tile in browser.find_elements(By.CSS_SELECTOR, ".tile"))
+    assert tiles["batches published"] == f"{len(history.publishes) + batches:,}"
+    assert tiles["longest wait for new data"] == "65 min"  # the outage: from the last publish before to the next
+
+    # validity: a point per bucket with batches, all of them together and the worst one; the threshold drawn
+    validity = charts["validity"]
+    assert validity["title"] == "Validity rate"
+    together, worst = drawn(validity, "points", "all batches"), drawn(validity, "points", "worst batch")
+    assert len(together) == len(worst) == len(history.buckets) + 1
+    for bucket in history.buckets:
+        assert together[at_middle(bucket)] == pytest.approx(history.validity(bucket)), bucket
+        assert worst[at_middle(bucket)] == pytest.approx(history.worst[bucket]), bucket
+    bad = bucket_of(history.bad[0], BUCKET)
+    assert worst[at_middle(bad)] < 85 and min(worst.values()) == worst[at_middle(bad)]
+    assert in_bucket(together, real_bucket) == [pytest.approx(validity_rate(valid, invalid))], together
+    assert "MIN_VALIDITY_RATE in force" in validity["legend"] and validity["yLabels"][-1] == "100%"
+
+    # rows per minute of each bucket, by outcome
+    rows = charts["rows"]
+    for bucket in history.buckets:
+        assert drawn(rows, "bars", "stored")[bucket.isoformat()] == pytest.approx(history.valid[bucket] / 15)
+        assert drawn(rows, "bars", "dead-lettered")[bucket.isoformat()] == pytest.approx(history.invalid[bucket] / 15)
+        assert drawn(rows, "bars", "duplicates").get(bucket.isoformat(), 0) == pytest.approx(
+            history.duplicates[bucket] / 15)
+    assert real_bucket.isoformat() in drawn(rows, "bars", "stored")
+
+    # dead letters per rule: a row that broke two rules in both layers; the real run's rules in its bucket
+    dead = charts["dead-letters"]
+    for (bucket, rule), count in history.dead_letters.items():
+        assert drawn(dead, "bars", rule)[bucket.isoformat()] == count, (bucket, rule)
+    assert real_bucket.isoformat() in drawn(dead, "bars", "event_id_is_uuid")
+    assert {"price_in_range", "quantity_at_least_one", "parse", "event_id_is_uuid"} <= {
+        entry.rsplit(" (", 1)[0] for entry in dead["legend"]}
+
+    # warn-level violations per rule: the history's category_known, the real run's two rules
+    violations = charts["violations"]
+    assert {b.isoformat(): n for b, n in history.violations.items() if n} == {
+        t: n for t, n in drawn(violations, "bars", "category_known").items() if t != real_bucket.isoformat()}
+    assert real_bucket.isoformat() in drawn(violations, "bars", "user_segment_known")
+
+    # freshness, in minutes: a publish every 5 minutes, then an hour without (the wait climbs until the next
+    # publish ends it); the bad batches took 95 s from their Spark batch's start to their publish
+    freshness = charts["freshness"]
+    waits = drawn(freshness, "points", "time since the last publish (longest in bucket)")
+    slowest = drawn(freshness, "points", "slowest batch: Spark batch start to published")
+    before, after = history.outage
+    in_outage = [bucket_of(before, BUCKET) + n * BUCKET for n in range(1, 5)]
+    assert [waits[at_middle(b)] for b in in_outage] == [
+        ((b + BUCKET) - before).total_seconds() / 60 for b in in_outage] == [18, 33, 48, 63]
+    assert waits[at_middle(bucket_of(after, BUCKET))] == (after - before).total_seconds() / 60 == 65
+    assert {waits[at_middle(b)] for b in history.buckets if b != bucket_of(after, BUCKET)} == {5}
+    assert slowest[at_middle(bad)] == round(95 / 60, 2) and len(slowest) == len(history.buckets) + 1
+    assert freshness["yLabels"][0] == "0 min"
+
+    # the captions link to the rows of the same range
+    link = browser.find_element(By.LINK_TEXT, "Dead letters").get_attribute("href")
+    assert "/ecommerce/dead-letters?from=" in link and "&to=" in link
+
+    browser.switch_to.default_content()
+    browser.set_window_size(1500, 1650)  # the whole page, not only its first screen
+    time.sleep(1)
+    browser.save_screenshot(str(OUTPUT_DIR / "quality_dashboard.png"))
+
+    # another range: the last 6 hours, in 5-minute buckets (a batch in each)
+    browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe[title='Quality dashboard']"))
+    browser.find_element(By.LINK_TEXT, "6h").click()
+    shown = wait.until(lambda d: "buckets of 5 min" in d.find_element(By.ID, "range").text
+                       and d.find_element(By.ID, "range").text)
+    start = datetime.strptime(shown.split(" to ")[0].removeprefix("From "), "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    validity = browser.execute_script(CHART, "chart-validity")
+    assert len(drawn(validity, "points", "all batches")) == len([p for p in history.publishes if p >= start]) + 1
+    browser.switch_to.default_content()
