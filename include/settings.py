@@ -8,6 +8,7 @@ project root so that the Airflow processes, spark-submit and the generator agree
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -139,7 +140,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        problems = []
+        # float() reads "inf", "-inf", "nan" and "1e999" (= inf), and nan fails no comparison: a non-finite
+        # threshold would pass the checks below and then break the SQL it is put into (MAX_PRICE=inf)
+        problems = [f"{field.name.upper()} must be a finite number, not {value}" for field in fields(self)
+                    if isinstance(value := getattr(self, field.name), float) and not math.isfinite(value)]
         if self.max_files_per_trigger < 1:
             problems.append("MAX_FILES_PER_TRIGGER must be at least 1")
         if self.max_bytes_per_trigger < 0:

@@ -50,6 +50,23 @@ def test_bad_values_fail_with_the_variable_named(env, message):
         Settings.from_env(env)
 
 
+FLOAT_VARIABLES = ("MIN_VALIDITY_RATE", "MAX_PRICE", "INITIAL_RETRY_DELAY", "RETRY_BACKOFF_FACTOR",
+                   "ALERT_DEAD_LETTERS_PER_MINUTE")
+
+
+def test_the_float_variables_are_all_there_are():
+    floats = {name.upper() for name, value in vars(Settings()).items() if isinstance(value, float)}
+    assert floats == set(FLOAT_VARIABLES)
+
+
+@pytest.mark.parametrize("name", FLOAT_VARIABLES)
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity", "1e999"])
+def test_a_float_setting_must_be_finite(name, raw):
+    """float() accepts these, and nan passes every comparison: MAX_PRICE=inf would reach the publish SQL."""
+    with pytest.raises(SettingsError, match=rf"{name} must be a finite number, not (-?inf|nan)"):
+        Settings.from_env({name: raw})
+
+
 @pytest.mark.parametrize(("raw", "size"), [("32m", 32 * 2**20), ("512K", 512 * 1024), ("1gb", 2**30),
                                            ("200000", 200_000), ("0", 0)])
 def test_batch_size_is_read_as_bytes_with_an_optional_unit(raw, size):
