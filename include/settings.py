@@ -102,7 +102,7 @@ class Settings:
     great_expectations_dir: Path = PROJECT_ROOT / "data" / "great_expectations"
     # validation results kept for the Data Docs (older ones are pruned; the database keeps every count)
     data_docs_keep_runs: int = 200
-    # alerts (include/ops/alerts.py): JSON-lines file of every WARNING and above; a condition already alerted is
+    # alerts (include/ops/alerts/): JSON-lines file of every WARNING and above; a condition already alerted is
     # repeated only after the cool-down; CRITICAL when no data arrived for ALERT_NO_DATA_MINUTES while
     # FEED_EXPECTED (make run: true), or dead letters grow faster than ALERT_DEAD_LETTERS_PER_MINUTE
     alert_file: Path = PROJECT_ROOT / "data" / "logs" / "alerts.jsonl"

@@ -210,7 +210,7 @@ HISTORY_RULES: dict[str, str] = {
     # deleted by hand). Were the file still waiting, it would get POISON_FILE_MAX_ATTEMPTS fresh attempts.
     "file_attempts": "last_attempt_at < %(history)s",
     # only conditions that recovered: a missing row and an inactive one mean the same to the de-duplication
-    # (include/ops/alerts.py decide_raise), while an active one must stay to be neither repeated early nor
+    # (include/ops/alerts/state.py decide_raise), while an active one must stay to be neither repeated early nor
     # left without its recovery message
     "pipeline_alerts": "NOT active AND updated_at < %(history)s",
     # never 'open' ones: those are the live dead letters

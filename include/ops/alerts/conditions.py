@@ -1,0 +1,188 @@
+"""The conditions the pipeline alerts on, what each message says, and the checks the DAG and its callbacks
+call: after the quality gate (recovery of failures, a breach, dead letters growing), a foreign file, a new
+column, no fresh data. Each check raises through ``state`` (de-duplicated) and never raises itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from include.names import DAG_ID
+from include.ops.alerts.message import CRITICAL, ERROR, WARNING, Alert, dead_letter_sql, links, shorten
+from include.ops.alerts.state import clear_alerts, connection, raise_alert
+from include.results import PublishSummary
+from include.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# the conditions (alert keys)
+QUALITY_BREACH = "quality_breach"
+TASK_FAILED = "task_failed"
+BREAKER_OPEN = "circuit_breaker_open"
+NO_FRESH_DATA = "no_fresh_data"
+DEAD_LETTER_GROWTH = "dead_letter_growth"
+FOREIGN_FILE = "foreign_file"   # + ":" + the quarantine path: one alert per file
+NEW_COLUMN = "new_column"       # + ":" + the column name: one alert per name, ever
+# a run that got through publish proves these are over
+CLEARED_BY_A_PUBLISHED_RUN = (TASK_FAILED, BREAKER_OPEN)
+
+
+def quality_breach_alert(summary: PublishSummary, problems: list[str], threshold: float, run_id: str | None,
+                         base_url: str) -> Alert:
+    top = [f"{r.rule}: {r.rows} row(s), e.g. event_id {', '.join(r.sample_event_ids[:3]) or 'n/a'}"
+           for r in summary.failing_rules[:3]]
+    below = [f"validity<{threshold}"] if summary.total and summary.validity_rate < threshold else []
+    fingerprint = ";".join(below + [f"table_check:{name}" for name in summary.breached_checks])
+    return Alert(
+        WARNING, QUALITY_BREACH, fingerprint or "breach", "data quality breach", run_id=run_id,
+        details=(*problems,
+                 f"validity {summary.validity_rate}% (MIN_VALIDITY_RATE {threshold}%); rows: {summary.total} "
+                 f"total, {summary.valid} valid, {summary.invalid} dead-lettered, "
+                 f"{summary.duplicates} duplicates",
+                 *(f"top failing rule {line}" for line in top),
+                 *([f"stored with a warn-level violation (not dead-lettered): {summary.warned} row(s); "
+                    + "; ".join(f"{r.rule}: {r.rows}" for r in summary.warnings)] if summary.warnings else [])),
+        links=links(base_url, run_id), sql=dead_letter_sql(run_id) if run_id else None,
+    )
+
+
+def task_failed_alert(task_id: str, error: str, tries: int | None, run_id: str | None, base_url: str,
+                      breaker_note: str | None = None) -> Alert:
+    after = f" after {tries} tries" if tries else ""
+    return Alert(ERROR, TASK_FAILED, task_id, f"task `{task_id}` failed{after}", run_id=run_id,
+                 details=tuple(d for d in (f"error: {shorten(error)}", breaker_note,
+                                           "the task log in the Airflow UI has the full trace") if d),
+                 links=links(base_url, run_id))
+
+
+def breaker_open_alert(failures: int, last_error: str, cooldown_seconds: int, run_id: str | None,
+                       base_url: str) -> Alert:
+    return Alert(CRITICAL, BREAKER_OPEN, "open", f"circuit breaker OPENED after {failures} consecutive failed run(s)",
+                 run_id=run_id,
+                 details=(f"last error: {shorten(last_error)}",
+                          f"runs skip the ingest; one trial run after {cooldown_seconds} s "
+                          "(CIRCUIT_BREAKER_COOLDOWN_SECONDS); landed files wait, nothing is lost",
+                          "state: SELECT * FROM pipeline_circuit_breaker; what to do: docs/operations.md"),
+                 links=links(base_url, run_id))
+
+
+# --- the checks the DAG calls ---------------------------------------------------------------------------------
+
+def airflow_base_url() -> str:
+    try:
+        from airflow.configuration import conf
+
+        return conf.get("api", "base_url", fallback="http://localhost:8080") or "http://localhost:8080"
+    except Exception:  # noqa: BLE001
+        return "http://localhost:8080"
+
+
+def run_of(context) -> tuple[str, str | None]:
+    """(dag id, run id) from an Airflow callback context."""
+    dag_run = context.get("dag_run")
+    dag = context.get("dag")
+    dag_id = getattr(dag_run, "dag_id", None) or getattr(dag, "dag_id", None) or DAG_ID
+    return dag_id, context.get("run_id") or getattr(dag_run, "run_id", None)
+
+
+def after_quality_gate(settings: Settings, summary: PublishSummary, problems: list[str], run_id: str | None) -> None:
+    """Called by ``quality_gate`` after a publish: recovery of failures and breaker (the run got through),
+    WARNING on a breach or its recovery, CRITICAL when dead letters grow too fast. Never raises."""
+    base_url = airflow_base_url()
+    try:
+        with connection(settings) as conn:
+            clear_alerts(settings, CLEARED_BY_A_PUBLISHED_RUN, "a run got through ingest, audit and publish again",
+                         run_id, base_url, conn)
+            if problems:
+                raise_alert(settings, quality_breach_alert(summary, problems, settings.min_validity_rate, run_id,
+                                                           base_url), conn)
+            elif summary.total:
+                clear_alerts(settings, (QUALITY_BREACH,),
+                             f"validity {summary.validity_rate}% is at or above MIN_VALIDITY_RATE "
+                             f"{settings.min_validity_rate}%", run_id, base_url, conn)
+            check_dead_letter_growth(settings, conn, run_id, base_url)
+    except Exception:  # noqa: BLE001
+        log.exception("alerts after the quality gate could not be raised")
+
+
+def alert_foreign_files(settings: Settings, moved: list[tuple[Path, str]], run_id: str | None) -> None:
+    """One WARNING per file of LANDING_DIR the ingest cannot read at all (not a feed file by its name)."""
+    for path, reason in moved:
+        raise_alert(settings, Alert(
+            WARNING, f"{FOREIGN_FILE}:{path}", reason, f"file {path.name!r} in the landing directory quarantined",
+            run_id=run_id, details=(reason, f"moved to {path}", "its reason: SELECT * FROM quarantined_files "
+                                    f"WHERE quarantine_path = '{path}';"),
+            links=links(airflow_base_url(), run_id)))
+
+
+def alert_new_columns(settings: Settings, new_columns: list[dict[str, str | None]], run_id: str | None) -> None:
+    """One WARNING the first time a column the contract does not know appears in the feed: its values are
+    kept in ``rescued_data`` until the contract learns it (docs/data-contract.md)."""
+    for column in new_columns:
+        name = column["name"]
+        quoted = name.replace("'", "''")
+        raise_alert(settings, Alert(
+            WARNING, f"{NEW_COLUMN}:{name}", name, f"new column {name!r} in the feed",
+            run_id=run_id, details=(
+                f"first seen in {column['source_file']}; sample value {shorten(str(column['sample']), 80)!r}",
+                "its values are kept per row in ecommerce_events.rescued_data (and dead_letter_events.rescued_data)",
+                f"SELECT rescued_data->>'{quoted}', count(*) FROM ecommerce_events "
+                f"WHERE rescued_data ? '{quoted}' GROUP BY 1 ORDER BY 2 DESC LIMIT 20;"),
+            links=links(airflow_base_url(), run_id)))
+
+
+def check_dead_letter_growth(settings: Settings, conn, run_id: str | None, base_url: str) -> None:
+    window = settings.alert_dead_letter_window_minutes
+    rows = conn.execute("SELECT count(*) FROM dead_letter_events WHERE failed_at > now() - make_interval(mins => %s)",
+                        (window,)).fetchone()[0]
+    per_minute = rows / window
+    if per_minute > settings.alert_dead_letters_per_minute:
+        raise_alert(settings, Alert(
+            CRITICAL, DEAD_LETTER_GROWTH, f">{settings.alert_dead_letters_per_minute}/min",
+            f"dead letters growing at {per_minute:.0f} rows/min", run_id=run_id,
+            details=(f"{rows} rows dead-lettered in the last {window} min; threshold "
+                     f"ALERT_DEAD_LETTERS_PER_MINUTE {settings.alert_dead_letters_per_minute}",
+                     "counts per rule: SELECT rule, count(*) FROM dead_letter_events, unnest(failed_rules) AS rule "
+                     f"WHERE failed_at > now() - interval '{window} minutes' GROUP BY rule ORDER BY 2 DESC;"),
+            links=links(base_url, run_id), sql=dead_letter_sql(run_id) if run_id else None), conn)
+    else:
+        clear_alerts(settings, (DEAD_LETTER_GROWTH,), f"dead letters at {per_minute:.0f} rows/min again",
+                     run_id, base_url, conn)
+
+
+def check_freshness(settings: Settings, run_id: str | None, now: datetime | None = None) -> None:
+    """CRITICAL when no new data arrived for ALERT_NO_DATA_MINUTES while FEED_EXPECTED; recovery when it
+    flows again. "Arrived" is the newest of: a batch staged (ledger) or a file waiting in LANDING_DIR, so an
+    open breaker (files pile up) is not mistaken for a silent feed. Nothing is checked when the feed is not
+    expected (the default; `make run` sets FEED_EXPECTED=true because it starts the generator)."""
+    if not settings.feed_expected:
+        return
+    now = now or datetime.now(UTC)
+    base_url = airflow_base_url()
+    with connection(settings) as conn:
+        staged = conn.execute("SELECT max(staged_at) FROM pipeline_batch_ledger").fetchone()[0]
+        landed = [datetime.fromtimestamp(p.stat().st_mtime, UTC) for p in _files(settings.landing_dir)]
+        seen = max([t for t in (staged, *landed) if t is not None], default=None)
+        quiet = timedelta(minutes=settings.alert_no_data_minutes)
+        if seen is not None and now - seen > quiet:
+            minutes = int((now - seen).total_seconds() // 60)
+            raise_alert(settings, Alert(
+                CRITICAL, NO_FRESH_DATA, f">{settings.alert_no_data_minutes}min", f"no new data for {minutes} minutes",
+                run_id=run_id,
+                details=(f"last data at {seen:%Y-%m-%d %H:%M:%S} UTC; the feed is expected (FEED_EXPECTED) and "
+                         f"ALERT_NO_DATA_MINUTES is {settings.alert_no_data_minutes}",
+                         f"check the producer writing into {settings.landing_dir.name}/ (make run: the generator, "
+                         "data/logs/generator.log)"),
+                links=links(base_url, run_id)), conn)
+        elif seen is not None:
+            clear_alerts(settings, (NO_FRESH_DATA,), f"data is arriving again (last at {seen:%H:%M:%S} UTC)",
+                         run_id, base_url, conn)
+
+
+def _files(directory: Path) -> list[Path]:
+    try:
+        return [p for p in directory.iterdir() if p.is_file()]
+    except OSError:
+        return []
