@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from include.names import DAG_ID
-from include.ops.alerts.message import CRITICAL, ERROR, WARNING, Alert, dead_letter_sql, links, shorten
+from include.ops.alerts import queries
+from include.ops.alerts.message import CRITICAL, ERROR, WARNING, Alert, links, shorten
 from include.ops.alerts.state import clear_alerts, connection, raise_alert
 from include.results import PublishSummary
 from include.settings import Settings
@@ -44,7 +45,7 @@ def quality_breach_alert(summary: PublishSummary, problems: list[str], threshold
                  *(f"top failing rule {line}" for line in top),
                  *([f"stored with a warn-level violation (not dead-lettered): {summary.warned} row(s); "
                     + "; ".join(f"{r.rule}: {r.rows}" for r in summary.warnings)] if summary.warnings else [])),
-        links=links(base_url, run_id), sql=dead_letter_sql(run_id) if run_id else None,
+        links=links(base_url, run_id), queries=_dead_letters(run_id),
     )
 
 
@@ -64,8 +65,29 @@ def breaker_open_alert(failures: int, last_error: str, cooldown_seconds: int, ru
                  details=(f"last error: {shorten(last_error)}",
                           f"runs skip the ingest; one trial run after {cooldown_seconds} s "
                           "(CIRCUIT_BREAKER_COOLDOWN_SECONDS); landed files wait, nothing is lost",
-                          "state: SELECT * FROM pipeline_circuit_breaker; what to do: docs/operations.md"),
-                 links=links(base_url, run_id))
+                          "what to do: docs/operations.md"),
+                 links=links(base_url, run_id), queries={"its state": queries.CIRCUIT_BREAKER_STATE})
+
+
+def foreign_file_alert(path: Path, reason: str, run_id: str | None, base_url: str) -> Alert:
+    """A file of LANDING_DIR the ingest cannot read at all (not a feed file by its name), now at ``path``."""
+    return Alert(WARNING, f"{FOREIGN_FILE}:{path}", reason, f"file {path.name!r} in the landing directory quarantined",
+                 run_id=run_id, details=(reason, f"moved to {path}"), links=links(base_url, run_id),
+                 queries={"its record": queries.quarantined_file(str(path))})
+
+
+def new_column_alert(column: dict[str, str | None], run_id: str | None, base_url: str) -> Alert:
+    """A column the contract does not know, first seen in the feed (``feed_columns_seen``)."""
+    name = column["name"]
+    return Alert(WARNING, f"{NEW_COLUMN}:{name}", name, f"new column {name!r} in the feed", run_id=run_id,
+                 details=(f"first seen in {column['source_file']}; sample value {shorten(str(column['sample']), 80)!r}",
+                          "its values are kept per row in ecommerce_events.rescued_data (and "
+                          "dead_letter_events.rescued_data)"),
+                 links=links(base_url, run_id), queries={"its values": queries.new_column_values(name)})
+
+
+def _dead_letters(run_id: str | None) -> dict[str, str]:
+    return {"dead letters of this run": queries.dead_letters_of_run(run_id)} if run_id else {}
 
 
 # --- the checks the DAG calls ---------------------------------------------------------------------------------
@@ -110,27 +132,14 @@ def after_quality_gate(settings: Settings, summary: PublishSummary, problems: li
 def alert_foreign_files(settings: Settings, moved: list[tuple[Path, str]], run_id: str | None) -> None:
     """One WARNING per file of LANDING_DIR the ingest cannot read at all (not a feed file by its name)."""
     for path, reason in moved:
-        raise_alert(settings, Alert(
-            WARNING, f"{FOREIGN_FILE}:{path}", reason, f"file {path.name!r} in the landing directory quarantined",
-            run_id=run_id, details=(reason, f"moved to {path}", "its reason: SELECT * FROM quarantined_files "
-                                    f"WHERE quarantine_path = '{path}';"),
-            links=links(airflow_base_url(), run_id)))
+        raise_alert(settings, foreign_file_alert(path, reason, run_id, airflow_base_url()))
 
 
 def alert_new_columns(settings: Settings, new_columns: list[dict[str, str | None]], run_id: str | None) -> None:
     """One WARNING the first time a column the contract does not know appears in the feed: its values are
     kept in ``rescued_data`` until the contract learns it (docs/data-contract.md)."""
     for column in new_columns:
-        name = column["name"]
-        quoted = name.replace("'", "''")
-        raise_alert(settings, Alert(
-            WARNING, f"{NEW_COLUMN}:{name}", name, f"new column {name!r} in the feed",
-            run_id=run_id, details=(
-                f"first seen in {column['source_file']}; sample value {shorten(str(column['sample']), 80)!r}",
-                "its values are kept per row in ecommerce_events.rescued_data (and dead_letter_events.rescued_data)",
-                f"SELECT rescued_data->>'{quoted}', count(*) FROM ecommerce_events "
-                f"WHERE rescued_data ? '{quoted}' GROUP BY 1 ORDER BY 2 DESC LIMIT 20;"),
-            links=links(airflow_base_url(), run_id)))
+        raise_alert(settings, new_column_alert(column, run_id, airflow_base_url()))
 
 
 def check_dead_letter_growth(settings: Settings, conn, run_id: str | None, base_url: str) -> None:
@@ -143,10 +152,9 @@ def check_dead_letter_growth(settings: Settings, conn, run_id: str | None, base_
             CRITICAL, DEAD_LETTER_GROWTH, f">{settings.alert_dead_letters_per_minute}/min",
             f"dead letters growing at {per_minute:.0f} rows/min", run_id=run_id,
             details=(f"{rows} rows dead-lettered in the last {window} min; threshold "
-                     f"ALERT_DEAD_LETTERS_PER_MINUTE {settings.alert_dead_letters_per_minute}",
-                     "counts per rule: SELECT rule, count(*) FROM dead_letter_events, unnest(failed_rules) AS rule "
-                     f"WHERE failed_at > now() - interval '{window} minutes' GROUP BY rule ORDER BY 2 DESC;"),
-            links=links(base_url, run_id), sql=dead_letter_sql(run_id) if run_id else None), conn)
+                     f"ALERT_DEAD_LETTERS_PER_MINUTE {settings.alert_dead_letters_per_minute}",),
+            links=links(base_url, run_id),
+            queries={"counts per rule": queries.dead_letters_per_rule(window), **_dead_letters(run_id)}), conn)
     else:
         clear_alerts(settings, (DEAD_LETTER_GROWTH,), f"dead letters at {per_minute:.0f} rows/min again",
                      run_id, base_url, conn)

@@ -11,6 +11,9 @@ from urllib.parse import quote
 from include.names import DAG_ID
 
 INFO, WARNING, ERROR, CRITICAL, RECOVERED = "INFO", "WARNING", "ERROR", "CRITICAL", "RECOVERED"
+# characters that are invisible or move text around: control characters (a line break, a terminal escape),
+# zero-width and bidirectional marks
+HIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 ICONS = {WARNING: ":warning:", ERROR: ":x:", CRITICAL: ":rotating_light:", RECOVERED: ":white_check_mark:"}
 
 
@@ -24,7 +27,8 @@ class Alert:
     run_id: str | None = None
     details: tuple[str, ...] = ()
     links: dict[str, str] = field(default_factory=dict)
-    sql: str | None = None
+    # label -> SQL to paste into psql (include/ops/alerts/queries.py)
+    queries: dict[str, str] = field(default_factory=dict)
 
 
 def links(base_url: str, run_id: str | None, dag_id: str = DAG_ID) -> dict[str, str]:
@@ -37,12 +41,6 @@ def links(base_url: str, run_id: str | None, dag_id: str = DAG_ID) -> dict[str, 
     run = f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
     return {"Airflow run": run, "Validation of this run": f"{run}/plugin/run-validation",
             "Dead letters of this run": f"{run}/plugin/run-dead-letters"}
-
-
-def dead_letter_sql(run_id: str) -> str:
-    literal = run_id.replace("'", "''")
-    return ("SELECT source_file, source_line, failed_rules, validation_errors FROM dead_letter_events "
-            f"WHERE airflow_run_id = '{literal}' ORDER BY id;")
 
 
 _URL_CREDENTIALS = re.compile(r"(://)[^/\s:@]+:[^/\s@]+@")
@@ -70,8 +68,7 @@ def render_text(alert: Alert) -> str:
     lines += [f"• {detail}" for detail in alert.details]
     if alert.links:
         lines.append(" | ".join(f"<{url}|{name}>" for name, url in alert.links.items()))
-    if alert.sql:
-        lines.append(f"dead letters of this run: ```{alert.sql}```")
+    lines += [f"{label}: ```{query}```" for label, query in alert.queries.items()]
     return "\n".join(lines)
 
 
