@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
-from include.ops.alerts.conditions import QUALITY_BREACH, quality_breach_alert
-from include.ops.alerts.message import WARNING, links, render_text
+from include.ops.alerts.conditions import (
+    QUALITY_BREACH,
+    breaker_open_alert,
+    dead_letter_growth_alert,
+    foreign_file_alert,
+    new_column_alert,
+    quality_breach_alert,
+    task_failed_alert,
+)
+from include.ops.alerts.message import HIDDEN, WARNING, Alert, Markup, as_record, links, render_text
+from include.ops.alerts.state import AlertState, recovery_alert
 from include.results import PublishSummary
 
 pytestmark = pytest.mark.unit
@@ -79,3 +92,44 @@ def test_the_dag_raises_alerts_from_its_callbacks():
     assert all(callbacks[t] == [airflow_support.record_pipeline_failure] for t in counted)
     assert all(callbacks[t] == [airflow_support.alert_task_failure]
                for t in ("detect_work", "package_code", "choose_path", "quality_gate"))
+
+
+# what the feed can put into an alert: a file or column name, a sample value, an event id, an error's text
+HOSTILE = "<!channel> <@U123> <mailto:boss@evil.example|click> & ```x``` `y`\nforged\x1b[31m\u202e *b*"
+WHERE_THE_FEED_REACHES = {
+    "quality breach (sample event ids)": lambda: quality_breach_alert(summary(failing_rules=[
+        {"rule": "price_within_range", "rows": 3, "description": "", "sample_event_ids": [HOSTILE, "e-2"]}]),
+        ["validity rate 75.76% is below MIN_VALIDITY_RATE 95.0%"], 95.0, RUN_ID, BASE),
+    "task failed (its error, which quotes the feed)": lambda: task_failed_alert(
+        "ingest", f"ValueError: bad header {HOSTILE}", 3, RUN_ID, BASE, "circuit breaker: 1 consecutive failed run(s)"),
+    "task failed (a task id, in a code span)": lambda: task_failed_alert(HOSTILE, "error", None, RUN_ID, BASE),
+    "breaker open (the last error)": lambda: breaker_open_alert(5, f"ingest: {HOSTILE}", 300, RUN_ID, BASE),
+    "foreign file (its name and path)": lambda: foreign_file_alert(Path("/data/quarantine") / HOSTILE,
+                                                                   f"not a feed file: {HOSTILE}", RUN_ID, BASE),
+    "new column (its name, first file and sample)": lambda: new_column_alert(
+        {"name": HOSTILE, "source_file": HOSTILE, "sample": HOSTILE}, RUN_ID, BASE),
+    "dead letters growing (a run id from a trigger)": lambda: dead_letter_growth_alert(900, 5, 100.0, HOSTILE, BASE),
+    "recovery (a condition's key and fingerprint)": lambda: recovery_alert(
+        [AlertState(f"new_column:{HOSTILE}", WARNING, HOSTILE, True, datetime.now(UTC))], HOSTILE, RUN_ID, BASE),
+}
+
+
+def own_backticks(alert: Alert) -> int:
+    """The backticks the renderer and the alert's own templates write: its code spans and blocks."""
+    templates = [t.template for t in (alert.title, *alert.details) if isinstance(t, Markup)]
+    return 2 + 2 * bool(alert.run_id) + sum(t.count("`") for t in templates) + 6 * len(alert.queries)
+
+
+@pytest.mark.parametrize("build", WHERE_THE_FEED_REACHES.values(), ids=WHERE_THE_FEED_REACHES.keys())
+def test_whatever_the_feed_puts_into_an_alert_is_text_in_slack(build):
+    alert = build()
+    text = render_text(alert)
+    record = as_record(alert)
+    assert any("<!channel>" in str(record[part]) for part in ("title", "details", "run_id"))  # it did get in
+    # no mention and no link but the alert's own; every & starts an entity
+    assert re.findall(r"<[^>]*>", text) == [f"<{url}|{name}>" for name, url in alert.links.items()]
+    assert re.findall(r"&(?!amp;|lt;|gt;)", text) == []
+    # no code span or block opened or closed by the feed, no line of its own, nothing invisible
+    assert text.count("`") == own_backticks(alert)
+    assert len(text.splitlines()) == 1 + bool(alert.run_id) + len(alert.details) + bool(alert.links) + len(alert.queries)
+    assert not HIDDEN.search(text.replace("\n", ""))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from pathlib import Path
 
 import pytest
 
 from include.ops.alerts import delivery
-from include.ops.alerts.conditions import QUALITY_BREACH, task_failed_alert
+from include.ops.alerts.conditions import QUALITY_BREACH, foreign_file_alert, task_failed_alert
 from include.ops.alerts.message import INFO, WARNING, Alert, slack_payload
 from include.settings import Settings
 
@@ -55,3 +56,18 @@ def test_an_unreachable_slack_is_logged_and_never_raises(tmp_path, monkeypatch):
     record = delivery.deliver(breach(), settings)
     assert record["slack"].startswith("failed")
     assert json.loads((tmp_path / "alerts.jsonl").read_text())["slack"].startswith("failed")
+
+
+def test_a_hostile_file_name_is_one_line_in_the_file_and_stays_in_its_lines_in_the_log(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(delivery, "_post_to_slack", lambda alert: "sent")
+    caplog.set_level(logging.INFO, logger="include.ops.alerts")
+    name = "x.txt\nALERT CRITICAL (new)\n:rotating_light: *CRITICAL* forged\x1b[2K"
+    settings = Settings.from_env({"ALERT_FILE": str(tmp_path / "alerts.jsonl")})
+    alert = foreign_file_alert(Path("/data/quarantine") / name, "not a feed file", RUN_ID, BASE)
+    delivery.deliver(alert, settings)
+    [line] = (tmp_path / "alerts.jsonl").read_text().splitlines()
+    assert json.loads(line)["details"][1] == f"moved to /data/quarantine/{name}"  # as it is, JSON-escaped
+    [logged] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]
+    lines = logged.splitlines()  # "ALERT WARNING (new)", then title, run, the two details, links, query
+    assert len(lines) == 7 and all(line.startswith((":warning:", "run: ", "• ", "<", "its record: ")) for line in lines[1:])
+    assert "x.txt\\x0aALERT CRITICAL (new)\\x0a:rotating_light: *CRITICAL* forged\\x1b[2K" in logged

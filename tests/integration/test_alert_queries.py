@@ -23,7 +23,8 @@ RUN_ID = "manual__2026-03-01T12:00:00+00:00"
 HOSTILE_FILES = ["x'; DROP TABLE ecommerce_events; --", "y\\'; DROP TABLE quarantined_files; --.csv",
                  "z'; \\! touch pwned\n\\! touch pwned", "tick`'; DROP TABLE pipeline_alerts; ```.csv",
                  "<!channel> <http://evil.example|click>.csv"]
-HOSTILE_COLUMNS = ['a\'b"c', "k'); DROP TABLE ecommerce_events; --", "back`tick```", "line\nbreak\\'; --"]
+HOSTILE_COLUMNS = ['a\'b"c', "k'); DROP TABLE ecommerce_events; --", "back`tick```", "line\nbreak\\'; --",
+                   "<@U123>&amp;"]
 TABLES = ("ecommerce_events", "quarantined_files", "pipeline_alerts")
 SEPARATOR, END = "\x1f", "\x1e"
 

@@ -125,7 +125,7 @@ def test_quality_breach_is_said_once_and_its_recovery_once(pipeline, slack, tmp_
     assert done.returncode == 0, output[-4000:]
     [recovery] = slack.take()
     assert recovery["text"].startswith(":white_check_mark: *RECOVERED* `ecommerce_events`: recovered: validity ")
-    assert "cleared: quality_breach (WARNING, validity<95.0)" in recovery["text"]
+    assert "cleared: quality_breach (WARNING, validity&lt;95.0)" in recovery["text"]  # Slack shows &lt; as <
     assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 2
 
     # dead letters growing faster than the threshold: CRITICAL once, then its recovery
@@ -224,7 +224,7 @@ def test_no_fresh_data_while_the_feed_is_expected_is_critical_then_recovers(pipe
     _with_slack(slack, lambda: alerts.check_freshness(settings, "scheduled__flowing"))
     [recovery] = slack.take()
     assert "recovered: data is arriving again" in recovery["text"]
-    assert "cleared: no_fresh_data (CRITICAL, >10min)" in recovery["text"]
+    assert "cleared: no_fresh_data (CRITICAL, &gt;10min)" in recovery["text"]
     # not expected (the default): never checked
     later = datetime.now(UTC) + timedelta(hours=1)
     _with_slack(slack, lambda: alerts.check_freshness(replace(settings, feed_expected=False), "s", now=later))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from include.names import DAG_ID
 from include.ops.alerts import queries
-from include.ops.alerts.message import CRITICAL, ERROR, WARNING, Alert, links, shorten
+from include.ops.alerts.message import CRITICAL, ERROR, WARNING, Alert, Markup, links, shorten
 from include.ops.alerts.state import clear_alerts, connection, raise_alert
 from include.results import PublishSummary
 from include.settings import Settings
@@ -52,7 +52,7 @@ def quality_breach_alert(summary: PublishSummary, problems: list[str], threshold
 def task_failed_alert(task_id: str, error: str, tries: int | None, run_id: str | None, base_url: str,
                       breaker_note: str | None = None) -> Alert:
     after = f" after {tries} tries" if tries else ""
-    return Alert(ERROR, TASK_FAILED, task_id, f"task `{task_id}` failed{after}", run_id=run_id,
+    return Alert(ERROR, TASK_FAILED, task_id, Markup("task `{}` failed{}", (task_id, after)), run_id=run_id,
                  details=tuple(d for d in (f"error: {shorten(error)}", breaker_note,
                                            "the task log in the Airflow UI has the full trace") if d),
                  links=links(base_url, run_id))
@@ -84,6 +84,15 @@ def new_column_alert(column: dict[str, str | None], run_id: str | None, base_url
                           "its values are kept per row in ecommerce_events.rescued_data (and "
                           "dead_letter_events.rescued_data)"),
                  links=links(base_url, run_id), queries={"its values": queries.new_column_values(name)})
+
+
+def dead_letter_growth_alert(rows: int, window: int, threshold: float, run_id: str | None, base_url: str) -> Alert:
+    """``rows`` dead-lettered in the last ``window`` minutes, more per minute than ``threshold``."""
+    return Alert(CRITICAL, DEAD_LETTER_GROWTH, f">{threshold}/min", f"dead letters growing at {rows / window:.0f} rows/min",
+                 run_id=run_id, details=(f"{rows} rows dead-lettered in the last {window} min; threshold "
+                                         f"ALERT_DEAD_LETTERS_PER_MINUTE {threshold}",),
+                 links=links(base_url, run_id),
+                 queries={"counts per rule": queries.dead_letters_per_rule(window), **_dead_letters(run_id)})
 
 
 def _dead_letters(run_id: str | None) -> dict[str, str]:
@@ -148,13 +157,8 @@ def check_dead_letter_growth(settings: Settings, conn, run_id: str | None, base_
                         (window,)).fetchone()[0]
     per_minute = rows / window
     if per_minute > settings.alert_dead_letters_per_minute:
-        raise_alert(settings, Alert(
-            CRITICAL, DEAD_LETTER_GROWTH, f">{settings.alert_dead_letters_per_minute}/min",
-            f"dead letters growing at {per_minute:.0f} rows/min", run_id=run_id,
-            details=(f"{rows} rows dead-lettered in the last {window} min; threshold "
-                     f"ALERT_DEAD_LETTERS_PER_MINUTE {settings.alert_dead_letters_per_minute}",),
-            links=links(base_url, run_id),
-            queries={"counts per rule": queries.dead_letters_per_rule(window), **_dead_letters(run_id)}), conn)
+        raise_alert(settings, dead_letter_growth_alert(rows, window, settings.alert_dead_letters_per_minute, run_id,
+                                                       base_url), conn)
     else:
         clear_alerts(settings, (DEAD_LETTER_GROWTH,), f"dead letters at {per_minute:.0f} rows/min again",
                      run_id, base_url, conn)

@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from include.names import SLACK_CONN_ID
-from include.ops.alerts.message import INFO, RECOVERED, Alert, redact, render_text, shorten, slack_payload
+from include.ops.alerts.message import (
+    INFO,
+    RECOVERED,
+    Alert,
+    as_record,
+    redact,
+    redacted,
+    render_text,
+    shorten,
+    slack_payload,
+    visible,
+)
 from include.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,11 +32,10 @@ SLACK_TIMEOUT_SECONDS = 10
 def deliver(alert: Alert, settings: Settings, reason: str = "new") -> dict[str, Any]:
     """Send ``alert`` to its channels: always the log; WARNING and above (and recoveries) also the file and
     Slack. Never raises. Returns the record written to the file."""
-    text = redact(render_text(alert), (settings.postgres_password,))
-    safe = replace(alert, details=tuple(redact(d, (settings.postgres_password,)) for d in alert.details))
+    safe = redacted(alert, (settings.postgres_password,))
     log.log(logging.INFO if alert.level in (INFO, RECOVERED) else getattr(logging, alert.level),
-            "ALERT %s (%s)\n%s", alert.level, reason, text)
-    record = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **asdict(safe), "reason": reason}
+            "ALERT %s (%s)\n%s", alert.level, reason, render_text(safe, visible))
+    record = {"time": datetime.now(UTC).isoformat(timespec="seconds"), **as_record(safe), "reason": reason}
     if alert.level == INFO:
         return record
     record["slack"] = _post_to_slack(safe)

@@ -99,12 +99,12 @@ def raise_alert(settings: Settings, alert: Alert, conn=None) -> bool:
             if reason:
                 deliver(alert, settings, reason)
             else:
-                log.info("alert %s (%s) already raised at %s; repeat suppressed until the cool-down",
+                log.info("alert %r (%r) already raised at %s; repeat suppressed until the cool-down",
                          alert.key, alert.fingerprint, current.last_sent_at)
             _save(db, new)
             return bool(reason)
     except Exception:  # noqa: BLE001 - the alert matters more than its dedupe
-        log.exception("alert state unavailable; sending %s without dedupe", alert.key)
+        log.exception("alert state unavailable; sending %r without dedupe", alert.key)
         deliver(alert, settings, "alert state unavailable")
         return True
 
