@@ -107,6 +107,9 @@ class Settings:
     # FEED_EXPECTED (make run: true), or dead letters grow faster than ALERT_DEAD_LETTERS_PER_MINUTE
     alert_file: Path = PROJECT_ROOT / "data" / "logs" / "alerts.jsonl"
     alert_cooldown_minutes: int = 60
+    # one check raises at most this many alerts in a run (one per foreign file, one per new column); the rest are
+    # recorded as sent and counted in one more alert
+    alert_max_per_run: int = 5
     feed_expected: bool = False
     alert_no_data_minutes: int = 10
     alert_dead_letters_per_minute: float = 100.0
@@ -171,6 +174,8 @@ class Settings:
             problems.append("COMPONENT_LOG_BACKUPS must not be negative (0 keeps no rotated copy)")
         if self.alert_cooldown_minutes < 0 or self.alert_no_data_minutes < 1 or self.alert_dead_letter_window_minutes < 1:
             problems.append("ALERT_COOLDOWN_MINUTES >= 0, ALERT_NO_DATA_MINUTES >= 1, ALERT_DEAD_LETTER_WINDOW_MINUTES >= 1")
+        if self.alert_max_per_run < 1:
+            problems.append("ALERT_MAX_PER_RUN must be at least 1")
         if problems:
             raise SettingsError("; ".join(problems))
 

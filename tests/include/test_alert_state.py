@@ -1,4 +1,5 @@
-"""Alert state: the dedupe / cool-down / recovery decisions, pure."""
+"""Alert state: the dedupe / cool-down / recovery decisions (pure), and how many alerts one check sends
+(tests/integration/test_bounded_alerts.py: the same against a real pipeline_alerts)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.ops.alerts.conditions import QUALITY_BREACH
+from include.ops.alerts import delivery, state
+from include.ops.alerts.conditions import QUALITY_BREACH, more_alert
 from include.ops.alerts.message import ERROR, WARNING, Alert
-from include.ops.alerts.state import decide_clear, decide_raise
+from include.ops.alerts.state import decide_clear, decide_raise, raise_alerts
+from include.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -53,3 +56,26 @@ def test_recovery_is_sent_once_and_the_next_breach_is_new_again():
     assert decide_clear(cleared, NOW + timedelta(minutes=3)) == (False, cleared)  # no second recovery
     assert decide_clear(None, NOW) == (False, None)  # never alerted: nothing to recover from
     assert decide_raise(cleared, breach(), NOW + timedelta(minutes=4), COOLDOWN)[0] == "new"
+
+
+def test_without_its_state_a_check_still_sends_at_most_alert_max_per_run_and_one_summary(tmp_path, monkeypatch):
+    """PostgreSQL down (often the very failure): every alert is due, and the bound still holds."""
+    def unreachable(settings, conn=None):
+        raise OSError("connection refused")
+
+    sent = []
+    monkeypatch.setattr(state, "connection", unreachable)
+    monkeypatch.setattr(delivery, "_post_to_slack", lambda alert: sent.append(alert) or "sent")
+    settings = Settings.from_env({"ALERT_MAX_PER_RUN": "3", "ALERT_FILE": str(tmp_path / "alerts.jsonl")})
+    found = [Alert(WARNING, f"foreign_file:/q/f{i}", "not a feed file", f"file f{i} quarantined") for i in range(12)]
+
+    def summarise(others):
+        return more_alert(others, "files quarantined", {"all of them": "SELECT 1;"}, "manual__1", "http://ui")
+
+    assert raise_alerts(settings, found, summarise) == 4
+    assert [a.title for a in sent] == ["file f0 quarantined", "file f1 quarantined", "file f2 quarantined",
+                                       "9 more files quarantined in this run"]
+    assert sent[-1].key == "foreign_file:more" and sent[-1].queries == {"all of them": "SELECT 1;"}
+    assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 4
+    sent.clear()
+    assert raise_alerts(settings, found[:3], summarise) == 3 and len(sent) == 3  # within the bound: no summary

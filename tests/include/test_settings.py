@@ -43,6 +43,7 @@ def test_environment_overrides_and_relative_dirs_resolve_to_the_project(tmp_path
         ({"COMPONENT_LOG_MAX_BYTES": "big"}, "COMPONENT_LOG_MAX_BYTES='big' is not a valid size in bytes"),
         ({"COMPONENT_LOG_MAX_BYTES": "-1"}, "COMPONENT_LOG_MAX_BYTES must not be negative"),
         ({"COMPONENT_LOG_BACKUPS": "-1"}, "COMPONENT_LOG_BACKUPS must not be negative"),
+        ({"ALERT_MAX_PER_RUN": "0"}, "ALERT_MAX_PER_RUN must be at least 1"),
     ],
 )
 def test_bad_values_fail_with_the_variable_named(env, message):

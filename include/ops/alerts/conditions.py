@@ -12,7 +12,7 @@ from pathlib import Path
 from include.names import DAG_ID
 from include.ops.alerts import queries
 from include.ops.alerts.message import CRITICAL, ERROR, WARNING, Alert, Markup, links, shorten
-from include.ops.alerts.state import clear_alerts, connection, raise_alert
+from include.ops.alerts.state import clear_alerts, connection, raise_alert, raise_alerts
 from include.results import PublishSummary
 from include.settings import Settings
 
@@ -88,11 +88,22 @@ def new_column_alert(column: dict[str, str | None], run_id: str | None, base_url
 
 def dead_letter_growth_alert(rows: int, window: int, threshold: float, run_id: str | None, base_url: str) -> Alert:
     """``rows`` dead-lettered in the last ``window`` minutes, more per minute than ``threshold``."""
-    return Alert(CRITICAL, DEAD_LETTER_GROWTH, f">{threshold}/min", f"dead letters growing at {rows / window:.0f} rows/min",
-                 run_id=run_id, details=(f"{rows} rows dead-lettered in the last {window} min; threshold "
-                                         f"ALERT_DEAD_LETTERS_PER_MINUTE {threshold}",),
+    return Alert(CRITICAL, DEAD_LETTER_GROWTH, f">{threshold}/min",
+                 f"dead letters growing at {rows / window:.0f} rows/min", run_id=run_id,
+                 details=(f"{rows} rows dead-lettered in the last {window} min; threshold "
+                          f"ALERT_DEAD_LETTERS_PER_MINUTE {threshold}",),
                  links=links(base_url, run_id),
                  queries={"counts per rule": queries.dead_letters_per_rule(window), **_dead_letters(run_id)})
+
+
+def more_alert(others: list[Alert], what: str, where: dict[str, str], run_id: str | None, base_url: str) -> Alert:
+    """The ``others`` one check found in a run beyond ALERT_MAX_PER_RUN, in one alert: how many, and the query
+    (``where``) that lists all ``what`` of the run."""
+    kind = others[0].key.split(":")[0]
+    return Alert(WARNING, f"{kind}:more", str(len(others)), f"{len(others)} more {what} in this run", run_id=run_id,
+                 details=("the first ALERT_MAX_PER_RUN were alerted one by one; these are recorded as alerted too, "
+                          "so their repeats stay quiet",),
+                 links=links(base_url, run_id), queries=where)
 
 
 def _dead_letters(run_id: str | None) -> dict[str, str]:
@@ -139,16 +150,22 @@ def after_quality_gate(settings: Settings, summary: PublishSummary, problems: li
 
 
 def alert_foreign_files(settings: Settings, moved: list[tuple[Path, str]], run_id: str | None) -> None:
-    """One WARNING per file of LANDING_DIR the ingest cannot read at all (not a feed file by its name)."""
-    for path, reason in moved:
-        raise_alert(settings, foreign_file_alert(path, reason, run_id, airflow_base_url()))
+    """One WARNING per file of LANDING_DIR the ingest cannot read at all (not a feed file by its name), for at
+    most ALERT_MAX_PER_RUN of them; one more for the rest."""
+    base_url = airflow_base_url()
+    raise_alerts(settings, [foreign_file_alert(path, reason, run_id, base_url) for path, reason in moved],
+                 lambda others: more_alert(others, "files quarantined from the landing directory",
+                                           {"all of them": queries.quarantined_in_run(run_id)}, run_id, base_url))
 
 
 def alert_new_columns(settings: Settings, new_columns: list[dict[str, str | None]], run_id: str | None) -> None:
     """One WARNING the first time a column the contract does not know appears in the feed: its values are
-    kept in ``rescued_data`` until the contract learns it (docs/data-contract.md)."""
-    for column in new_columns:
-        raise_alert(settings, new_column_alert(column, run_id, airflow_base_url()))
+    kept in ``rescued_data`` until the contract learns it (docs/data-contract.md); for at most ALERT_MAX_PER_RUN
+    columns, one more for the rest."""
+    base_url = airflow_base_url()
+    raise_alerts(settings, [new_column_alert(column, run_id, base_url) for column in new_columns],
+                 lambda others: more_alert(others, "new columns in the feed",
+                                           {"all of them": queries.new_columns_of_run(run_id)}, run_id, base_url))
 
 
 def check_dead_letter_growth(settings: Settings, conn, run_id: str | None, base_url: str) -> None:

@@ -57,6 +57,22 @@ def quarantined_file(quarantine_path: str) -> str:
         text_literal(quarantine_path)))
 
 
+def quarantined_in_run(run_id: str | None) -> str:
+    return _text(sql.SQL(
+        "SELECT source_file, quarantine_path, reason, quarantined_at FROM quarantined_files "
+        "WHERE airflow_run_id IS NOT DISTINCT FROM {} ORDER BY id;").format(_optional_literal(run_id)))
+
+
+def new_columns_of_run(run_id: str | None) -> str:
+    return _text(sql.SQL(
+        "SELECT column_name, first_file, sample_value FROM feed_columns_seen "
+        "WHERE airflow_run_id IS NOT DISTINCT FROM {} ORDER BY column_name;").format(_optional_literal(run_id)))
+
+
+def _optional_literal(value: str | None) -> sql.Composable:
+    return sql.NULL if value is None else text_literal(value)
+
+
 def new_column_values(name: str) -> str:
     """The commonest values of the feed column ``name`` the contract does not know (kept in rescued_data)."""
     return _text(sql.SQL(

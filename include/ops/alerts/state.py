@@ -8,8 +8,8 @@ pure; ``raise_alert`` and ``clear_alerts`` read and write the state around them 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -84,11 +84,43 @@ def _save(conn, state: AlertState) -> None:
 def raise_alert(settings: Settings, alert: Alert, conn=None) -> bool:
     """Raise ``alert`` unless the same condition was already raised within the cool-down. Returns whether it
     was sent. When the state cannot be read (PostgreSQL down: often the very failure) it is sent anyway."""
-    if alert.level == INFO:
-        deliver(alert, settings)
+    return raise_alerts(settings, [alert], conn=conn) == 1
+
+
+def raise_alerts(settings: Settings, alerts: list[Alert], summarise: Callable[[list[Alert]], Alert] | None = None,
+                 conn=None) -> int:
+    """Raise ``alerts``, what one check found in one run (one per foreign file, one per new column), each like
+    ``raise_alert``, but send at most ALERT_MAX_PER_RUN of them. The others that are due are recorded as if sent
+    (a repeat of one stays suppressed; a change of it is new), and one more alert, ``summarise(others)``, says
+    how many there are and where to see them. Returns how many alerts were sent."""
+    limit = settings.alert_max_per_run
+    with ExitStack() as stack:
+        try:
+            db = stack.enter_context(connection(settings, conn))
+        except Exception:  # noqa: BLE001 - the alerts matter more than their dedupe
+            log.exception("alert state unavailable; the alerts go out without dedupe")
+            db = None
+        sent, others = 0, []
+        for alert in alerts:
+            if sent < limit:
+                sent += _raise(settings, alert, db, send=True)
+            elif _raise(settings, alert, db, send=False):
+                others.append(alert)
+    if others and summarise is not None:
+        deliver(summarise(others), settings, f"{len(others)} more than ALERT_MAX_PER_RUN ({limit})")
+        sent += 1
+    return sent
+
+
+def _raise(settings: Settings, alert: Alert, db, send: bool) -> bool:
+    """Is ``alert`` due? Decided on its state in ``db`` and recorded there; delivered when due and ``send``.
+    Without the state (no connection, or it cannot be read) it is due: the alert matters more than its dedupe."""
+    if alert.level == INFO or db is None:
+        if send:
+            deliver(alert, settings, "new" if alert.level == INFO else "alert state unavailable")
         return True
     try:
-        with connection(settings, conn) as db, db.transaction():
+        with db.transaction():
             db.execute("INSERT INTO pipeline_alerts (alert_key, level, fingerprint, active, last_sent_at) "
                        "VALUES (%s, %s, %s, false, now()) ON CONFLICT DO NOTHING",
                        (alert.key, alert.level, alert.fingerprint))
@@ -96,16 +128,17 @@ def raise_alert(settings: Settings, alert: Alert, conn=None) -> bool:
             current = current if current and current.active else None
             reason, new = decide_raise(current, alert, datetime.now(UTC),
                                        timedelta(minutes=settings.alert_cooldown_minutes))
-            if reason:
+            if reason and send:
                 deliver(alert, settings, reason)
-            else:
+            elif not reason:
                 log.info("alert %r (%r) already raised at %s; repeat suppressed until the cool-down",
                          alert.key, alert.fingerprint, current.last_sent_at)
             _save(db, new)
             return bool(reason)
     except Exception:  # noqa: BLE001 - the alert matters more than its dedupe
-        log.exception("alert state unavailable; sending %r without dedupe", alert.key)
-        deliver(alert, settings, "alert state unavailable")
+        log.exception("alert state unavailable; %r goes out without dedupe", alert.key)
+        if send:
+            deliver(alert, settings, "alert state unavailable")
         return True
 
 
