@@ -11,7 +11,10 @@ Levels of the original system:
 
 One module per concern:
 
-- ``message``: what an alert says (``Alert``) and how it is written out: the Slack text, the links. Pure.
+- ``message``: what an alert says (``Alert``) and how it is written out: the Slack text, the task log's text,
+  the alert file's record, the links. Pure. Everything the feed controls (file and column names, sample
+  values, event ids, error texts) is escaped where the text is rendered, so no condition can forget to.
+- ``queries``: the SQL an alert suggests, composed with ``psycopg.sql``: a hostile name is a quoted literal.
 - ``delivery``: the channels: the task log, ALERT_FILE, and Slack through the provider's
   ``SlackWebhookNotifier`` and the Airflow connection ``slack_alerts`` (``AIRFLOW_CONN_SLACK_ALERTS``).
   Without that connection the log and the file still get every alert. Delivering never raises: a broken
@@ -20,11 +23,12 @@ One module per concern:
   ``fingerprint`` (which variant: the threshold, the failing task). Its state lives in PostgreSQL
   (``pipeline_alerts``). A condition alerts once; again only when its fingerprint changes or
   ALERT_COOLDOWN_MINUTES have passed; and once more, as a recovery, when it clears. The decisions are pure
-  functions (``decide_raise``, ``decide_clear``) so they are tested without a database.
+  functions (``decide_raise``, ``decide_clear``) so they are tested without a database. One check sends at
+  most ALERT_MAX_PER_RUN alerts in a run and sums up the rest in one more.
 - ``conditions``: the conditions the pipeline alerts on, their messages, and the checks the DAG and its
   callbacks call.
 
-Only ids, counts and rule names go out: never a connection password, never a raw row.
+Never does a connection password go out (it, and credentials in URLs, are masked), nor a raw row.
 
 The names other modules use are imported here.
 """

@@ -1,6 +1,8 @@
 """The conditions the pipeline alerts on, what each message says, and the checks the DAG and its callbacks
 call: after the quality gate (recovery of failures, a breach, dead letters growing), a foreign file, a new
-column, no fresh data. Each check raises through ``state`` (de-duplicated) and never raises itself.
+column, no fresh data. Each check raises its alerts through ``state`` (de-duplicated, bounded).
+``after_quality_gate``, ``alert_foreign_files`` and ``alert_new_columns`` never raise; ``check_freshness``
+and ``check_dead_letter_growth`` need the database, and their callers catch what they raise.
 """
 
 from __future__ import annotations

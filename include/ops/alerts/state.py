@@ -2,7 +2,8 @@
 
 A condition alerts once; again only when its fingerprint or level changes or ALERT_COOLDOWN_MINUTES have
 passed; and once more, as a recovery, when it clears. The decisions (``decide_raise``, ``decide_clear``) are
-pure; ``raise_alert`` and ``clear_alerts`` read and write the state around them and deliver what is due.
+pure; ``raise_alerts`` (``raise_alert`` for one) and ``clear_alerts`` read and write the state around them and
+deliver what is due: at most ALERT_MAX_PER_RUN of what one check found in a run, and a summary of the rest.
 """
 
 from __future__ import annotations
