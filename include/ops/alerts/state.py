@@ -85,32 +85,41 @@ def _save(conn, state: AlertState) -> None:
 def raise_alert(settings: Settings, alert: Alert, conn=None) -> bool:
     """Raise ``alert`` unless the same condition was already raised within the cool-down. Returns whether it
     was sent. When the state cannot be read (PostgreSQL down: often the very failure) it is sent anyway."""
-    return raise_alerts(settings, [alert], conn=conn) == 1
+    with _state(settings, conn) as db:
+        return _raise(settings, alert, db, send=True)
 
 
-def raise_alerts(settings: Settings, alerts: list[Alert], summarise: Callable[[list[Alert]], Alert] | None = None,
+def raise_alerts(settings: Settings, alerts: list[Alert], summarise: Callable[[list[Alert]], Alert],
                  conn=None) -> int:
     """Raise ``alerts``, what one check found in one run (one per foreign file, one per new column), each like
     ``raise_alert``, but send at most ALERT_MAX_PER_RUN of them. The others that are due are recorded as if sent
     (a repeat of one stays suppressed; a change of it is new), and one more alert, ``summarise(others)``, says
     how many there are and where to see them. Returns how many alerts were sent."""
     limit = settings.alert_max_per_run
-    with ExitStack() as stack:
-        try:
-            db = stack.enter_context(connection(settings, conn))
-        except Exception:  # noqa: BLE001 - the alerts matter more than their dedupe
-            log.exception("alert state unavailable; the alerts go out without dedupe")
-            db = None
-        sent, others = 0, []
+    sent, others = 0, []
+    with _state(settings, conn) as db:
         for alert in alerts:
             if sent < limit:
                 sent += _raise(settings, alert, db, send=True)
             elif _raise(settings, alert, db, send=False):
                 others.append(alert)
-    if others and summarise is not None:
+    if others:
         deliver(summarise(others), settings, f"{len(others)} more than ALERT_MAX_PER_RUN ({limit})")
         sent += 1
     return sent
+
+
+@contextmanager
+def _state(settings: Settings, conn) -> Iterator:
+    """The connection to the alerts' state (``conn``, or one of its own), or None when PostgreSQL cannot be
+    reached (often the very failure): then every alert is due."""
+    with ExitStack() as stack:
+        try:
+            db = stack.enter_context(connection(settings, conn))
+        except Exception:  # noqa: BLE001 - the alerts matter more than their dedupe
+            log.exception("alert state unavailable; alerts go out without dedupe")
+            db = None
+        yield db
 
 
 def _raise(settings: Settings, alert: Alert, db, send: bool) -> bool:
