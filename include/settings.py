@@ -8,6 +8,7 @@ project root so that the Airflow processes, spark-submit and the generator agree
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -112,11 +113,14 @@ class Settings:
     great_expectations_dir: Path = PROJECT_ROOT / "data" / "great_expectations"
     # validation results kept for the Data Docs (older ones are pruned; the database keeps every count)
     data_docs_keep_runs: int = 200
-    # alerts (include/ops/alerts.py): JSON-lines file of every WARNING and above; a condition already alerted is
+    # alerts (include/ops/alerts/): JSON-lines file of every WARNING and above; a condition already alerted is
     # repeated only after the cool-down; CRITICAL when no data arrived for ALERT_NO_DATA_MINUTES while
     # FEED_EXPECTED (make run: true), or dead letters grow faster than ALERT_DEAD_LETTERS_PER_MINUTE
     alert_file: Path = PROJECT_ROOT / "data" / "logs" / "alerts.jsonl"
     alert_cooldown_minutes: int = 60
+    # one check raises at most this many alerts in a run (one per foreign file, one per new column); the rest are
+    # recorded as sent and counted in one more alert
+    alert_max_per_run: int = 5
     feed_expected: bool = False
     alert_no_data_minutes: int = 10
     alert_dead_letters_per_minute: float = 100.0
@@ -150,7 +154,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        problems = []
+        # float() reads "inf", "-inf", "nan" and "1e999" (= inf), and nan fails no comparison: a non-finite
+        # threshold would pass the checks below and then break the SQL it is put into (MAX_PRICE=inf)
+        problems = [f"{field.name.upper()} must be a finite number, not {value}" for field in fields(self)
+                    if isinstance(value := getattr(self, field.name), float) and not math.isfinite(value)]
         if self.max_files_per_trigger < 1:
             problems.append("MAX_FILES_PER_TRIGGER must be at least 1")
         if self.max_bytes_per_trigger < 0:
@@ -187,6 +194,8 @@ class Settings:
             problems.append("COMPONENT_LOG_BACKUPS must not be negative (0 keeps no rotated copy)")
         if self.alert_cooldown_minutes < 0 or self.alert_no_data_minutes < 1 or self.alert_dead_letter_window_minutes < 1:
             problems.append("ALERT_COOLDOWN_MINUTES >= 0, ALERT_NO_DATA_MINUTES >= 1, ALERT_DEAD_LETTER_WINDOW_MINUTES >= 1")
+        if self.alert_max_per_run < 1:
+            problems.append("ALERT_MAX_PER_RUN must be at least 1")
         if problems:
             raise SettingsError("; ".join(problems))
 

@@ -37,15 +37,20 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_module(name: str) -> bool:
+    path = ROOT / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
 def _imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from include.ops import alerts` imports include.ops.alerts when that is a module
-            found |= {f"{node.module}.{alias.name}" if (ROOT / node.module.replace(".", "/") / f"{alias.name}.py").exists()
-                      else node.module for alias in node.names}
+            # `from include.ops import alerts` imports include.ops.alerts when that is a module or a package
+            found |= {f"{node.module}.{alias.name}" if _is_module(f"{node.module}.{alias.name}") else node.module
+                      for alias in node.names}
     return found
 
 

@@ -130,7 +130,7 @@ def record_pipeline_failure(context) -> None:
             alerts.airflow_base_url()))
 
 
-# --- alert callbacks (include/ops/alerts.py); every import is lazy, none of them may raise -----------------------
+# --- alert callbacks (include/ops/alerts/); every import is lazy, none of them may raise ----------------------
 
 def _callback_settings() -> Settings:
     try:

@@ -2,7 +2,7 @@
 
 It claims every complete file of LANDING_DIR as a delivery and quarantines what is not a file to read
 (``include.storage.deliveries.claim``), raises the WARNINGs about quarantined files and about files waiting too
-long (``include.ops.landing_alerts``), and asks the circuit breaker whether runs may go on. Anything to do
+long (``include.ops.alerts.landing``), and asks the circuit breaker whether runs may go on. Anything to do
 means deliveries waiting for the ingest, or batches an earlier run staged but did not publish. The answer costs
 a directory listing and a few short transactions: no JVM for an empty minute.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from include.ops import circuit_breaker
-from include.ops.landing_alerts import alert_quarantined, alert_waiting
+from include.ops.alerts.landing import alert_quarantined, alert_waiting
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.deliveries import claim

@@ -210,7 +210,7 @@ HISTORY_RULES: dict[str, str] = {
     # re-read them; the archived ones stay as long as their files (ARCHIVE_RETENTION_DAYS)
     "deliveries": "status IN ('expired', 'quarantined') AND claimed_at < %(history)s",
     # only conditions that recovered: a missing row and an inactive one mean the same to the de-duplication
-    # (include/ops/alerts.py decide_raise), while an active one must stay to be neither repeated early nor
+    # (include/ops/alerts/state.py decide_raise), while an active one must stay to be neither repeated early nor
     # left without its recovery message
     "pipeline_alerts": "NOT active AND updated_at < %(history)s",
     # never 'open' ones: those are the live dead letters

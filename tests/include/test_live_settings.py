@@ -25,6 +25,9 @@ def test_variables_override_the_environment_and_unset_ones_leave_it():
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("ecommerce_max_price", "-1", "MAX_PRICE must be positive"),
     ("ecommerce_max_price", "cheap", "is not a valid float"),
+    ("ecommerce_max_price", "inf", "MAX_PRICE must be a finite number, not inf"),
+    ("ecommerce_max_price", "NaN", "MAX_PRICE must be a finite number, not nan"),
+    ("ecommerce_min_validity_rate", "-inf", "MIN_VALIDITY_RATE must be a finite number, not -inf"),
     ("ecommerce_min_validity_rate", "101", "MIN_VALIDITY_RATE is a percentage"),
     ("ecommerce_rule_severity", '{"price_in_range": "ignore"}', "'price_in_range' has severity 'ignore'"),
     ("ecommerce_rule_severity", '{"no_such_rule": "warn"}', "no rule is named 'no_such_rule'"),

@@ -43,11 +43,29 @@ def test_environment_overrides_and_relative_dirs_resolve_to_the_project(tmp_path
         ({"COMPONENT_LOG_MAX_BYTES": "big"}, "COMPONENT_LOG_MAX_BYTES='big' is not a valid size in bytes"),
         ({"COMPONENT_LOG_MAX_BYTES": "-1"}, "COMPONENT_LOG_MAX_BYTES must not be negative"),
         ({"COMPONENT_LOG_BACKUPS": "-1"}, "COMPONENT_LOG_BACKUPS must not be negative"),
+        ({"ALERT_MAX_PER_RUN": "0"}, "ALERT_MAX_PER_RUN must be at least 1"),
     ],
 )
 def test_bad_values_fail_with_the_variable_named(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+FLOAT_VARIABLES = ("MIN_VALIDITY_RATE", "MAX_PRICE", "INITIAL_RETRY_DELAY", "RETRY_BACKOFF_FACTOR",
+                   "ALERT_DEAD_LETTERS_PER_MINUTE", "LANDING_SETTLE_SECONDS")
+
+
+def test_the_float_variables_are_all_there_are():
+    floats = {name.upper() for name, value in vars(Settings()).items() if isinstance(value, float)}
+    assert floats == set(FLOAT_VARIABLES)
+
+
+@pytest.mark.parametrize("name", FLOAT_VARIABLES)
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity", "1e999"])
+def test_a_float_setting_must_be_finite(name, raw):
+    """float() accepts these, and nan passes every comparison: MAX_PRICE=inf would reach the publish SQL."""
+    with pytest.raises(SettingsError, match=rf"{name} must be a finite number, not (-?inf|nan)"):
+        Settings.from_env({name: raw})
 
 
 @pytest.mark.parametrize(("raw", "size"), [("32m", 32 * 2**20), ("512K", 512 * 1024), ("1gb", 2**30),

@@ -462,7 +462,7 @@ def test_a_run_page_has_tabs_with_this_runs_dead_letters_and_validation(ui, brow
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from include.ops.alerts import links
+    from include.ops.alerts.message import links
 
     base, known, run_id = ui
     wait = WebDriverWait(browser, 60)

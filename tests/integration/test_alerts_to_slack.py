@@ -4,9 +4,13 @@ is not said, and its recovery is said once."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import re
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +19,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from include.contract.versions import V3
 from include.ops import alerts
 from include.storage import deliveries
 from scripts.generator import EventGenerator
@@ -126,7 +131,7 @@ def test_quality_breach_is_said_once_and_its_recovery_once(pipeline, slack, tmp_
     assert done.returncode == 0, output[-4000:]
     [recovery] = slack.take()
     assert recovery["text"].startswith(":white_check_mark: *RECOVERED* `ecommerce_events`: recovered: validity ")
-    assert "cleared: quality_breach (WARNING, validity<95.0)" in recovery["text"]
+    assert "cleared: quality_breach (WARNING, validity&lt;95.0)" in recovery["text"]  # Slack shows &lt; as <
     assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 2
 
     # dead letters growing faster than the threshold: CRITICAL once, then its recovery
@@ -226,11 +231,45 @@ def test_no_fresh_data_while_the_feed_is_expected_is_critical_then_recovers(pipe
     _with_slack(slack, lambda: alerts.check_freshness(settings, "scheduled__flowing"))
     [recovery] = slack.take()
     assert "recovered: data is arriving again" in recovery["text"]
-    assert "cleared: no_fresh_data (CRITICAL, >10min)" in recovery["text"]
+    assert "cleared: no_fresh_data (CRITICAL, &gt;10min)" in recovery["text"]
     # not expected (the default): never checked
     later = datetime.now(UTC) + timedelta(hours=1)
     _with_slack(slack, lambda: alerts.check_freshness(replace(settings, feed_expected=False), "s", now=later))
     assert slack.take() == []
+
+
+def test_hostile_file_and_column_names_reach_slack_as_text_with_sql_that_finds_them(pipeline, slack, tmp_path):
+    """A stray file and a new column named to do harm: in Slack they ping nobody and link nowhere, and the query
+    each alert comes with, pasted into psql as Slack shows it, is one SELECT that finds its row."""
+    from tests.integration.test_alert_queries_in_psql import pasted, psql
+
+    pipeline.reset()
+    column = "<!channel> a'b\"c `x`"
+    generator = EventGenerator(7, invalid_ratio=0.0, duplicate_ratio=0.0, late_ratio=0.0, structural_ratio=0.0)
+    export = io.StringIO()
+    writer = csv.writer(export, lineterminator="\n")
+    writer.writerow([*V3.columns, column])
+    writer.writerows([*(row[c] for c in V3.columns), "<@U123> & more"] for row in generator.generate_batch(5, "v3"))
+    (pipeline.landing_dir / "events.csv").write_text(export.getvalue())
+    stray = pipeline.landing_dir / "<!channel> x'; DROP TABLE ecommerce_events; --.txt"
+    stray.write_text("not events\n")
+    os.utime(stray, (time.time() - 120, time.time() - 120))  # older than the grace period for writers
+
+    done, output = run(pipeline, slack, tmp_path)
+    assert done.returncode == 0, output[-4000:]
+    said = texts(slack.take())
+    [foreign] = [text for text in said if "from the landing directory quarantined" in text]
+    [new_column] = [text for text in said if "new column" in text]
+    assert "&lt;!channel&gt; x'; DROP TABLE" in foreign and "new column '&lt;!channel&gt; a" in new_column
+    assert "ˋxˋ" in new_column.splitlines()[0]  # a backtick of the name cannot end a code span
+    assert "sample value '&lt;@U123&gt; &amp; more'" in new_column
+    for text in (foreign, new_column):  # no mention, no link but the alert's own
+        assert [link.split("|")[1] for link in re.findall(r"<([^>]*)>", text)] == [
+            "Airflow run", "Validation of this run", "Dead letters of this run"]
+    # its record: the one row of quarantined_files, whose source_file is the stray file's landing path
+    assert [row[1] for row in psql(pipeline, pasted(foreign, "its record"), tmp_path)] == [str(stray)]
+    assert psql(pipeline, pasted(new_column, "its values"), tmp_path) == [["<@U123> & more", "5"]]
+    assert pipeline.scalar("SELECT count(*) FROM ecommerce_events") == 5
 
 
 def _with_slack(slack, call) -> None:

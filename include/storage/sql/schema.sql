@@ -335,7 +335,7 @@ ALTER TABLE dead_letter_moves ADD COLUMN IF NOT EXISTS approved_by TEXT;
 CREATE UNLOGGED TABLE IF NOT EXISTS revalidation_candidates (LIKE staging_events);
 CREATE INDEX IF NOT EXISTS ix_revalidation_candidates_row ON revalidation_candidates (staging_row_id);
 
--- ===== Alerts (include/ops/alerts.py) =====
+-- ===== Alerts (include/ops/alerts/) =====
 -- One row per alert condition (quality_breach, task_failed, circuit_breaker_open, no_fresh_data,
 -- dead_letter_growth): what was last said about it, so a per-minute DAG alerts once per condition, again only
 -- when it changes or after ALERT_COOLDOWN_MINUTES, and once more when it recovers.
