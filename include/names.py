@@ -16,6 +16,7 @@ HOURLY_REVENUE_DAG_ID = "ecommerce_hourly_revenue"  # the example downstream DAG
 POSTGRES_CONN_ID = "ecommerce_postgres"
 SPARK_CONN_ID = "spark_default"
 SLACK_CONN_ID = "slack_alerts"
+AIRFLOW_API_CONN_ID = "airflow_api"  # Airflow's REST API: backfill runs' notes and the runs a chunk covered
 METADATA_CONN_ID = "airflow_metadata"  # Airflow's own database, for `airflow db clean` in ecommerce_housekeeping
 
 # PostgreSQL advisory locks (include.storage.locks), by what each one guards.

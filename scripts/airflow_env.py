@@ -7,6 +7,7 @@ the two connections the DAG needs come from the environment unless the user alre
 * AIRFLOW_CONN_SPARK_DEFAULT      master from SPARK_MASTER (default `local[*]`)
 * AIRFLOW_CONN_ECOMMERCE_POSTGRES built from POSTGRES_*
 * AIRFLOW_CONN_AIRFLOW_METADATA   the metadata database's URL, for the housekeeping DAG's `airflow db clean`
+* AIRFLOW_CONN_AIRFLOW_API        this Airflow's REST API as the local admin, for backfills' notes
 
     eval "$(.venv/bin/python -m scripts.airflow_env)"   # then use the `airflow` CLI against this setup
     eval "$(make -s env)"                                # the same, with the checkout's .env read first
@@ -51,6 +52,12 @@ def admin_password(airflow_home: Path, environ: Mapping[str, str]) -> str:
     passwords_file.write_text(json.dumps({ADMIN_USER: password}))
     passwords_file.chmod(0o600)
     return password
+
+
+def airflow_api_connection(host: str, port: str, environ: Mapping[str, str]) -> str:
+    """The ``airflow_api`` connection (JSON) for the api-server at ``host``:``port``, as the local admin."""
+    return json.dumps({"conn_type": "http", "host": host, "port": int(port), "login": ADMIN_USER,
+                       "password": environ.get("AIRFLOW_ADMIN_PASSWORD") or "admin"})
 
 
 def airflow_environment(
@@ -109,6 +116,10 @@ def airflow_environment(
                 "password": settings.postgres_password,
             }
         )
+    if "AIRFLOW_CONN_AIRFLOW_API" not in environ:
+        # the REST API of this Airflow, as the local admin: a backfill's covering run writes the notes of the runs
+        # it covered and closes them (include/airflow/backfill_runs.py)
+        env["AIRFLOW_CONN_AIRFLOW_API"] = airflow_api_connection(api_host, api_port, environ)
     if "AIRFLOW_CONN_AIRFLOW_METADATA" not in environ:
         # A task process has no metadata database in Airflow 3 (the Task SDK blanks sql_alchemy_conn, in its
         # environment too), so the one task that runs `airflow db clean` gets the URL through a connection:

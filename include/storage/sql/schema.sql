@@ -448,3 +448,16 @@ DROP INDEX IF EXISTS ix_ecommerce_events_source;
 CREATE INDEX IF NOT EXISTS ix_quarantined_files_unalerted ON quarantined_files (id) WHERE alerted_at IS NULL;
 -- quarantined files recorded before the delivery ledger were alerted (or not) by the release that recorded them
 UPDATE quarantined_files SET alerted_at = quarantined_at WHERE alerted_at IS NULL AND delivery_id IS NULL;
+
+-- ===== Backfills in chunks (include/publish/coverage.py) =====
+-- A row of pipeline_backfill_ledger is a chunk: claimed by the run that covers it (staged_at NULL until its
+-- Spark job has staged it), for a request (an Airflow backfill, or a window named on the Trigger form).
+ALTER TABLE pipeline_backfill_ledger ADD COLUMN IF NOT EXISTS request_key TEXT;
+ALTER TABLE pipeline_backfill_ledger ADD COLUMN IF NOT EXISTS request_start TIMESTAMPTZ;
+ALTER TABLE pipeline_backfill_ledger ADD COLUMN IF NOT EXISTS request_end TIMESTAMPTZ;
+ALTER TABLE pipeline_backfill_ledger ADD COLUMN IF NOT EXISTS reason TEXT;
+ALTER TABLE pipeline_backfill_ledger ALTER COLUMN staged_at DROP NOT NULL;
+ALTER TABLE pipeline_backfill_ledger ALTER COLUMN staged_at DROP DEFAULT;
+CREATE INDEX IF NOT EXISTS ix_pipeline_backfill_ledger_request ON pipeline_backfill_ledger (request_key, window_start);
+-- why rows moved: the reason given on the Trigger form, or which backfill moved them
+ALTER TABLE dead_letter_moves ADD COLUMN IF NOT EXISTS reason TEXT;
