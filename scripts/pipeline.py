@@ -1,6 +1,8 @@
 """Operator commands behind the Makefile.
 
     python -m scripts.pipeline init   # database(s), schema and Airflow metadata, nothing else
+    python -m scripts.pipeline migrate
+                                      # the analytics database and its pending schema revisions, nothing else
     python -m scripts.pipeline init --start-dags
                                       # init, the UI login, and the scheduled DAGs parsed and unpaused,
                                       # as `run` does (docker-compose.yaml's airflow-init)
@@ -400,7 +402,7 @@ def load_env(env_file: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["init", "once", "run", "cluster"])
+    parser.add_argument("command", choices=["init", "migrate", "once", "run", "cluster"])
     parser.add_argument("--start-dags", action="store_true",
                         help="with init: also write the UI login and parse and unpause the scheduled DAGs")
     parser.add_argument("--no-generator", dest="generator", action="store_false",
@@ -409,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.env_file:
         load_env(args.env_file)
+    if args.command == "migrate":
+        settings = Settings.from_env()
+        prepare_databases(settings, (settings.postgres_db,))
+        migrate_schema(settings)
+        return 0
     if args.command == "init":
         environment = Environment.prepare()
         if args.start_dags:

@@ -1,13 +1,20 @@
 """The versioned schema against a real PostgreSQL: the database of the last release before versioning upgrades to
-head with every row intact, and a second upgrade does nothing."""
+head with every row intact, a second upgrade does nothing, and a revision written with `make migration` is
+applied once, whole or not at all."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import time
 
 import psycopg
 import pytest
 
+from include.settings import PROJECT_ROOT
 from include.storage.migrations import SchemaError
 from include.storage.migrations.runner import BASELINE, current_revision, script_directory, upgrade_schema
 from tests.fixtures.release_database import (
@@ -80,3 +87,53 @@ def test_a_database_a_newer_release_migrated_is_refused_untouched(pipeline):
             upgrade_schema(newer)
         with psycopg.connect(newer) as conn:
             assert current_revision(conn) == "9999"
+
+
+RUN = textwrap.dedent("""
+    import sys
+    from include.storage.migrations import SchemaError
+    from include.storage.migrations.authoring import write_revision
+    from include.storage.migrations.runner import upgrade_schema
+    if sys.argv[1] == "write":
+        print(write_revision(sys.argv[2]))
+    else:
+        try:
+            print(upgrade_schema(sys.argv[2]).describe())
+        except SchemaError as error:
+            sys.exit(str(error))
+""")
+
+
+def in_copy(root, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", RUN, *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+
+
+def test_a_revision_written_with_make_migration_is_applied_once_and_never_empty(pipeline, tmp_path):
+    """The way a schema change is made (docs/schema.md): `make migration NAME=...` writes the next revision, its
+    author writes the SQL, the next start applies it. Left without SQL it is refused, with nothing applied."""
+    root = tmp_path / "tree"
+    shutil.copytree(PROJECT_ROOT / "include", root / "include", ignore=shutil.ignore_patterns("__pycache__"))
+    with pipeline.scratch_database("deployment") as deployment:
+        upgrade_schema(deployment)
+        written = in_copy(root, "write", "requested_by on backfills")
+        assert written.returncode == 0, written.stderr[-3000:]
+        revision = root / written.stdout.strip().splitlines()[-1]
+        assert revision.name == f"{int(HEAD) + 1:04d}_requested_by_on_backfills.py"
+
+        refused = in_copy(root, "upgrade", deployment)
+        assert refused.returncode != 0 and "a revision without SQL" in refused.stderr, refused.stderr[-3000:]
+        assert f"schema revision {int(HEAD) + 1:04d} failed" in refused.stderr
+        with psycopg.connect(deployment) as conn:
+            assert current_revision(conn) == HEAD
+
+        text = revision.read_text()
+        revision.write_text(text.replace("-- ALTER TABLE pipeline_backfill_ledger ADD COLUMN requested_by TEXT;",
+                                         "ALTER TABLE pipeline_backfill_ledger ADD COLUMN requested_by TEXT;"))
+        first, second = in_copy(root, "upgrade", deployment), in_copy(root, "upgrade", deployment)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert f"migrated from revision {HEAD} to {int(HEAD) + 1:04d}" in first.stdout
+        assert "up to date" in second.stdout
+        with psycopg.connect(deployment) as conn:
+            assert conn.execute("SELECT data_type FROM information_schema.columns WHERE table_name = "
+                                "'pipeline_backfill_ledger' AND column_name = 'requested_by'").fetchone() == ("text",)
