@@ -398,13 +398,13 @@ def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: 
 
 
 def reset_pipeline(bench: Bench) -> None:
-    """Back to the state ``start_environment`` left: the events database dropped and re-created with the schema
-    (empty tables, no statistics: as after ``scripts.pipeline init``), and LANDING_DIR, the archive, the
-    checkpoint, the quarantine and the Great Expectations directory removed. Airflow's metadata is kept, and so
+    """Back to the state ``start_environment`` left: the events database dropped and re-created at the schema's
+    head revision (empty tables, no statistics: as after ``scripts.pipeline init``), and LANDING_DIR, the archive,
+    the checkpoint, the quarantine and the Great Expectations directory removed. Airflow's metadata is kept, and so
     is ALERT_FILE (the bench does not set its own: it is the checkout's)."""
     from psycopg import sql
 
-    from include.storage.schema import apply_schema
+    from include.storage.migrations.runner import upgrade_schema
     from scripts.local_postgres import ensure_database
 
     settings = bench.settings
@@ -412,8 +412,7 @@ def reset_pipeline(bench: Bench) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.postgres_db)))
     ensure_database(admin, settings.postgres_db)
-    with bench.connect() as conn:
-        apply_schema(conn)
+    upgrade_schema(settings.postgres_conninfo)
     for directory in (settings.landing_dir, settings.archive_dir, settings.checkpoint_dir, settings.quarantine_dir,
                       settings.great_expectations_dir):
         shutil.rmtree(directory, ignore_errors=True)

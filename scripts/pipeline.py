@@ -1,6 +1,8 @@
 """Operator commands behind the Makefile.
 
     python -m scripts.pipeline init   # database(s), schema and Airflow metadata, nothing else
+    python -m scripts.pipeline migrate
+                                      # the analytics database and its pending schema revisions, nothing else
     python -m scripts.pipeline init --start-dags
                                       # init, the UI login, and the scheduled DAGs parsed and unpaused,
                                       # as `run` does (docker-compose.yaml's airflow-init)
@@ -40,7 +42,8 @@ import psycopg
 from include.airflow.packaging import build_class_archive, class_archive_path
 from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
-from include.storage.schema import apply_schema
+from include.storage.migrations import SchemaError
+from include.storage.migrations.runner import upgrade_schema
 from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
 from scripts.cluster import Cluster, ClusterError
 from scripts.env_file import EnvFileError, load_env_file
@@ -77,20 +80,8 @@ class Environment:
     def prepare(cls) -> Environment:
         """Make the database server, the databases, the schema and the Airflow metadata ready."""
         settings = Settings.from_env()
-        started = None
-        if settings.postgres_host in LOCAL_HOSTS:
-            cluster = LocalPostgres.from_settings(settings)
-            was_running = cluster.initialised() and cluster.running()
-            cluster.ensure()
-            if not was_running:
-                started = cluster
-                say(f"started PostgreSQL on {cluster.host}:{cluster.port} (data in {cluster.data_dir})")
-        admin = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, dbname="postgres")
-        for database in (settings.postgres_db, "airflow"):
-            if ensure_database(admin, database):
-                say(f"created database {database}")
-        with psycopg.connect(settings.postgres_conninfo) as conn:
-            apply_schema(conn)
+        started = prepare_databases(settings, (settings.postgres_db, "airflow"))
+        migrate_schema(settings)
         env = {**os.environ, **airflow_environment(settings)}
         started_at = time.monotonic()
         if _metadata_migrated(env):
@@ -108,6 +99,40 @@ class Environment:
                 say("no class-data archive yet (another process is writing it, or it cannot be built here): "
                     "Spark starts without it, about 10 s slower per run")
         return cls(settings, env, started)
+
+
+def prepare_databases(settings: Settings, databases: tuple[str, ...]) -> LocalPostgres | None:
+    """The database server and ``databases`` on it, created when missing. When POSTGRES_HOST is local that is
+    the project-local cluster, initialised and started as needed: returned when this call started it."""
+    started = None
+    if settings.postgres_host in LOCAL_HOSTS:
+        cluster = LocalPostgres.from_settings(settings)
+        was_running = cluster.initialised() and cluster.running()
+        cluster.ensure()
+        if not was_running:
+            started = cluster
+            say(f"started PostgreSQL on {cluster.host}:{cluster.port} (data in {cluster.data_dir})")
+    admin = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, dbname="postgres")
+    for database in databases:
+        if ensure_database(admin, database):
+            say(f"created database {database}")
+    return started
+
+
+def migration_conninfo(settings: Settings) -> str:
+    """Who applies the analytics schema's migrations: the owner of its tables (DESIGN.md: the pipeline writes
+    without DDL, migrations run as the owner). The one place that decides it; today the pipeline's own login."""
+    return settings.postgres_conninfo
+
+
+def migrate_schema(settings: Settings) -> None:
+    """Apply the pending revisions of the analytics schema (include/storage/migrations, docs/schema.md), or stop
+    with the reason (the contract file has a column no revision adds, a revision failed, ...)."""
+    try:
+        upgrade = upgrade_schema(migration_conninfo(settings))
+    except SchemaError as error:
+        raise SystemExit(f"[pipeline] {error}") from None
+    say(upgrade.describe())
 
 
 # `airflow db migrate` takes ~9 s even when there is nothing to migrate, and every `make once` would pay it.
@@ -377,7 +402,7 @@ def load_env(env_file: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["init", "once", "run", "cluster"])
+    parser.add_argument("command", choices=["init", "migrate", "once", "run", "cluster"])
     parser.add_argument("--start-dags", action="store_true",
                         help="with init: also write the UI login and parse and unpause the scheduled DAGs")
     parser.add_argument("--no-generator", dest="generator", action="store_false",
@@ -386,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.env_file:
         load_env(args.env_file)
+    if args.command == "migrate":
+        settings = Settings.from_env()
+        prepare_databases(settings, (settings.postgres_db,))
+        migrate_schema(settings)
+        return 0
     if args.command == "init":
         environment = Environment.prepare()
         if args.start_dags:
