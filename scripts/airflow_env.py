@@ -2,7 +2,7 @@
 
 Airflow is configured entirely through AIRFLOW__* variables, so nothing outside the project is touched:
 AIRFLOW_HOME is data/airflow, the metadata database is `airflow` on the configured PostgreSQL server, and
-the two connections the DAG needs come from the environment unless the user already set them:
+the connections the DAGs need come from the environment unless the user already set them:
 
 * AIRFLOW_CONN_SPARK_DEFAULT      master from SPARK_MASTER (default `local[*]`)
 * AIRFLOW_CONN_ECOMMERCE_POSTGRES built from POSTGRES_*
