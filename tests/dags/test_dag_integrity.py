@@ -8,6 +8,8 @@ from unittest import mock
 
 import pytest
 
+from include.airflow.assets import DEAD_LETTERS_ASSET, EVENTS_ASSET, PUBLISHED
+from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, REPLAY_DAG_ID
 from tests.fixtures.pipeline import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit
@@ -39,6 +41,19 @@ def test_every_dag_has_tags_owner_docs_and_retries(dagbag):
         for task in dag.tasks:
             assert task.retries >= 2, task.task_id
             assert task.owner == "data-engineering", task.task_id
+
+
+def test_every_writer_of_the_two_tables_declares_the_alias_and_the_rollup_waits_on_the_events_asset(dagbag):
+    writers = {(DAG_ID, "publish"), (DAG_ID, "rederive"), (REPLAY_DAG_ID, "apply")}
+    declaring = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.outlets}
+    assert declaring == writers
+    for dag_id, task_id in writers:
+        assert dagbag.dags[dag_id].get_task(task_id).outlets == [PUBLISHED]
+    # declared where they are read, so both assets exist (group ecommerce) before their first event
+    assert dagbag.dags[REPLAY_DAG_ID].get_task("apply").inlets == [DEAD_LETTERS_ASSET]
+    assert dagbag.dags[DAG_ID].get_task("rederive").inlets == [EVENTS_ASSET, DEAD_LETTERS_ASSET]
+    rollup = dagbag.dags[HOURLY_REVENUE_DAG_ID]
+    assert list(rollup.timetable.asset_condition.objects) == [EVENTS_ASSET]
 
 
 def test_ecommerce_events_schedule_and_concurrency(dagbag):
