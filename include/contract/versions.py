@@ -112,15 +112,3 @@ def match_header(header_fields: Sequence[str]) -> HeaderMatch:
     newest = max(VERSION_ORDER.index(_SINCE[column]) for column in positions)
     return HeaderMatch(VERSIONS[VERSION_ORDER[newest]], positions, tuple(rescued), len(header_fields))
 
-
-def detect_version(header_fields: Sequence[str]) -> SchemaVersion:
-    """The version a header identifies (``match_header``)."""
-    return match_header(header_fields).version
-
-
-def migrate(record: Mapping[str, str | None], version: SchemaVersion) -> dict[str, str | None]:
-    """Upcast one record of ``version`` to the canonical column set, filling documented defaults."""
-    return {
-        column: record[column] if column in version.columns else MIGRATION_DEFAULTS[column]
-        for column in CANONICAL_COLUMNS
-    }
