@@ -42,8 +42,8 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
     """Pin the unpublished batches and mark which of their rows are the candidates (one transaction).
 
     One per event_id: the first occurrence (earliest batch, file, line), and none for an event_id stored
-    already. Rows without an event_id are not copies of each other, so each one stays a candidate (and is
-    dead-lettered by ``event_id_present``). The candidates stay where they are: the view ``audit_candidates``
+    already. Only rows that parsed count: a row without an event_id never does (the contract declares it
+    ``not_empty``, so the typing dead-letters it). The candidates stay where they are: the view ``audit_candidates``
     reads them from ``staging_events`` through the two small tables written here, the pinned batches and the
     rows left out (include/storage/schema.py ``create_audit_candidates_view``)."""
     with conn.transaction():
