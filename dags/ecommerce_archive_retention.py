@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from include.airflow.dag_defaults import default_args
 from include.names import RETENTION_DAG_ID
 
 
@@ -28,7 +29,7 @@ from include.names import RETENTION_DAG_ID
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ecommerce", "archive", "maintenance"],
-    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args=default_args(retry_delay=timedelta(minutes=5)),
 )
 def ecommerce_archive_retention():
     @task
