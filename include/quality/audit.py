@@ -60,7 +60,7 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
                 copy.write_row((query_id, batch_id))
         # The publish empties staging_events with TRUNCATE, so its statistics describe an empty table until
         # autovacuum looks again; the planner needs the real sizes for the statements below and for the
-        # suite's scans of the view (~0.5 s per 1M rows).
+        # suite's scans of the view (what ANALYZE costs: docs/performance.md, "Audit").
         conn.execute("ANALYZE staging_events, audit_pinned_batches")
         # Left out: every occurrence after the first of an event_id repeated in these batches (only the
         # repeated ids are sorted, found by one hash aggregate), and every row whose event_id is stored.
@@ -250,7 +250,7 @@ def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> Val
 def audit_staged_batches(settings: Settings, airflow_run_id: str) -> AuditResult:
     """The ``audit`` task: pin the staged, unpublished batches and validate their candidate rows."""
     # include/airflow/preload.py: under a scheduler or Celery worker, the process that forked this task has
-    # imported Great Expectations already (~3-4 s a run would pay otherwise)
+    # imported Great Expectations already (seconds a run would pay otherwise)
     preloaded = "great_expectations" in sys.modules
     pinned = with_connection(settings, prepare_candidates)
     if not pinned.batches:
