@@ -1,7 +1,7 @@
 """
 ### Archive retention: delete archived landing files older than `ARCHIVE_RETENTION_DAYS`
 
-Processed files wait in `ARCHIVE_DIR/YYYY-MM-DD/HH/` (landing date and hour) so that backfills can re-read
+Processed files wait in `ARCHIVE_DIR/YYYY-MM-DD/HH/` (the date and hour they were claimed) so that backfills can re-read
 them. Once a day this DAG deletes the hour folders that ended more than `ARCHIVE_RETENTION_DAYS` (default
 30; `0` keeps everything) ago. It only ever deletes whole `YYYY-MM-DD/HH` folders of that layout, and it
 holds the same PostgreSQL lock as backfills and dead-letter replays, so it never deletes a file a running
