@@ -2,7 +2,7 @@
 
 Airflow is configured entirely through AIRFLOW__* variables, so nothing outside the project is touched:
 AIRFLOW_HOME is data/airflow, the metadata database is `airflow` on the configured PostgreSQL server, and
-the two connections the DAG needs come from the environment unless the user already set them:
+the connections the DAGs need come from the environment unless the user already set them:
 
 * AIRFLOW_CONN_SPARK_DEFAULT      master from SPARK_MASTER (default `local[*]`)
 * AIRFLOW_CONN_ECOMMERCE_POSTGRES built from POSTGRES_*
@@ -93,8 +93,8 @@ def airflow_environment(
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         # A scheduler loop that found nothing to do sleeps this long (Airflow's default: 1 s). Each hop from one
-        # task to the next waits for such a loop: 0.5 s halved the waits between tasks (4.1 -> 2.1 s a run) and
-        # the empty minute (1.2 -> 0.6 s) for +2 % of an idle scheduler's CPU (docs/performance.md, "Current figures").
+        # task to the next waits for such a loop: half the sleep halved the waits between tasks and the empty
+        # minute for a little of an idle scheduler's CPU (docs/performance.md, "Figures behind choices in the code").
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
     }
     # Keep what the user configured explicitly.
