@@ -69,7 +69,7 @@ REPROCESS_PARAMS = {
                                       "what has landed)"),
     "window_end": Param(None, type=["null", "string"], format="date-time", title="Reprocess until (UTC)",
                         description="... up to, not including, this moment"),
-    "reason": Param("", type="string", title="Reason",
+    "reason": Param(None, type=["null", "string"], title="Reason",
                     description="Why: kept with every row the reprocess moves (dead_letter_moves.reason)"),
 }
 

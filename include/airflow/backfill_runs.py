@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from include.airflow.api import AirflowApi
 from include.publish import coverage
@@ -67,10 +67,10 @@ class Run:
             return None
         if not (start and end):
             raise ReprocessParamsInvalid("give both window_start and window_end to reprocess a window")
-        first, last = (value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-                       for value in (start, end))
-        if first.tzinfo is None or last.tzinfo is None:
-            raise ReprocessParamsInvalid("window_start and window_end need a time zone (UTC: a trailing Z)")
+        # the Trigger form's date-time fields send local-looking times without a zone: they are UTC (the form
+        # says so); a zone given is honoured
+        first, last = (moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in (
+            value if isinstance(value, datetime) else datetime.fromisoformat(str(value)) for value in (start, end)))
         if first >= last:
             raise ReprocessParamsInvalid(f"window_start {first} is not before window_end {last}")
         return first, last
