@@ -10,7 +10,8 @@ through the every-minute path. Then:
   its reason; nothing outside the window changes; the backfill is judged once, on its totals;
 - a backfill under a still lower limit, cancelled once its first chunk is published, then created again for
   the runs the cancel failed: it finishes exactly the minutes not yet done, and no row moves twice;
-- a window named on the Trigger form (REST API), re-derived in one run with its reason on every move;
+- a window named on the Trigger form (REST API, and once in the UI's Trigger dialog), re-derived in one run
+  with its reason on every move;
 - the replay DAG: a dry run changes nothing; a real one waits at its approval step, where a rejection changes
   nothing and an approval publishes exactly the dead letters that pass the current rule, recording the approver.
 """
@@ -23,7 +24,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import psycopg
 import pytest
@@ -130,6 +131,50 @@ def prices(pipeline, table: str, deliveries: list[int], above: float) -> set[tup
     status = "" if table == "ecommerce_events" else " AND status = 'open'"
     return set(pipeline.query(f"SELECT delivery_id, source_line FROM {table} WHERE delivery_id = ANY(%s) AND "
                               f"{price} > %s{status}", (deliveries, above)))
+
+
+def reprocess_in_the_ui(browser, base: str, start: datetime, end: datetime, reason: str) -> str:
+    """Trigger ecommerce_events from the UI's Trigger dialog with a window and a reason in its Run Parameters
+    (the date-time pickers take a date and a time, in UTC); saves the filled form; returns the new run's id."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{base}/dags/ecommerce_events")
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))).click()
+    dialog = wait.until(EC.visibility_of_element_located(
+        (By.XPATH, "//*[@role='dialog'][.//h2[starts-with(normalize-space(.), 'Trigger Dag')]]")))
+    _, since, until = dialog.find_elements(By.CSS_SELECTOR, "[data-testid=datetime-input]")  # logical date first
+    for picker, moment in ((since, start), (until, end)):
+        picker.click()
+        popover = wait.until(lambda d: next((p for p in d.find_elements(
+            By.CSS_SELECTOR, "[data-scope=popover][data-part=content]") if p.is_displayed()), None))
+        day, clock = popover.find_elements(By.TAG_NAME, "input")
+        day.send_keys(f"{moment:%Y/%m/%d}")  # a complete date is taken at once, and the time set to 00:00
+        clock.send_keys(Keys.CONTROL, "a")
+        clock.send_keys(f"{moment:%H:%M}")
+        dialog.find_element(By.TAG_NAME, "h2").click()  # closes the picker, not the dialog
+        wait.until(lambda _, p=picker, m=moment: f"{m:%H:%M}" in p.text)
+    dialog.find_element(By.ID, "element_reason").send_keys(reason)
+    time.sleep(0.5)
+    browser.save_screenshot(str(OUTPUT_DIR / "reprocess_trigger_form.png"))
+    [button] = [b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"]
+    button.click()
+    wait.until(lambda d: "/dags/ecommerce_events/runs/" in d.current_url)
+    run_id = unquote(browser.current_url.split("/runs/", 1)[1].split("?")[0].split("/")[0])
+    leave_the_ui(browser)
+    return run_id
+
+
+def wait_for_run(pipeline, run_id: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := pipeline.airflow_query("SELECT state FROM dag_run WHERE run_id = %s", (run_id,))[0][0]) \
+            not in ("success", "failed"):
+        assert time.monotonic() < deadline, pipeline.task_states(run_id)
+        time.sleep(2)
+    return state
 
 
 def run_path(run_id: str) -> str:
@@ -289,17 +334,21 @@ def test_backfills_rederive_in_chunks_close_their_runs_and_replay_publishes_what
             "logical_date": None, "conf": {"window_start": first.isoformat(),
                                            "window_end": (first + timedelta(minutes=15)).isoformat(),
                                            "reason": reason}})["dag_run_id"]
-        deadline = time.monotonic() + 300
-        while (state := pipeline.airflow_query("SELECT state FROM dag_run WHERE run_id = %s", (reprocess,))[0][0]) \
-                not in ("success", "failed"):
-            assert time.monotonic() < deadline, pipeline.task_states(reprocess)
-            time.sleep(2)
-        timings["reprocess of a 30-minute window"] = time.monotonic() - started
+        state = wait_for_run(pipeline, reprocess)
+        timings["reprocess of a 15-minute window"] = time.monotonic() - started
         assert state == "success", pipeline.task_states(reprocess)
         back = pipeline.query("SELECT direction, reason, count(*) FROM dead_letter_moves WHERE airflow_run_id = %s "
                               "GROUP BY 1, 2", (reprocess,))
         assert back == [("to_events", reason, len(moved_out))]  # every row the limits moved out of it, back
         assert "Re-derived [" in notes(base, token, [reprocess])[reprocess]
+        # ... and once from the UI's Trigger form: the last six minutes, which the new limit leaves as they are
+        ui_run = reprocess_in_the_ui(browser, base, first + timedelta(minutes=30), first + timedelta(minutes=36),
+                                     "checking the last six minutes")
+        assert wait_for_run(pipeline, ui_run) == "success", pipeline.task_states(ui_run)
+        assert pipeline.task_states(ui_run)["backfill_ingest"] == "success"
+        assert notes(base, token, [ui_run])[ui_run].startswith(
+            f"Re-derived [{first + timedelta(minutes=30):%Y-%m-%d %H:%M}, {first + timedelta(minutes=36):%Y-%m-%d %H:%M}) "
+            f"UTC of reprocess {ui_run} (checking the last six minutes): 6 file(s), 720 row(s); 0 moved")
 
         airflow(pipeline, env, "dags", "pause", "ecommerce_events")  # no scheduled run competes with the replays below
         from selenium.webdriver.common.by import By
