@@ -35,7 +35,14 @@ directories), like the integration tests' ``pipeline`` fixture. The phases:
    picks the rates. Each rate also reports the median seconds per task and of the waits between tasks.
    Files that land in the first minute of each rate (the feed starting after idle minutes) are reported
    apart (``first_minute_*``); p50/p95/max are the files of the steady feed after it.
-8. **deployments** (``BENCH_DEPLOYMENT_ROWS``, default 200,000; 0 skips it): the first files of the set
+8. **backfill** (``BENCH_BACKFILL_MINUTES``, default 180; 0 skips it): that many minutes of history at the
+   generator's default rate (12 files of 100 rows a minute) are first drained by the every-minute path as in
+   phase 5 (its rows/s is the reference), their claim times then spread over that many minutes ending two
+   hours ago; ``airflow backfill create --reprocess-behavior completed --max-active-runs 1`` over them, run by
+   a real scheduler and api-server under ``MAX_PRICE`` = ``BENCH_BACKFILL_MAX_PRICE`` (500, so rows move),
+   is timed from its creation to its completion: ``backfill_seconds_per_minute``, ``backfill_rows_per_s``,
+   ``backfill_ratio_to_every_minute``, how many runs started a task and how many chunks were re-derived.
+9. **deployments** (``BENCH_DEPLOYMENT_ROWS``, default 200,000; 0 skips it): the first files of the set
    (that many rows) drained by ``python -m scripts.pipeline run --no-generator`` (`make run`, local mode)
    and then by ``... cluster --no-generator`` (`make cluster`: CeleryExecutor, a Spark standalone cluster),
    each started after the backlog landed and from the same reset state, the DAG on its schedule. Per
@@ -66,7 +73,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -616,8 +623,84 @@ def measure_scheduler(bench: Bench, minutes: float) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------------------ backfill
+# Phase 8: BENCH_BACKFILL_MINUTES of history at the generator's default rate (100 rows every 5 s), first drained
+# by the every-minute path (the reference rows/s), then their claim times spread over that many minutes two hours
+# back, and a backfill of all of it created with `airflow backfill create` and run by the real scheduler under a
+# lower MAX_PRICE (so rows move), timed from its creation to its completion.
+
+def measure_backfill(bench: Bench, minutes: int, sampler: TreeSampler) -> dict:
+    import scripts.pipeline
+    from scripts.airflow_env import admin_password
+    from scripts.generator import EventGenerator
+    from scripts.pipeline import Supervisor
+
+    reset_pipeline(bench)
+    with bench.connect("airflow") as conn:
+        conn.execute("UPDATE dag_run SET state = 'failed' WHERE dag_id = %s AND state IN ('running', 'queued')",
+                     (DAG_ID,))
+    source = bench.root / "backfill-source"
+    generator = EventGenerator(int(knob("BENCH_SEED", "8")), invalid_ratio=0.02)
+    files = [generator.write_batch(generator.generate_batch(100, "v3"), "v3", source) for _ in range(minutes * 12)]
+    rows = 100 * len(files)
+    every_minute = measure_pipeline(bench, files, rows, sampler, label="backfill-history")
+    every_minute.pop("window")
+    first = (datetime.now(UTC) - timedelta(minutes=minutes + 120)).replace(second=0, microsecond=0)
+    with bench.connect() as conn:  # 12 deliveries a minute, in the order they were claimed
+        conn.execute("UPDATE deliveries d SET claimed_at = %s + (o.n / 12) * interval '1 minute' "
+                     "+ (o.n %% 12) * interval '5 seconds' FROM (SELECT delivery_id, row_number() OVER "
+                     "(ORDER BY delivery_id) - 1 AS n FROM deliveries) o WHERE o.delivery_id = d.delivery_id",
+                     (first,))
+    scripts.pipeline.LOG_DIR = bench.root / "logs"
+    admin_password(Path(bench.env["AIRFLOW_HOME"]), bench.env)
+    _airflow(bench, "dags", "reserialize")
+    _airflow(bench, "variables", "set", "ecommerce_max_price", knob("BENCH_BACKFILL_MAX_PRICE", "500"))
+    supervisor = Supervisor(bench.env)
+    result: dict = {"backfill_minutes": minutes, "backfill_rows": rows,
+                    "backfill_every_minute_rows_per_s": every_minute["pipeline_rows_per_s"]}
+    try:
+        supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1",
+                                        "--port", bench.env["AIRFLOW__API__PORT"]])
+        supervisor.start("scheduler", [AIRFLOW, "scheduler"])
+        time.sleep(20)
+        _airflow(bench, "dags", "unpause", DAG_ID)
+        started = time.monotonic()
+        _airflow(bench, "backfill", "create", "--dag-id", DAG_ID, "--from-date",
+                 (first + timedelta(minutes=1)).isoformat(), "--to-date", (first + timedelta(minutes=minutes)).isoformat(),
+                 "--reprocess-behavior", "completed", "--max-active-runs", "1")
+        with bench.connect("airflow") as conn:
+            backfill = conn.execute("SELECT max(id) FROM backfill WHERE dag_id = %s", (DAG_ID,)).fetchone()[0]
+            deadline = time.monotonic() + float(knob("BENCH_BACKFILL_TIMEOUT", "3600"))
+            while conn.execute("SELECT completed_at FROM backfill WHERE id = %s", (backfill,)).fetchone()[0] is None:
+                if time.monotonic() > deadline:
+                    say("backfill not completed in time")
+                    break
+                time.sleep(2)
+            seconds = time.monotonic() - started
+            runs, ran, states = conn.execute(
+                "SELECT count(DISTINCT r.id), count(DISTINCT r.id) FILTER (WHERE coalesce(t.hostname, '') <> ''), "
+                "array_agg(DISTINCT r.state) FROM dag_run r JOIN backfill_dag_run b ON b.dag_run_id = r.id "
+                "LEFT JOIN task_instance t ON t.dag_id = r.dag_id AND t.run_id = r.run_id WHERE b.backfill_id = %s",
+                (backfill,)).fetchone()
+    finally:
+        supervisor.stop()
+        _airflow(bench, "dags", "pause", DAG_ID)
+        _airflow(bench, "variables", "delete", "ecommerce_max_price")
+    with bench.connect() as conn:
+        chunks, moved = conn.execute(
+            "SELECT (SELECT count(*) FROM pipeline_backfill_ledger WHERE published_at IS NOT NULL), "
+            "(SELECT count(*) FROM dead_letter_moves)").fetchone()
+    result.update({
+        "backfill_seconds": round(seconds, 1), "backfill_seconds_per_minute": round(seconds / minutes, 3),
+        "backfill_rows_per_s": round(rows / seconds), "backfill_runs": runs, "backfill_runs_started": ran,
+        "backfill_run_states": states, "backfill_chunks": chunks, "backfill_moves": moved,
+        "backfill_ratio_to_every_minute": round(rows / seconds / every_minute["pipeline_rows_per_s"], 3),
+    })
+    return result
+
+
 # --------------------------------------------------------------------------------------- deployments
-# Phase 8: the same backlog drained by `make run` and by `make cluster`, each the real command against the
+# Phase 9: the same backlog drained by `make run` and by `make cluster`, each the real command against the
 # bench's PostgreSQL and Airflow home, started after the backlog landed, the DAG on its schedule.
 DEPLOYMENTS = ("local", "cluster")
 COMMANDS = {"local": "run", "cluster": "cluster"}
@@ -747,6 +830,14 @@ def main() -> int:
             result.update(measure_scheduler(bench, scheduler_minutes))
         else:
             result["freshness_p95_s"] = None
+        backfill_minutes = int(knob("BENCH_BACKFILL_MINUTES", "180"))
+        if backfill_minutes > 0:
+            result.update(measure_backfill(bench, backfill_minutes, sampler))
+            say(f"backfill: {backfill_minutes} minutes of history ({result['backfill_rows']} rows) in "
+                f"{result['backfill_seconds']} s = {result['backfill_seconds_per_minute']} s per minute, "
+                f"{result['backfill_rows_per_s']} rows/s ({result['backfill_ratio_to_every_minute']} x the every-minute "
+                f"path's {result['backfill_every_minute_rows_per_s']}); {result['backfill_runs_started']} of "
+                f"{result['backfill_runs']} runs started a task, {result['backfill_chunks']} chunk(s)")
         if deployment_rows > 0:
             count = math.ceil(deployment_rows / file_rows)
             result.update(measure_deployments(bench, files[:count], min(count * file_rows, rows),
