@@ -93,6 +93,8 @@ SPARK_JOB_ENV = {
     "POSTGRES_DB": _conn.format("schema"),
     "POSTGRES_USER": _conn.format("login"),
     "POSTGRES_PASSWORD": _conn.format("password"),
+    # the connection's extra (JSON): its libpq parameters (sslmode, options, ...) hold in the executors too
+    "POSTGRES_EXTRA": _conn.format("extra or ''"),
     "PIPELINE_HOME": str(PROJECT_ROOT),
     # Executors run the job's Python code with this interpreter: Airflow's own unless told otherwise. On a
     # cluster it must exist on every worker with the project's requirements (docker-compose: the same image).
@@ -126,7 +128,7 @@ def ecommerce_events():
     @task.short_circuit
     def detect_work(run_id: str | None = None, dag_run=None, data_interval_start=None, data_interval_end=None) -> bool:
         """Anything to do? If not, the run ends here: no JVM for an empty minute."""
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.ops.detect import detect_every_minute_work
         from include.publish.backfill import detect_window, is_backfill_run
 
@@ -154,7 +156,7 @@ def ecommerce_events():
     @task(on_failure_callback=record_pipeline_failure)
     def audit(run_id: str | None = None) -> dict:
         """Validate every staged, unpublished row with the Great Expectations suite; rebuild the Data Docs."""
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.quality.audit import audit_staged_batches
 
         return audit_staged_batches(settings_from_connection(), run_id).to_xcom()
@@ -164,7 +166,7 @@ def ecommerce_events():
         """One transaction: good rows → `ecommerce_events`, failing rows → `dead_letter_events`, metrics."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.ops.detect import record_published_run
         from include.publish.every_minute import publish as publish_batches
         from include.publish.sql import RuleFailed
@@ -192,7 +194,7 @@ def ecommerce_events():
     @task(on_failure_callback=record_pipeline_failure, inlets=[EVENTS_ASSET, DEAD_LETTERS_ASSET], outlets=[PUBLISHED])
     def rederive(run_id: str | None = None, outlet_events=None) -> dict:
         """Validate the backfill's re-read rows with the suite and re-derive them (`include/publish/backfill.py`)."""
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.publish.backfill import rederive as rederive_window
 
         summary = rederive_window(settings_from_connection(), run_id)
@@ -206,7 +208,7 @@ def ecommerce_events():
         (WARNING on a breach, a recovery when it clears, CRITICAL when dead letters grow too fast)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.ops.alerts import after_quality_gate
         from include.quality.gate import breach_message, problems
         from include.results import PublishSummary

@@ -109,7 +109,7 @@ def _connect():
     """A read-only connection with short timeouts to the database of the ``ecommerce_postgres`` connection."""
     import psycopg
 
-    from include.airflow.callbacks import settings_from_connection
+    from include.airflow.settings_resolution import settings_from_connection
 
     settings = settings_from_connection(live=False)
     try:

@@ -108,6 +108,7 @@ def _sqlalchemy_url(settings: Settings) -> str:
     return URL.create(
         "postgresql+psycopg2", username=settings.postgres_user, password=settings.postgres_password,
         host=settings.postgres_host, port=settings.postgres_port, database=settings.postgres_db,
+        query=settings.postgres_parameters,  # psycopg2 hands them to libpq (sslmode, options, ...)
     ).render_as_string(hide_password=False)
 
 
