@@ -16,8 +16,13 @@
 environment does not set (scripts/env_file.py). The tests run these commands without it, so a developer's
 .env never changes what they test.
 
-When POSTGRES_HOST is local (localhost / 127.0.0.1) the project-local cluster in data/postgres is
-initialised and started as needed; `run` stops it again on exit if it started it.
+Airflow's connections say where the analytics database is (``ecommerce_postgres``, the writer; the schema is
+applied through ``ecommerce_postgres_owner``): start-up creates the ones Airflow lacks from POSTGRES_* and
+SPARK_MASTER (scripts/connections.py), never overrides one, and says which it uses. POSTGRES_HOST:POSTGRES_PORT is
+the project's own server, administered as POSTGRES_USER: when it is local (localhost / 127.0.0.1) the cluster in
+data/postgres is initialised and started as needed (`run` stops it again on exit if it started it), and there
+start-up makes the roles (scripts/database_roles.py). A connection that points at another server is used as it
+is: no local cluster is started for it and its roles are its DBA's.
 """
 
 from __future__ import annotations
@@ -38,15 +43,31 @@ import psutil
 import psycopg
 
 from include.airflow.packaging import build_class_archive, class_archive_path
-from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, RETENTION_DAG_ID
+from include.airflow.settings_resolution import with_connection_fields
+from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, METADATA_ROLE, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
+from include.storage.privileges import grant_privileges
 from include.storage.schema import apply_schema
-from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
+from scripts.airflow_env import (
+    ADMIN_USER,
+    METADATA_DATABASE,
+    admin_password,
+    airflow_environment,
+    connection_definitions,
+    project_metadata_url,
+    role_passwords,
+)
 from scripts.cluster import Cluster, ClusterError
+from scripts.connections import (
+    CREATED,
+    ENVIRONMENT,
+    LOCAL_HOSTS,
+    MISSING,
+    same_server,
+)
+from scripts.database_roles import Login, RoleError, provision_analytics, provision_metadata
 from scripts.env_file import EnvFileError, load_env_file
-from scripts.local_postgres import LocalPostgres, ensure_database
-
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+from scripts.local_postgres import LocalPostgres
 
 
 def _log_dir() -> Path:
@@ -69,29 +90,21 @@ def say(message: str) -> None:
 
 @dataclass
 class Environment:
-    settings: Settings
+    settings: Settings  # the pipeline's: its database is the connection ecommerce_postgres's
     env: dict[str, str]
     started_postgres: LocalPostgres | None = None
 
     @classmethod
     def prepare(cls) -> Environment:
-        """Make the database server, the databases, the schema and the Airflow metadata ready."""
-        settings = Settings.from_env()
-        started = None
-        if settings.postgres_host in LOCAL_HOSTS:
-            cluster = LocalPostgres.from_settings(settings)
-            was_running = cluster.initialised() and cluster.running()
-            cluster.ensure()
-            if not was_running:
-                started = cluster
-                say(f"started PostgreSQL on {cluster.host}:{cluster.port} (data in {cluster.data_dir})")
-        admin = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, dbname="postgres")
-        for database in (settings.postgres_db, "airflow"):
-            if ensure_database(admin, database):
-                say(f"created database {database}")
-        with psycopg.connect(settings.postgres_conninfo) as conn:
-            apply_schema(conn)
-        env = {**os.environ, **airflow_environment(settings)}
+        """Make the metadata database, the connections, the roles, the schema and the Spark archive ready."""
+        configured = Settings.from_env()  # POSTGRES_*: the project's own server, and how to administer it
+        env = {**os.environ, **airflow_environment(configured)}
+        passwords = role_passwords(env)
+        server = ProjectServer(configured)
+        if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == project_metadata_url(configured, env):  # ours, not the user's
+            server.start()
+            _provision(lambda: provision_metadata(server.admin_conninfo, METADATA_DATABASE,
+                                                  Login(METADATA_ROLE, passwords["metadata"])))
         started_at = time.monotonic()
         if _metadata_migrated(env):
             say("Airflow metadata database up to date")
@@ -99,6 +112,25 @@ class Environment:
             _airflow(env, "db", "migrate", quiet=True)
             _record_migration(env)
             say(f"Airflow metadata database ready ({time.monotonic() - started_at:.0f} s)")
+        connections = _resolve_connections(env, connection_definitions(configured, passwords, env))
+        writer, owner, reader = connections["writer"], connections["owner"], connections["reader"]
+        if owner["source"] == MISSING:
+            raise SystemExit(
+                f"[pipeline] {writer['conn_id']} points at {_where(writer)}, and Airflow has no connection "
+                f"{owner['conn_id']}: define it (the role that owns the schema there; {owner['variable']} or "
+                "Admin -> Connections), docs/security.md says which roles to create")
+        if same_server(writer, {"host": configured.postgres_host, "port": configured.postgres_port}):
+            server.start()
+            logins = [Login(c["login"], c["password"]) for c in (owner, writer, reader)]
+            _provision(lambda: provision_analytics(server.admin_conninfo, writer["schema"], *logins))
+        else:
+            say(f"{writer['conn_id']} points at {_where(writer)}, not this project's server: no local analytics "
+                "cluster for it, its roles are its administrator's")
+        owner_settings = _with_connection(configured, owner)
+        with psycopg.connect(owner_settings.postgres_conninfo, connect_timeout=10) as conn:
+            apply_schema(conn)
+            grant_privileges(conn, writer["login"], reader.get("login") or writer["login"])
+        settings = _with_connection(configured, writer)
         if not (archive := class_archive_path()) or not archive.exists():
             started_at = time.monotonic()
             say("writing Spark's class-data archive (once per Java and Spark version, about a minute) ...")
@@ -107,7 +139,71 @@ class Environment:
             else:
                 say("no class-data archive yet (another process is writing it, or it cannot be built here): "
                     "Spark starts without it, about 10 s slower per run")
-        return cls(settings, env, started)
+        return cls(settings, env, server.started)
+
+
+@dataclass
+class ProjectServer:
+    """POSTGRES_HOST:POSTGRES_PORT, administered as POSTGRES_USER; started here when it is local and down."""
+
+    settings: Settings
+    started: LocalPostgres | None = None
+    ready: bool = False
+
+    @property
+    def admin_conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(self.settings.postgres_conninfo, dbname="postgres")
+
+    def start(self) -> None:
+        if self.ready or self.settings.postgres_host not in LOCAL_HOSTS:
+            return
+        cluster = LocalPostgres.from_settings(self.settings)
+        was_running = cluster.initialised() and cluster.running()
+        cluster.ensure()
+        if not was_running:
+            self.started = cluster
+            say(f"started PostgreSQL on {cluster.host}:{cluster.port} (data in {cluster.data_dir})")
+        self.ready = True
+
+
+def _provision(work) -> None:
+    try:
+        work()
+    except RoleError as error:
+        raise SystemExit(f"[pipeline] {error}") from None
+
+
+def _where(connection: dict) -> str:
+    return f"{connection['host']}:{connection['port'] or 5432}/{connection['schema']}"
+
+
+def _with_connection(settings: Settings, connection: dict) -> Settings:
+    return with_connection_fields(settings, host=connection["host"], port=connection["port"],
+                                  schema=connection["schema"], login=connection["login"],
+                                  password=connection["password"], extra=connection["extra"])
+
+
+_SOURCES = {ENVIRONMENT: "from the environment ({variable})", "metastore": "from Airflow's metastore (as edited in "
+            "Admin -> Connections)", CREATED: "created in Airflow's metastore from POSTGRES_* / SPARK_MASTER "
+            "(edit it in Admin -> Connections; start-up never overrides it)", MISSING: "not defined"}
+
+
+def _resolve_connections(env: dict[str, str], definitions: dict[str, dict]) -> dict[str, dict]:
+    """The connections as Airflow has them (scripts/connections.py, in a process configured like Airflow's),
+    each announced with where it comes from."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "scripts.connections"], input=json.dumps(definitions), env=env,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"[pipeline] reading Airflow's connections failed:\n{done.stderr[-3000:]}")
+    connections = json.loads(done.stdout.strip().splitlines()[-1])
+    for kind in ("writer", "owner", "reader", "spark"):
+        c = connections[kind]
+        where = "" if c["source"] == MISSING else (
+            f" {c['host']}" if kind == "spark" else f" {c['login']}@{_where(c)}")
+        say(f"connection {c['conn_id']}{where}: {_SOURCES[c['source']].format(variable=c['variable'])}")
+    return connections
 
 
 # `airflow db migrate` takes ~9 s even when there is nothing to migrate, and every `make once` would pay it.
