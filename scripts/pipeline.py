@@ -384,7 +384,20 @@ def start_dags(env: dict[str, str]) -> str:
     return password
 
 
+def refuse_placeholders(env: dict[str, str]) -> None:
+    """Stop before anything starts when the UI would be reachable beyond loopback with a placeholder secret or
+    the default login (include/airflow/exposure.py)."""
+    from include.airflow.exposure import ExposedWithPlaceholders
+    from include.airflow.exposure import refuse_placeholders as refuse
+
+    try:
+        refuse(env)
+    except ExposedWithPlaceholders as error:
+        raise SystemExit(f"[pipeline] {error}") from None
+
+
 def run(cluster: Cluster | None = None, generator: bool = True) -> int:
+    refuse_placeholders({**os.environ, **airflow_environment(Settings.from_env())})
     environment = Environment.prepare()
     env, settings = environment.env, environment.settings
     if cluster is not None:
@@ -483,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.env_file:
         load_env(args.env_file)
     if args.command == "init":
+        if args.start_dags:  # the UI's login is written: Compose's airflow-init, before any container serves it
+            refuse_placeholders({**os.environ, **airflow_environment(Settings.from_env())})
         environment = Environment.prepare()
         if args.start_dags:
             start_dags(environment.env)
