@@ -247,15 +247,22 @@ def libpq_conninfo(host: str, port: int | str, dbname: str, user: str, password:
                          **libpq_parameters(extra))
 
 
-def extra_problems(raw: str, name: str) -> list[str]:
-    """What is wrong with a connection extra given as JSON text."""
+def json_object(raw: str, name: str, shape: str) -> tuple[dict, list[str]]:
+    """The JSON object in ``raw`` (empty text: ``{}``), or the problem with it; ``shape`` tells what it must be."""
     if not raw.strip():
-        return []
+        return {}, []
     try:
         value = json.loads(raw)
     except ValueError as error:
-        return [f"{name} must be a JSON object such as {{\"sslmode\": \"require\"}} ({error})"]
-    return [] if isinstance(value, dict) else [f"{name} must be a JSON object, not {type(value).__name__}"]
+        return {}, [f"{name} must be a JSON object {shape} ({error})"]
+    if not isinstance(value, dict):
+        return {}, [f"{name} must be a JSON object {shape}, not {type(value).__name__}"]
+    return value, []
+
+
+def extra_problems(raw: str, name: str) -> list[str]:
+    """What is wrong with a connection extra given as JSON text."""
+    return json_object(raw, name, 'such as {"sslmode": "require"}')[1]
 
 
 SEVERITIES = ("warn", "drop", "fail")
@@ -264,16 +271,9 @@ SEVERITIES = ("warn", "drop", "fail")
 def severity_problems(raw: str, name: str) -> list[str]:
     """What is wrong with a rule-severity JSON object (the rule names are checked against the contract by
     ``include.contract.rules.severities``)."""
-    if not raw.strip():
-        return []
-    try:
-        value = json.loads(raw)
-    except ValueError as error:
-        return [f"{name} must be a JSON object of rule: warn | drop | fail ({error})"]
-    if not isinstance(value, dict):
-        return [f"{name} must be a JSON object of rule: warn | drop | fail, not {type(value).__name__}"]
-    return [f"{name}: {rule!r} has severity {level!r}; it must be one of {', '.join(SEVERITIES)}"
-            for rule, level in value.items() if level not in SEVERITIES]
+    value, problems = json_object(raw, name, "of rule: warn | drop | fail")
+    return problems + [f"{name}: {rule!r} has severity {level!r}; it must be one of {', '.join(SEVERITIES)}"
+                       for rule, level in value.items() if level not in SEVERITIES]
 
 
 def get_settings() -> Settings:
