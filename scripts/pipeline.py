@@ -401,7 +401,7 @@ def run(cluster: Cluster | None = None, generator: bool = True) -> int:
     environment = Environment.prepare()
     env, settings = environment.env, environment.settings
     if cluster is not None:
-        env.update(cluster.airflow_env(settings))
+        env.update(cluster.airflow_env(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
     # the generator below is the feed: silence from it is an alert. Empty counts as unset, as for every setting
     # (a shell that sourced .env.example exports FEED_EXPECTED as an empty string)
     if generator and not env.get("FEED_EXPECTED", "").strip():
