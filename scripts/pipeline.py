@@ -452,7 +452,7 @@ def run(cluster: Cluster | None = None, generator: bool = True) -> int:
             ])
         ui = env["AIRFLOW__API__BASE_URL"]
         say(f"Airflow UI: {ui}  (login: {ADMIN_USER} / {password})")
-        feed = "generator writing into" if generator else "no generator (--no-generator); files are read from"
+        feed = "generator writing into" if generator else "no generator (FEED=off); files are read from"
         say(f"{feed} {settings.landing_dir}; DAG {DAG_ID} runs every minute")
         say(f"logs: {LOG_DIR}/<component>.log, task logs under {env['AIRFLOW_HOME']}/logs")
         say("press Ctrl+C to stop everything")

@@ -32,6 +32,7 @@ LONGEST_FIRST = (
     "tests/integration/test_fault_tolerance.py",  # 494 s
     "tests/integration/test_make_run.py",  # 265 s
     "tests/integration/test_backfill_and_replay.py",  # 252 s
+    "tests/integration/test_external_database.py",  # 208 s (2026-12-07, beside another test file)
     "tests/integration/test_airflow_ui.py",  # 91 s
     "tests/integration/test_alerts_to_slack.py",  # 90 s
     "tests/integration/test_rule_severities.py",  # 82 s

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,16 +40,17 @@ CONN_IDS = ("ecommerce_postgres", "ecommerce_postgres_owner", "ecommerce_postgre
 
 
 @pytest.fixture(scope="module")
-def external(tmp_path_factory):
+def external():
     """The team's server: its own administrator, database and roles (names and passwords not the project's)."""
-    root = tmp_path_factory.mktemp("external-postgres")
-    root.chmod(0o755)
+    root = Path(tempfile.mkdtemp(prefix="ecom-external-"))  # not under pytest's 0700 directory: the postgres user
+    root.chmod(0o755)                                         # must reach its data directory
     server = LocalPostgres(root / "data", free_port(), "dba_admin", f"dba-{secrets.token_hex(8)}")
     server.ensure()
     roles = {kind: Login(f"shop_{kind}", f"{kind}-{secrets.token_hex(8)}") for kind in ("owner", "writer", "reader")}
     provision_analytics(server.conninfo(), DATABASE, roles["owner"], roles["writer"], roles["reader"])
     yield server, roles
     server.stop(mode="immediate")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def connections(server: LocalPostgres, roles: dict[str, Login]) -> dict[str, dict]:
