@@ -98,8 +98,11 @@ def provision_analytics(admin_conninfo: str, database: str, owner: Login, writer
     with psycopg.connect(admin_conninfo, autocommit=True) as conn:
         admin = conn.execute("SELECT current_user").fetchone()[0]
         if admin in {login.name for login in logins}:
-            raise RoleError(f"{admin} is the administrator that sets up the roles; the pipeline's roles must be "
-                            "others (a connection logs in as the administrator?)")
+            raise RoleError(
+                f"a connection logs in as {admin}, the server's administrator that makes the roles: the pipeline must "
+                "write, read and own the schema as roles of their own (docs/security.md). Point the connection at "
+                "its role (ecommerce_writer, ecommerce_owner, ecommerce_reader), or unset the AIRFLOW_CONN_* "
+                "variable that names the administrator so start-up creates it")
         for login in logins:
             ensure_login(conn, login)
         ensure_owned_database(conn, database, owner.name)

@@ -129,7 +129,7 @@ class Environment:
         owner_settings = _with_connection(configured, owner)
         with psycopg.connect(owner_settings.postgres_conninfo, connect_timeout=10) as conn:
             apply_schema(conn)
-            grant_privileges(conn, writer["login"], reader.get("login") or writer["login"])
+            grant_privileges(conn, writer["login"], reader.get("login"))
         settings = _with_connection(configured, writer)
         if not (archive := class_archive_path()) or not archive.exists():
             started_at = time.monotonic()

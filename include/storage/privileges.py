@@ -19,24 +19,20 @@ ANALYZED_TABLES = ("staging_events", "audit_pinned_batches", "audit_excluded_row
 ANALYZE_FUNCTION = "pipeline_analyze"
 
 
-def grant_privileges(conn: psycopg.Connection, writer: str, reader: str) -> None:
-    """As the owner: DML to ``writer``, SELECT to ``reader``, on what exists and on what the owner creates later."""
-    w, r, db = sql.Identifier(writer), sql.Identifier(reader), sql.Identifier(conn.info.dbname)
+def grant_privileges(conn: psycopg.Connection, writer: str, reader: str | None) -> None:
+    """As the owner: DML to ``writer``, SELECT to ``reader`` (None: no reader defined), on what exists and on what
+    the owner creates later."""
+    w, db = sql.Identifier(writer), sql.Identifier(conn.info.dbname)
     statements = [
         # nobody but the owner creates objects (PostgreSQL 15's default for a new database; older ones granted it)
         "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
         sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, w),
-        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, r),
-        sql.SQL("GRANT USAGE ON SCHEMA public TO {}, {}").format(w, r),
+        sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(w),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {}").format(w),
         sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}").format(w),
-        sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(r),
-        sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public "
-                "FROM {}").format(r),
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES "
                 "TO {}").format(w),
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}").format(w),
-        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(r),
         sql.SQL("""CREATE OR REPLACE FUNCTION {fn}(target regclass) RETURNS void
                    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
                    BEGIN
@@ -49,6 +45,16 @@ def grant_privileges(conn: psycopg.Connection, writer: str, reader: str) -> None
         sql.SQL("REVOKE ALL ON FUNCTION {}(regclass) FROM PUBLIC").format(sql.Identifier(ANALYZE_FUNCTION)),
         sql.SQL("GRANT EXECUTE ON FUNCTION {}(regclass) TO {}").format(sql.Identifier(ANALYZE_FUNCTION), w),
     ]
+    if reader and reader != writer:
+        r = sql.Identifier(reader)
+        statements += [
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, r),
+            sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(r),
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(r),
+            sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public "
+                    "FROM {}").format(r),
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(r),
+        ]
     with conn.transaction():
         for statement in statements:
             conn.execute(statement)

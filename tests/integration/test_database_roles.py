@@ -119,3 +119,15 @@ def test_airflow_metadata_and_the_analytics_database_do_not_share_credentials(pi
         assert outcome(conn, "SELECT count(*) FROM ecommerce_events") == REFUSED
     with as_role(pipeline, metadata, dbname="airflow") as conn:
         assert outcome(conn, "SELECT count(*) FROM dag") == ALLOWED
+
+
+def test_a_connection_that_logs_in_as_the_administrator_is_refused(pipeline):
+    """A deployment that defined ecommerce_postgres with the superuser (as every one did before the roles) is told
+    what to change, and nothing is demoted."""
+    from scripts.database_roles import Login, RoleError, provision_analytics
+
+    owner, _, reader = logins(pipeline.env)
+    admin = Login(pipeline.settings.postgres_user, pipeline.settings.postgres_password)
+    with pytest.raises(RoleError, match="the server's administrator"):
+        provision_analytics(pipeline.cluster.conninfo(), pipeline.settings.postgres_db, owner, admin, reader)
+    assert pipeline.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is True
