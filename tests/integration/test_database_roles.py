@@ -131,3 +131,46 @@ def test_a_connection_that_logs_in_as_the_administrator_is_refused(pipeline):
     with pytest.raises(RoleError, match="the server's administrator"):
         provision_analytics(pipeline.cluster.conninfo(), pipeline.settings.postgres_db, owner, admin, reader)
     assert pipeline.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is True
+
+
+def test_a_database_made_before_the_roles_is_handed_to_the_owner(pipeline):
+    """Every database of the project was made by the administrator, who then owned every table: at the next start
+    the database and its objects become the owner's, and the writer gets its DML, with the rows intact."""
+    from psycopg import sql
+
+    from include.storage.privileges import grant_privileges
+    from scripts.database_roles import provision_analytics
+
+    owner, writer, reader = logins(pipeline.env)
+    admin = pipeline.cluster.conninfo()
+    legacy = "legacy_ecommerce"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(legacy)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(legacy)))
+    as_admin = psycopg.conninfo.make_conninfo(admin, dbname=legacy)
+    with psycopg.connect(as_admin) as conn:
+        conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO events (note) VALUES ('kept')")
+        conn.execute("CREATE SEQUENCE standalone_sequence")
+        conn.execute("CREATE VIEW v_events AS SELECT count(*) AS n FROM events")
+        conn.execute("CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+    try:
+        provision_analytics(admin, legacy, owner, writer, reader)
+        with psycopg.connect(as_admin) as conn:
+            owners = dict(conn.execute(
+                "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = 'public'").fetchall())
+            assert set(owners.values()) == {owner.name}, owners
+            assert conn.execute("SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'answer'").fetchone()[0] \
+                == owner.name
+            assert conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                                (legacy,)).fetchone()[0] == owner.name
+        with psycopg.connect(psycopg.conninfo.make_conninfo(as_admin, user=owner.name, password=owner.password)) as conn:
+            grant_privileges(conn, writer.name, reader.name)
+        with psycopg.connect(psycopg.conninfo.make_conninfo(as_admin, user=writer.name, password=writer.password)) as conn:
+            conn.execute("INSERT INTO events (note) VALUES ('new')")
+            assert [n for (n,) in conn.execute("SELECT note FROM events ORDER BY id")] == ["kept", "new"]
+            assert outcome(conn, "DROP TABLE events CASCADE") == REFUSED
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(legacy)))
