@@ -4,6 +4,8 @@
 #   make test   the whole test suite (unit + integration against a real PostgreSQL, Spark and Airflow), 2 workers
 #   make test-fast  the inner loop: unit tests + the tests against one real PostgreSQL (under 3 minutes)
 #   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
+#   make migrate    apply the analytics schema's pending revisions (the start-up of run and once does it too)
+#   make migration  write the next revision: NAME="what it does", or without NAME the contract file's new columns
 #   make bench  throughput vs raw COPY, empty minute, freshness, memory (own PostgreSQL; see docs/performance.md)
 # run, once and env read the checkout's .env when present (the environment wins; scripts/env_file.py).
 # One virtualenv serves every target, with requirements-dev.txt (the runtime pins plus pytest, selenium, ruff,
@@ -19,7 +21,7 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 # What the machine must provide (README "Prerequisites"), checked before minutes go into pip or a test run.
 PREFLIGHT := $(SHELL) scripts/preflight.sh
 
-.PHONY: venv run cluster once test test-fast test-unit test-integration test-cluster lint clean env bench preflight
+.PHONY: venv run cluster once migrate migration test test-fast test-unit test-integration test-cluster lint clean env bench preflight
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(BIN)/python || { $(PREFLIGHT) python "$(PYTHON)" && $(PYTHON) -m venv $(VENV); }
@@ -49,6 +51,15 @@ cluster: preflight venv
 
 once: preflight venv
 	@$(BIN)/python -m scripts.pipeline once --env-file .env
+
+# The analytics schema is versioned (docs/schema.md): migrate applies the pending revisions to the configured
+# database (starting the local PostgreSQL when it is the local one); migration writes the next revision into
+# include/storage/migrations/versions/, to review and commit.
+migrate: preflight venv
+	@$(BIN)/python -m scripts.pipeline migrate --env-file .env
+
+migration: venv
+	@$(BIN)/python -m scripts.new_migration $(if $(NAME),--name "$(NAME)")
 
 # Two pytest workers (PYTEST_WORKERS; 0 runs in this process): each test file goes whole to one worker, the
 # longest first (tests/conftest.py), and each worker has its own PostgreSQL, Airflow home and ports. Most of the

@@ -398,9 +398,9 @@ def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: 
 
 
 def reset_pipeline(bench: Bench) -> None:
-    """Back to the state ``start_environment`` left: the events database dropped and re-created with the schema
-    (empty tables, no statistics: as after ``scripts.pipeline init``), and LANDING_DIR, the archive, the
-    checkpoint, the quarantine and the Great Expectations directory removed. Airflow's metadata is kept, and so
+    """Back to the state ``start_environment`` left: the events database dropped and re-created at the schema's
+    head revision (empty tables, no statistics: as after ``scripts.pipeline init``), and LANDING_DIR, the archive,
+    the checkpoint, the quarantine and the Great Expectations directory removed. Airflow's metadata is kept, and so
     is ALERT_FILE (the bench does not set its own: it is the checkout's)."""
     from psycopg import sql
 

@@ -16,12 +16,13 @@ HOURLY_REVENUE_DAG_ID = "ecommerce_hourly_revenue"  # the example downstream DAG
 POSTGRES_CONN_ID = "ecommerce_postgres"
 SPARK_CONN_ID = "spark_default"
 SLACK_CONN_ID = "slack_alerts"
+AIRFLOW_API_CONN_ID = "airflow_api"  # Airflow's REST API: backfill runs' notes and the runs a chunk covered
 METADATA_CONN_ID = "airflow_metadata"  # Airflow's own database, for `airflow db clean` in ecommerce_housekeeping
 
 # PostgreSQL advisory locks (include.storage.locks), by what each one guards.
 PUBLISH_LOCK = "ecommerce_events publish"            # every writer of ecommerce_events / dead_letter_events
 REVALIDATION_LOCK = "ecommerce_events revalidation"  # revalidation_candidates: backfills, replays, retention
-SCHEMA_LOCK = "ecommerce_events schema"              # applying schema.sql (two starts at once deadlocked)
+SCHEMA_LOCK = "ecommerce_events schema"              # migrating the schema (two starts at once)
 INGEST_LOCK_PREFIX = "ecommerce_events ingest"       # + the checkpoint directory: one live query per checkpoint
 CLAIM_LOCK = "ecommerce_events landing claim"        # claims out of LANDING_DIR: one at a time, ids in commit order
 OWNER_CONN_ID = "ecommerce_postgres_owner"    # the schema's owner: the only one that runs DDL (start-up)

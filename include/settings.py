@@ -99,6 +99,9 @@ class Settings:
     # archived files older than this many days are deleted by the ecommerce_archive_retention DAG (0 = keep all);
     # a backfill can only re-read windows still in the archive
     archive_retention_days: int = 30
+    # how much history one run of a backfill re-derives at once (one Spark job, one transaction); the backfill's
+    # other runs in that span are closed without starting (include/airflow/backfill_runs.py)
+    backfill_chunk_minutes: int = 360
     # housekeeping (include/ops/housekeeping.py, the daily ecommerce_housekeeping DAG); 0 days keeps all.
     # Airflow's metadata (runs, task instances, XComs, audit log, jobs, asset events) and the task log files under
     # $AIRFLOW_HOME/logs share one retention: a task log is only reachable through its run in the UI.
@@ -187,6 +190,8 @@ class Settings:
             problems.append("MAX_RETRIES >= 0, INITIAL_RETRY_DELAY >= 0 and RETRY_BACKOFF_FACTOR >= 1")
         if self.circuit_breaker_threshold < 1:
             problems.append("CIRCUIT_BREAKER_THRESHOLD must be at least 1")
+        if self.backfill_chunk_minutes < 1:
+            problems.append("BACKFILL_CHUNK_MINUTES must be at least 1")
         if self.archive_retention_days < 0:
             problems.append("ARCHIVE_RETENTION_DAYS must not be negative (0 keeps the archive forever)")
         problems += [f"{name} must not be negative (0 keeps everything)" for name, days in (

@@ -8,7 +8,8 @@ derived here, not edited: AIRFLOW_CONN_AIRFLOW_METADATA, the metadata database's
 
 The connections of the analytics database and of Spark are *not* exported: they live in Airflow (the
 metastore, where the UI edits them, or AIRFLOW_CONN_* set by the user), and start-up creates the missing ones
-from ``connection_definitions`` (scripts/pipeline.py), never overriding one that exists.
+from ``connection_definitions`` (scripts/pipeline.py), never overriding one that exists. Derived, like the
+metadata's: AIRFLOW_CONN_AIRFLOW_API, this Airflow's REST API as the local admin, for backfills' notes.
 
     eval "$(.venv/bin/python -m scripts.airflow_env)"   # then use the `airflow` CLI against this setup
     eval "$(make -s env)"                                # the same, with the checkout's .env read first
@@ -113,6 +114,12 @@ def project_metadata_url(settings: Settings, environ: Mapping[str, str], home: P
     return f"postgresql+psycopg2://{user}:{password}@{settings.postgres_host}:{settings.postgres_port}/{METADATA_DATABASE}"
 
 
+def airflow_api_connection(host: str, port: str, environ: Mapping[str, str]) -> str:
+    """The ``airflow_api`` connection (JSON) for the api-server at ``host``:``port``, as the local admin."""
+    return json.dumps({"conn_type": "http", "host": host, "port": int(port), "login": ADMIN_USER,
+                       "password": environ.get("AIRFLOW_ADMIN_PASSWORD") or "admin"})
+
+
 def airflow_environment(
     settings: Settings, environ: Mapping[str, str] | None = None, home_dir: Path | None = None
 ) -> dict[str, str]:
@@ -152,6 +159,10 @@ def airflow_environment(
     for key, file_name in (("AIRFLOW__API_AUTH__JWT_SECRET", ".jwt_secret"), ("AIRFLOW__API__SECRET_KEY", ".api_secret_key")):
         if key not in environ:
             env[key] = _persistent_secret(home / file_name)
+    if "AIRFLOW_CONN_AIRFLOW_API" not in environ:
+        # the REST API of this Airflow, as the local admin: a backfill's covering run writes the notes of the runs
+        # it covered and closes them (include/airflow/backfill_runs.py)
+        env["AIRFLOW_CONN_AIRFLOW_API"] = airflow_api_connection(api_host, api_port, environ)
     if "AIRFLOW_CONN_AIRFLOW_METADATA" not in environ:
         # A task process has no metadata database in Airflow 3 (the Task SDK blanks sql_alchemy_conn, in its
         # environment too), so the one task that runs `airflow db clean` gets the URL through a connection:

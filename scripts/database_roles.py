@@ -118,17 +118,17 @@ def provision_metadata(admin_conninfo: str, database: str, login: Login) -> None
 
 
 def provision_with_schema(admin_conninfo: str, database: str, owner: Login, writer: Login, reader: Login) -> str:
-    """``provision_analytics``, then the schema applied and the privileges granted by the owner, as start-up does
+    """``provision_analytics``, then the schema migrated and the privileges granted by the owner, as start-up does
     on the project's own server (for the tests and the bench, which make their own servers). Returns the owner's
     conninfo."""
+    from include.storage.migrations.runner import upgrade_schema
     from include.storage.privileges import grant_privileges
-    from include.storage.schema import apply_schema
 
     provision_analytics(admin_conninfo, database, owner, writer, reader)
     owner_conninfo = psycopg.conninfo.make_conninfo(admin_conninfo, dbname=database, user=owner.name,
                                                     password=owner.password)
+    upgrade_schema(owner_conninfo)
     with psycopg.connect(owner_conninfo) as conn:
-        apply_schema(conn)
         grant_privileges(conn, writer.name, reader.name)
     return owner_conninfo
 

@@ -4,6 +4,8 @@
     python -m scripts.pipeline init --start-dags
                                       # init, the UI login, and the scheduled DAGs parsed and unpaused,
                                       # as `run` does (docker-compose.yaml's airflow-init)
+    python -m scripts.pipeline migrate
+                                      # the connections, roles and pending schema revisions, nothing else
     python -m scripts.pipeline once   # init, then one run of the DAG (`airflow dags test`); exit 0 / 1
     python -m scripts.pipeline run    # init, then Airflow + the generator until Ctrl+C
     python -m scripts.pipeline cluster
@@ -46,8 +48,9 @@ from include.airflow.packaging import build_class_archive, class_archive_path
 from include.airflow.settings_resolution import with_connection_fields
 from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, METADATA_ROLE, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
+from include.storage.migrations import SchemaError
+from include.storage.migrations.runner import upgrade_schema
 from include.storage.privileges import grant_privileges
-from include.storage.schema import apply_schema
 from scripts.airflow_env import (
     ADMIN_USER,
     METADATA_DATABASE,
@@ -95,8 +98,9 @@ class Environment:
     started_postgres: LocalPostgres | None = None
 
     @classmethod
-    def prepare(cls) -> Environment:
-        """Make the metadata database, the connections, the roles, the schema and the Spark archive ready."""
+    def prepare(cls, spark: bool = True) -> Environment:
+        """Make the metadata database, the connections, the roles, the schema and (``spark``) the Spark archive
+        ready."""
         configured = Settings.from_env()  # POSTGRES_*: the project's own server, and how to administer it
         env = {**os.environ, **airflow_environment(configured)}
         passwords = role_passwords(env)
@@ -126,12 +130,9 @@ class Environment:
         else:
             say(f"{writer['conn_id']} points at {_where(writer)}, not this project's server: no local analytics "
                 "cluster for it, its roles are its administrator's")
-        owner_settings = _with_connection(configured, owner)
-        with psycopg.connect(owner_settings.postgres_conninfo, connect_timeout=10) as conn:
-            apply_schema(conn)
-            grant_privileges(conn, writer["login"], reader.get("login"))
+        migrate_schema(_with_connection(configured, owner).postgres_conninfo, writer["login"], reader.get("login"))
         settings = _with_connection(configured, writer)
-        if not (archive := class_archive_path()) or not archive.exists():
+        if spark and (not (archive := class_archive_path()) or not archive.exists()):
             started_at = time.monotonic()
             say("writing Spark's class-data archive (once per Java and Spark version, about a minute) ...")
             if build_class_archive():
@@ -164,6 +165,19 @@ class ProjectServer:
             self.started = cluster
             say(f"started PostgreSQL on {cluster.host}:{cluster.port} (data in {cluster.data_dir})")
         self.ready = True
+
+
+def migrate_schema(owner_conninfo: str, writer: str, reader: str | None) -> None:
+    """As the schema's owner (connection ecommerce_postgres_owner: the only role with DDL): apply the pending
+    revisions of the analytics schema (include/storage/migrations, docs/schema.md), or stop with the reason, then
+    grant the writer and the reader their privileges (include/storage/privileges.py)."""
+    try:
+        upgrade = upgrade_schema(owner_conninfo)
+    except SchemaError as error:
+        raise SystemExit(f"[pipeline] {error}") from None
+    say(upgrade.describe())
+    with psycopg.connect(owner_conninfo, connect_timeout=10) as conn:
+        grant_privileges(conn, writer, reader)
 
 
 def _provision(work) -> None:
@@ -486,7 +500,7 @@ def load_env(env_file: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["init", "once", "run", "cluster"])
+    parser.add_argument("command", choices=["init", "migrate", "once", "run", "cluster"])
     parser.add_argument("--start-dags", action="store_true",
                         help="with init: also write the UI login and parse and unpause the scheduled DAGs")
     parser.add_argument("--no-generator", dest="generator", action="store_false",
@@ -495,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.env_file:
         load_env(args.env_file)
+    if args.command == "migrate":  # the owner's connection is Airflow's: the metadata is made ready first
+        Environment.prepare(spark=False)
+        return 0
     if args.command == "init":
         if args.start_dags:  # the UI's login is written: Compose's airflow-init, before any container serves it
             refuse_placeholders({**os.environ, **airflow_environment(Settings.from_env())})

@@ -110,3 +110,15 @@ def test_the_spark_code_archive_holds_everything_the_jobs_import_and_nothing_els
     needed = set().union(*(_closure(m) for m in GRAPH if _within(m, ("spark_jobs",))))
     assert needed - shipped == set()
     assert sorted(m for m in shipped if _within(m, NEVER_ON_EXECUTORS)) == []
+
+
+def test_the_schema_migrations_never_reach_the_executors():
+    """Alembic and SQLAlchemy apply the schema's revisions at the start-up, as the schema's owner: nothing the
+    Spark jobs import reaches them, and the code zip leaves ``include/storage/migrations`` out."""
+    migrations = ("include.storage.migrations", "alembic", "sqlalchemy")
+    jobs = set().union(*(_closure(m) for m in GRAPH if _within(m, ("spark_jobs",))))
+    reached = jobs | set().union(*(GRAPH[m] for m in jobs))
+    assert sorted(m for m in reached if _within(m, migrations)) == []
+    shipped = {_module_name(p) for p in _sources(ROOT) if p.suffix == ".py"}
+    assert sorted(m for m in shipped if _within(m, migrations)) == []
+    assert "include.storage.migrations.runner" in GRAPH  # the test sees the package it keeps out

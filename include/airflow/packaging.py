@@ -1,7 +1,7 @@
 """Package the project code Spark imports as a zip for ``--py-files``: ``spark_jobs/``, the contract, the
-storage layer and the few pure modules below them (settings, names, fault hooks). Nothing of Airflow, GX,
-publish, ops or the UI goes to the executors; ``tests/test_layers.py`` checks that this list covers
-everything the Spark jobs import.
+storage layer (without its schema migrations) and the few pure modules below them (settings, names, fault
+hooks). Nothing of Airflow, GX, publish, ops, the UI or the migrations goes to the executors;
+``tests/test_layers.py`` checks that this list covers everything the Spark jobs import.
 
 spark-submit ships the zip to the driver and every executor, so the same DAG works for ``local[*]`` and for
 a standalone cluster. The zip is named by the hash of its sources: building it again for unchanged code
@@ -28,6 +28,8 @@ from include.settings import PROJECT_ROOT
 
 PACKAGES = ("spark_jobs", "include/contract", "include/storage")
 MODULES = ("include/__init__.py", "include/settings.py", "include/names.py", "include/faults.py")
+# The schema's migrations (Alembic, SQLAlchemy) run at the start-up as the schema's owner, never on an executor.
+LEFT_OUT = ("include/storage/migrations",)
 _SUFFIXES = (".py", ".sql", ".json", ".yaml")
 CODE_ARCHIVE_DIR = PROJECT_ROOT / "data" / "code"
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry no build time, so equal code gives equal bytes
@@ -36,7 +38,8 @@ _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip entries carry no build time, so equal
 def _sources(root: Path) -> list[Path]:
     return sorted(
         [path for package in PACKAGES for path in (root / package).rglob("*")
-         if path.is_file() and path.suffix in _SUFFIXES and "__pycache__" not in path.parts]
+         if path.is_file() and path.suffix in _SUFFIXES and "__pycache__" not in path.parts
+         and not any(path.is_relative_to(root / left_out) for left_out in LEFT_OUT)]
         + [root / module for module in MODULES]
     )
 

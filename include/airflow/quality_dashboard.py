@@ -15,7 +15,7 @@ The range is a preset (``range=1h|6h|24h|7d``, default 24h) or ``from``/``to``. 
 bucket boundary, so every bucket but the last is whole; the last ends at ``to`` or now. Each query filters
 its table's time column to the range and aggregates per bucket in PostgreSQL (``date_bin``): the page reads
 at most ``MAX_BUCKETS`` rows per series, whatever the range. Values are bound parameters. The time columns
-are indexed except ``data_quality_metrics.recorded_at``: schema.sql has no index there, and the table has one
+are indexed except ``data_quality_metrics.recorded_at``: the schema has no index there, and the table has one
 row per batch, pruned after PIPELINE_HISTORY_RETENTION_DAYS.
 """
 

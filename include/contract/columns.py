@@ -13,8 +13,9 @@ A feed column is ``required`` when a file without it cannot be read (the v1 colu
 column may be missing from a file and is then NULL (or its ``default``).
 
 The order is the order of ``staging_events``' event columns and of ``ecommerce_events``; the feed
-columns in this order are the canonical (latest) CSV layout. ``include/storage/sql/schema.sql`` declares
-the same columns with these types, and ``tests/integration/test_schema.py`` holds the two together.
+columns in this order are the canonical (latest) CSV layout. The schema's migrations (include/storage/migrations)
+create the same columns with these types, a column added here by the revision `make migration` writes from this
+file, and ``tests/integration/test_schema.py`` holds the two together.
 """
 
 from __future__ import annotations

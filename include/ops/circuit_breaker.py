@@ -102,3 +102,11 @@ def transition(conn: psycopg.Connection, change) -> tuple[BreakerState, BreakerS
         if new != old:
             save(conn, new)
     return old, new
+
+
+def record_published_run(settings) -> None:
+    """A run got through publish: the breaker closes (or stays closed)."""
+    from include.storage.connections import with_connection
+
+    breaker = breaker_from_settings(settings)
+    with_connection(settings, lambda conn: transition(conn, breaker.on_success))

@@ -48,8 +48,3 @@ def detect_every_minute_work(settings: Settings, run_id: str | None) -> bool:
     print(decision.message)
     return bool(waiting or unpublished) and decision.allowed
 
-
-def record_published_run(settings: Settings) -> None:
-    """A run got through publish: the circuit breaker closes (or stays closed)."""
-    breaker = circuit_breaker.breaker_from_settings(settings)
-    with_connection(settings, lambda conn: circuit_breaker.transition(conn, breaker.on_success))

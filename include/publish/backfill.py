@@ -1,23 +1,23 @@
-"""Backfills: re-derive the rows of the archived files that landed in one DAG run's data interval.
+"""Backfills: re-derive the rows of the archived deliveries of one chunk (include/publish/coverage.py).
 
-A backfill run of ``ecommerce_events`` (``airflow backfill create`` or the UI's backfill dialog; Airflow
-gives it run_type ``backfill`` and the data interval of its schedule slot) takes the DAG's backfill path:
+A covering run of a backfill, or of a window named on the Trigger form, takes the DAG's backfill path:
 
-1. ``detect_work`` lists the deliveries claimed in the interval whose files are still archived
-   (``include.storage.deliveries.claimed_in``);
-2. ``backfill_ingest`` runs ``spark_jobs/backfill_batch.py``: it reads exactly that file list (no streaming
-   query, no checkpoint, no file moves), applies the ingest's parse and transforms, and COPYs the rows into
-   ``staging_events`` under a fresh backfill batch id recorded in ``pipeline_backfill_ledger``;
+1. ``detect_work`` claims its chunk (include/airflow/backfill_runs.py: up to BACKFILL_CHUNK_MINUTES of history
+   from the first minute not yet covered);
+2. ``backfill_ingest`` runs ``spark_jobs/backfill_batch.py``: it reads exactly the deliveries claimed in the
+   chunk's window and still archived (no streaming query, no checkpoint, no file moves), applies the ingest's
+   parse and transforms, and COPYs the rows into ``staging_events`` under the chunk's backfill batch id;
 3. ``rederive`` (``rederive`` here) validates them with the same Great Expectations suite (over
    ``revalidation_candidates``) and re-derives them (``publish_backfill``) in one transaction.
 
 **Which rows a backfill owns.** Exactly the rows of the deliveries it re-read, matched by lineage
-(``delivery_id``, ``source_line``): two deliveries of one name are two files. For each such line the new verdict is compared with where the line is
-now: a line that passes and is stored stays untouched; a line that passes and is dead-lettered moves into
-``ecommerce_events`` (its dead letter becomes ``resolved``); a line that fails and is stored moves into
-``dead_letter_events`` (an earlier dead letter of the line is reopened, never duplicated); every move is a
-row in ``dead_letter_moves``. Rows of other files are never touched, so a window whose files are no longer
-archived (ARCHIVE_RETENTION_DAYS) changes nothing. A second identical backfill therefore changes no row.
+(``delivery_id``, ``source_line``): two deliveries of one name are two files. For each such line the new
+verdict is compared with where the line is now: a line that passes and is stored stays untouched; a line that
+passes and is dead-lettered moves into ``ecommerce_events`` (its dead letter becomes ``resolved``); a line that
+fails and is stored moves into ``dead_letter_events`` (an earlier dead letter of the line is reopened, never
+duplicated); every move is a row in ``dead_letter_moves``, with the request's reason. Rows of other files are
+never touched, so a window whose files are no longer archived (ARCHIVE_RETENTION_DAYS) changes nothing. A
+second identical backfill therefore changes no row.
 
 **Concurrency.** Every writer of the two tables takes the publish lock (``include.storage.locks.publish_lock``);
 backfills and replays also hold the revalidation lock while they use ``revalidation_candidates``.
@@ -26,7 +26,6 @@ backfills and replays also hold the revalidation lock while they use ``revalidat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -36,7 +35,6 @@ from include.publish import sql
 from include.results import PublishSummary, Validation, failing_rules, time_span, validity_rate
 from include.settings import Settings
 from include.storage.connections import with_connection
-from include.storage.deliveries import claimed_in, window
 from include.storage.locks import publish_lock, revalidation_lock
 from include.storage.privileges import analyze
 
@@ -56,27 +54,15 @@ def is_backfill_run(run_type: object) -> bool:
     return str(getattr(run_type, "value", run_type)) == "backfill"
 
 
-def detect_window(settings: Settings, interval_start: datetime, interval_end: datetime) -> bool:
-    """``detect_work`` of a backfill run: does the archive hold deliveries claimed in the run's window?"""
-    start, end = window(interval_start, interval_end)
-    found = with_connection(settings, lambda conn: claimed_in(conn, start, end))
-    print(f"backfill window [{start:%Y-%m-%d %H:%M:%S}, {end:%Y-%m-%d %H:%M:%S}) UTC: {len(found)} archived "
-          "delivery(ies)" + "".join(f"\n  {d.delivery_id}: {d.file_name} (claimed {d.claimed_at:%H:%M:%S.%f}, {d.path})"
-                                    for d in found))
-    if not found:
-        print(f"nothing to re-read: no file landed then, or it is older than ARCHIVE_RETENTION_DAYS="
-              f"{settings.archive_retention_days}; rows stored for that window stay as they are")
-    return bool(found)
-
-
 @dataclass
 class PinnedBackfill:
-    """The unpublished backfill batches of one run and the candidates built from their rows."""
+    """The staged, unpublished backfill batch (chunk) of one run and the candidates built from its rows."""
 
     backfill_batches: list[str]
     deliveries: list[int]
     input_files: int
     candidate_rows: int
+    reason: str = ""
 
 
 def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> PinnedBackfill:
@@ -86,8 +72,9 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> PinnedB
     now wins, then the first by file and line (as the every-minute runs choose)."""
     with conn.transaction():
         batches = conn.execute(
-            "SELECT backfill_batch_id, deliveries, input_files FROM pipeline_backfill_ledger "
-            "WHERE airflow_run_id = %s AND published_at IS NULL FOR UPDATE", (airflow_run_id,),
+            "SELECT backfill_batch_id, deliveries, input_files, coalesce(reason, request_key, '') "
+            "FROM pipeline_backfill_ledger WHERE airflow_run_id = %s AND published_at IS NULL "
+            "AND staged_at IS NOT NULL FOR UPDATE", (airflow_run_id,),
         ).fetchall()
         ids = [b[0] for b in batches]
         owned = sorted({f for b in batches for f in b[1]})
@@ -108,7 +95,8 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> PinnedB
             {"ids": ids, "owned": owned},
         ).rowcount
         analyze(conn, REVALIDATION_TABLE)
-    return PinnedBackfill([str(i) for i in ids], owned, sum(b[2] for b in batches), candidates)
+    return PinnedBackfill([str(i) for i in ids], owned, sum(b[2] for b in batches), candidates,
+                          "; ".join(sorted({b[3] for b in batches if b[3]})))
 
 
 def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validation: Validation, settings: Settings,
@@ -183,7 +171,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
             """SELECT min(e.event_time), max(e.event_time) FROM ecommerce_events e JOIN verdicts v
                    ON e.delivery_id = v.delivery_id AND e.source_line = v.source_line
                 WHERE v.verdict IN ('rule', 'parse')""").fetchone()
-        moves = sql.record_moves("to_dead_letter", "backfill", """
+        moves = sql.record_moves("to_dead_letter", "backfill", reason=True, rows="""
             gone g JOIN LATERAL (SELECT id AS dead_letter_id, failed_rules FROM dead_letter_events d
                                   WHERE d.delivery_id = g.delivery_id AND d.source_line = g.source_line
                                   ORDER BY id DESC LIMIT 1) d ON true""")
@@ -197,7 +185,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
             )
             {moves}
             """,
-            (airflow_run_id,),
+            (airflow_run_id, pinned.reason or None),
         ).rowcount
 
         # Passing lines not stored: store them (an event_id stored meanwhile makes the line a duplicate).
@@ -216,9 +204,9 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
                 RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.delivery_id,
                           d.failed_rules
             )
-            {sql.record_moves("to_events", "backfill", "resolved")}
+            {sql.record_moves("to_events", "backfill", "resolved", reason=True)}
             """,
-            (airflow_run_id,),
+            (airflow_run_id, pinned.reason or None),
         ).rowcount
         # warn-level violations of the lines that are events now (kept or stored by this run)
         summary["violations_recorded"] = conn.execute(sql.record_violations(

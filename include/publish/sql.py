@@ -125,13 +125,13 @@ def record_violations(source: str, *, run_id: str, where: str) -> str:
         RETURNING spark_query_id, spark_batch_id, event_id"""
 
 
-def record_moves(direction: str, cause: str, rows: str, *, approved: bool = False) -> str:
+def record_moves(direction: str, cause: str, rows: str, *, approved: bool = False, reason: bool = False) -> str:
     """``INSERT … SELECT`` into ``dead_letter_moves`` of the rows of ``rows`` (a FROM clause yielding
     event_id, source_file, source_line, delivery_id, dead_letter_id, failed_rules); the parameters are the run
-    id and, when ``approved``, who approved the moves."""
+    id, then who approved the moves (``approved``), then why they were made (``reason``)."""
     return f"""
         INSERT INTO dead_letter_moves (direction, cause, event_id, source_file, source_line, delivery_id,
-                                       dead_letter_id, failed_rules, airflow_run_id, approved_by)
+                                       dead_letter_id, failed_rules, airflow_run_id, approved_by, reason)
         SELECT '{direction}', '{cause}', event_id, source_file, source_line, delivery_id, dead_letter_id,
-               failed_rules, %s, {"%s" if approved else "NULL"}
+               failed_rules, %s, {"%s" if approved else "NULL"}, {"%s" if reason else "NULL"}
           FROM {rows}"""

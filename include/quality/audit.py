@@ -46,7 +46,7 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
     already. Rows without an event_id are not copies of each other, so each one stays a candidate (and is
     dead-lettered by ``event_id_present``). The candidates stay where they are: the view ``audit_candidates``
     reads them from ``staging_events`` through the two small tables written here, the pinned batches and the
-    rows left out (include/storage/schema.py ``create_audit_candidates_view``)."""
+    rows left out (include/storage/migrations/columns.py ``audit_candidates_view_sql``)."""
     with conn.transaction():
         # read before the anti-join below: a write committed after this read moves the generation on, so the
         # publish sees it and checks its candidates against the stored ids again (include.storage.locks.publish_lock)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from include.results import PublishSummary
+from include.results import PublishSummary, validity_rate
 
 
 def problems(summary: PublishSummary, min_validity_rate: float) -> list[str]:
@@ -24,3 +24,13 @@ def breach_message(summary: PublishSummary, found: list[str], run_id: str | None
             f"{summary.duplicates} duplicates. Top failing rules: {top or 'none'}. "
             f"Data Docs: {summary.data_docs}. Dead letters: SELECT * FROM dead_letter_events "
             f"WHERE airflow_run_id = '{run_id}'")
+
+
+def backfill_problems(done: dict, min_validity_rate: float) -> tuple[list[str], float]:
+    """Each reason a whole backfill breaches quality, on its totals (``include.publish.coverage.progress``): the
+    validity of its re-derived rows below MIN_VALIDITY_RATE. Returns (the reasons, the validity rate)."""
+    valid, invalid = done["pass"], done["rule"] + done["parse"]
+    rate = validity_rate(valid, invalid)
+    found = [f"validity rate {rate}% of its {valid + invalid} re-derived rows is below MIN_VALIDITY_RATE "
+             f"{min_validity_rate}%"] if valid + invalid and rate < min_validity_rate else []
+    return found, rate

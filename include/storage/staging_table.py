@@ -216,32 +216,37 @@ def batch_deliveries(conn: psycopg.Connection, query_id: str, batch_id: int) -> 
         "SELECT delivery_id FROM deliveries WHERE spark_query_id = %s AND spark_batch_id = %s", (query_id, batch_id))]
 
 
-# ---------------------------------------------------------------------------- backfill batches
+# ---------------------------------------------------------------------------- backfill chunks
 
-def discard_unpublished(conn: psycopg.Connection, airflow_run_id: str) -> int:
-    """Before a (retried) backfill ingest: drop what an earlier attempt of this run staged but did not publish."""
+def claimed_chunk(conn: psycopg.Connection, airflow_run_id: str) -> tuple[str, datetime, datetime] | None:
+    """(backfill batch id, window start, window end) of the chunk ``airflow_run_id`` claimed and has not published
+    (include/publish/coverage.py claims it): what the backfill's Spark job stages."""
+    return conn.execute(
+        "SELECT backfill_batch_id::text, window_start, window_end FROM pipeline_backfill_ledger "
+        "WHERE airflow_run_id = %s AND published_at IS NULL ORDER BY started_at DESC LIMIT 1",
+        (airflow_run_id,)).fetchone()
+
+
+def discard_staged(conn: psycopg.Connection, backfill_batch_id: str) -> int:
+    """Before a (retried) backfill ingest: drop what an earlier attempt staged of this chunk; it stays claimed."""
     with conn.transaction():
-        ids = [r[0] for r in conn.execute(
-            "DELETE FROM pipeline_backfill_ledger WHERE airflow_run_id = %s AND published_at IS NULL "
-            "RETURNING backfill_batch_id", (airflow_run_id,)).fetchall()]
-        if ids:
-            conn.execute("DELETE FROM staging_events WHERE spark_query_id = ANY(%s)", (ids,))
-    return len(ids)
+        conn.execute("UPDATE pipeline_backfill_ledger SET staged_at = NULL WHERE backfill_batch_id = %s::uuid",
+                     (backfill_batch_id,))
+        return conn.execute("DELETE FROM staging_events WHERE spark_query_id = %s::uuid",
+                            (backfill_batch_id,)).rowcount
 
 
-def record_backfill_batch(
-    conn: psycopg.Connection, *, backfill_batch_id: str, airflow_run_id: str, start: datetime, end: datetime,
-    deliveries: list[int], source_files: list[str], started_at: datetime,
-) -> int:
-    """Mark a backfill batch completely staged; returns its staged row count."""
+def record_backfill_batch(conn: psycopg.Connection, *, backfill_batch_id: str, deliveries: list[int],
+                          source_files: list[str]) -> int:
+    """Mark a claimed backfill chunk completely staged; returns its staged row count."""
     with conn.transaction():
         return conn.execute(
             """
-            INSERT INTO pipeline_backfill_ledger (backfill_batch_id, airflow_run_id, window_start, window_end,
-                input_files, input_rows, source_files, deliveries, started_at)
-            SELECT %s, %s, %s, %s, %s, count(*), %s, %s, %s FROM staging_events WHERE spark_query_id = %s
+            UPDATE pipeline_backfill_ledger
+               SET staged_at = now(), input_files = %s, deliveries = %s, source_files = %s,
+                   input_rows = (SELECT count(*) FROM staging_events WHERE spark_query_id = %s::uuid)
+             WHERE backfill_batch_id = %s::uuid
             RETURNING input_rows
             """,
-            (backfill_batch_id, airflow_run_id, start, end, len(deliveries), source_files, deliveries,
-             started_at, backfill_batch_id),
+            (len(deliveries), deliveries, source_files, backfill_batch_id, backfill_batch_id),
         ).fetchone()[0]

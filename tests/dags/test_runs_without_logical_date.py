@@ -103,11 +103,25 @@ def test_every_template_renders_in_every_kind_of_run(dagbag, kind, monkeypatch):
     assert "ecommerce_events.ingest" in rendered or run_type == "backfill"
 
 
-def test_a_backfill_run_takes_the_path_that_reads_its_window(dagbag):
-    """The other side of the branch: the task that renders the data interval runs in backfill runs only."""
-    dag = dagbag.dags["ecommerce_events"]
-    runs = {kind: {task.task_id for task in tasks_that_run(dag, *RUN_KINDS[kind])} for kind in RUN_KINDS}
-    window_readers = {task.task_id for task in dag.tasks
-                      if any("data_interval" in str(getattr(task, field)) for field in task.template_fields)}
-    for kind, task_ids in runs.items():
-        assert bool(task_ids & window_readers) == (kind == "backfill"), (kind, task_ids & window_readers)
+def test_backfill_runs_and_a_window_on_the_trigger_form_take_the_backfill_path():
+    """The branch: runs of a backfill, and manual runs whose Trigger form names a window, re-derive from the
+    archive; every other run ingests what has landed. Half a window is refused, naming what is missing."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from include.airflow import tasks
+    from include.airflow.backfill_runs import ReprocessParamsInvalid
+
+    def run(run_type: str) -> SimpleNamespace:
+        moment = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        return SimpleNamespace(dag_id="ecommerce_events", run_id=f"{run_type}__x", run_type=run_type,
+                               logical_date=moment, data_interval_start=moment, data_interval_end=moment)
+
+    window = {"window_start": "2026-02-28T14:00:00Z", "window_end": "2026-02-28T15:30:00Z", "reason": "new price"}
+    assert tasks.choose_path(run("backfill"), {}) == "backfill_ingest"
+    assert tasks.choose_path(run("scheduled"), {"window_start": None, "window_end": None}) == "ingest"
+    assert tasks.choose_path(run("manual"), {}) == "ingest"
+    assert tasks.choose_path(run("manual"), window) == "backfill_ingest"
+    with pytest.raises(ReprocessParamsInvalid, match="both window_start and window_end"):
+        tasks.choose_path(run("manual"), {"window_start": "2026-02-28T14:00:00Z"})

@@ -355,12 +355,16 @@ def test_compose_and_make_cluster_run_the_same_services_with_the_same_commands(t
     assert processes["redis"].command[0].endswith("redis-server")
 
     # the same executor, broker kind, result backend (the metadata database) and Spark master as spark_default
-    compose, local = env_of("airflow-scheduler"), cluster.airflow_env(Settings())
+    from scripts.airflow_env import project_metadata_url
+
+    metadata = project_metadata_url(Settings(), {"AIRFLOW_DB_PASSWORD": "m"})
+    compose, local = env_of("airflow-scheduler"), cluster.airflow_env(metadata)
     assert compose["AIRFLOW__CORE__EXECUTOR"] == local["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert compose["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and local["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     for env in (compose, local):
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("/airflow")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")  # the metadata's role
     # and the same scheduler loop as make run's environment, which make cluster adds to (its idle sleep sets
     # how long each task waits for the next one)
     from scripts.airflow_env import airflow_environment

@@ -95,8 +95,8 @@ def dry_run(target: str, **env: str) -> list[str]:
     return dry.stdout.splitlines()
 
 
-@pytest.mark.parametrize("target", ["run", "cluster", "once", "test", "test-fast", "test-unit", "test-integration",
-                                    "bench"])
+@pytest.mark.parametrize("target", ["run", "cluster", "once", "migrate", "test", "test-fast", "test-unit",
+                                    "test-integration", "bench"])
 def test_every_target_that_starts_spark_or_postgresql_checks_first(target):
     commands = dry_run(target)
     assert commands[0].endswith("scripts/preflight.sh java postgres"), (target, commands[:3])

@@ -2,7 +2,8 @@
 
 The worked v4 copies the project's ``include/`` package, appends ``v4`` and a ``coupon_code`` column to
 the copy's contract file, and nothing else: the copy then reads v4 files by their header, keeps reading v1-v3
-files, stages the new column in COPY order, and adds it to PostgreSQL on the next schema apply."""
+files and stages the new column in COPY order. For PostgreSQL, `make migration` writes the revision that adds
+it, which the next start applies; until then the start refuses to run (the tables change only by migrations)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import textwrap
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from include.contract.columns import CONTRACT_FILE, ContractError, load_contract
 from include.settings import PROJECT_ROOT
@@ -36,10 +36,12 @@ PROBE = textwrap.dedent("""
            "parsed": list(PARSED_COLUMNS), "v4": list(parse_file(v4.encode(), "/l/a.csv")),
            "v3": list(parse_file(v3.encode(), "/l/b.csv"))}
     if len(sys.argv) > 1:
-        import psycopg
-        from include.storage.schema import apply_schema
-        with psycopg.connect(sys.argv[1]) as conn:
-            apply_schema(conn)
+        from include.storage.migrations import SchemaError
+        from include.storage.migrations.runner import upgrade_schema
+        try:
+            upgrade_schema(sys.argv[1])
+        except SchemaError as error:
+            out["refused"] = str(error)
     print(json.dumps(out))
 """)
 
@@ -80,25 +82,24 @@ def test_a_new_version_is_an_edit_of_the_contract_file(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.db
-def test_the_new_column_reaches_postgresql_on_the_next_schema_apply(pipeline, tmp_path):
-    admin = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="postgres")
-    name = "contract_v4_probe"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        target = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname=name)
-        run_probe(str(PROJECT_ROOT), target)  # today's contract first: an existing deployment
-        run_probe(edited_copy(tmp_path, v4), target)
+def test_the_new_column_reaches_postgresql_by_the_migration_make_migration_writes(pipeline, tmp_path):
+    with pipeline.scratch_database("contract_v4_probe") as target:
+        assert "refused" not in run_probe(str(PROJECT_ROOT), target)  # today's contract first: a deployment
+        root = edited_copy(tmp_path, v4)
+        assert "no schema migration adds: coupon_code (text)" in run_probe(root, target)["refused"]
+        written = subprocess.run(
+            [sys.executable, "-c", "from include.storage.migrations.authoring import write_contract_revision as w; "
+                                   "print(w().name)"],
+            cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root}, timeout=120)
+        assert written.returncode == 0, written.stderr[-3000:]
+        assert written.stdout.strip().endswith("_contract_columns_coupon_code.py")
+        assert "refused" not in run_probe(root, target)
         with psycopg.connect(target) as conn:
             typed = dict(conn.execute(
                 "SELECT table_name, data_type FROM information_schema.columns WHERE column_name = 'coupon_code'"
             ).fetchall())
         assert typed == dict.fromkeys(
             ("staging_events", "audit_candidates", "revalidation_candidates", "ecommerce_events"), "text")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def _price_since_v2(text: str) -> str:

@@ -1,13 +1,18 @@
-"""Backfills and dead-letter replay as an operator runs them, against real PostgreSQL, Spark and Airflow.
+"""Backfills, a window reprocessed from the Trigger form, and dead-letter replay, as an operator runs them,
+against real PostgreSQL, Spark and Airflow (an api-server and a scheduler; `airflow backfill create`).
 
-Files land across three minutes (their landing times, i.e. mtimes, are set so the windows are known) and go
-through the every-minute path (`make once`) under two MAX_PRICE values. Then the real CLI: an api-server and
-a scheduler are started and `airflow backfill create` re-reads one minute under a third MAX_PRICE: exactly
-that minute's files are re-read, rows move both ways between the dead-letter table and the events table,
-each move is recorded, nothing else changes, and a second identical backfill changes no row. Finally the
-replay DAG through the REST API: a dry run changes nothing; a real one waits at its approval step, where a
-rejection changes nothing and an approval publishes exactly the dead letters that pass the current rule,
-recording the approver.
+Thirty-six files land, one a minute two hours ago (their claim times are set so the windows are known), and go
+through the every-minute path. Then:
+
+- a backfill of thirty minutes under a lower MAX_PRICE: two runs re-derive its two chunks of fifteen minutes,
+  one Spark job each, and close the other twenty-eight runs without starting a task, each with a note naming
+  its covering run; every stored row above the new limit moves to the dead letters, once, with the backfill as
+  its reason; nothing outside the window changes; the backfill is judged once, on its totals;
+- a backfill under a still lower limit, cancelled once its first chunk is published, then created again for
+  the runs the cancel failed: it finishes exactly the minutes not yet done, and no row moves twice;
+- a window named on the Trigger form (REST API), re-derived in one run with its reason on every move;
+- the replay DAG: a dry run changes nothing; a real one waits at its approval step, where a rejection changes
+  nothing and an approval publishes exactly the dead letters that pass the current rule, recording the approver.
 """
 
 from __future__ import annotations
@@ -37,22 +42,20 @@ PASSWORD = "backfill-test-Passw0rd"
 QUALITY_OFF = {"MIN_VALIDITY_RATE": "0"}  # thresholds are changed on purpose here; the gate is tested elsewhere
 
 
-def land(pipeline, generator: EventGenerator, landed_at: datetime) -> str:
-    """Write one generated file into the landing dir; ``claimed_at`` sets its landing time once it is claimed."""
-    path = generator.write_batch(generator.generate_batch(120, "v3"), "v3", pipeline.landing_dir)
-    LANDED[str(path)] = landed_at
-    return str(path)
-
-
-LANDED: dict[str, datetime] = {}
-
-
-def claimed_at_landing_times(pipeline) -> None:
-    """Give the deliveries the landing times ``land`` was told (a delivery's landing time is when it was claimed:
-    the test places them in minutes two hours ago, as if they had been claimed then)."""
+def land_minutes(pipeline, generator: EventGenerator, first: datetime, minutes: int) -> list[int]:
+    """One generated file a minute for ``minutes`` minutes from ``first``, ingested by the every-minute path;
+    their claim times are then set to those minutes (a delivery's landing time is when it was claimed), as if
+    they had been claimed then. Returns the delivery ids, oldest first."""
+    for _ in range(minutes):
+        generator.write_batch(generator.generate_batch(120, "v3"), "v3", pipeline.landing_dir)
+    assert pipeline.once(**QUALITY_OFF).returncode == 0
+    ids = [i for (i,) in pipeline.query("SELECT delivery_id FROM deliveries ORDER BY delivery_id")]
+    assert len(ids) == minutes
     with psycopg.connect(pipeline.settings.postgres_conninfo, autocommit=True) as conn:
-        for path, landed_at in LANDED.items():
-            conn.execute("UPDATE deliveries SET claimed_at = %s WHERE source_file = %s", (landed_at, path))
+        for index, delivery_id in enumerate(ids):
+            conn.execute("UPDATE deliveries SET claimed_at = %s WHERE delivery_id = %s",
+                         (first + timedelta(minutes=index, seconds=10), delivery_id))
+    return ids
 
 
 def airflow(pipeline, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -73,38 +76,60 @@ def tables(pipeline) -> dict[str, list[tuple]]:
     }
 
 
+def rows_of(pipeline, deliveries: list[int]) -> dict[str, list[tuple]]:
+    """Every stored row, dead letter and move of ``deliveries``, whole."""
+    return {table: pipeline.query(f"SELECT * FROM {table} WHERE delivery_id = ANY(%s) ORDER BY 1", (deliveries,))
+            for table in ("ecommerce_events", "dead_letter_events", "dead_letter_moves")}
+
+
 def files_under(directory) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
 
 
-def backfill(pipeline, env: dict, logical_date: datetime) -> tuple[str, float]:
-    """`airflow backfill create` for one schedule slot; wait for its run; return (its run id, seconds)."""
-    airflow_db = psycopg.conninfo.make_conninfo(pipeline.settings.postgres_conninfo, dbname="airflow")
-    stamp = logical_date.isoformat()
-    started = time.monotonic()
-    airflow(pipeline, env, "backfill", "create", "--dag-id", "ecommerce_events", "--from-date", stamp, "--to-date", stamp,
-            "--reprocess-behavior", "completed", "--max-active-runs", "1")
-    with psycopg.connect(airflow_db, autocommit=True) as conn:
-        backfill_id = conn.execute("SELECT max(id) FROM backfill WHERE dag_id = 'ecommerce_events'").fetchone()[0]
-        deadline = time.monotonic() + 420
-        while time.monotonic() < deadline:
-            runs = conn.execute(
-                "SELECT run_type, state, data_interval_start, data_interval_end, run_id FROM dag_run "
-                "WHERE backfill_id = %s", (backfill_id,)).fetchall()
-            completed = conn.execute("SELECT completed_at FROM backfill WHERE id = %s", (backfill_id,)).fetchone()[0]
-            if runs and all(state in ("success", "failed") for _, state, _, _, _ in runs) and completed:
-                break  # the scheduler marks the backfill complete; only then may another one be created
-            time.sleep(2)
-    assert len(runs) == 1, runs
-    run_type, state, interval_start, interval_end, run_id = runs[0]
-    assert (run_type, state) == ("backfill", "success"), runs
-    assert (interval_start, interval_end) == (logical_date - timedelta(minutes=1), logical_date)
-    # the run took the backfill path; the every-minute path is there, skipped
-    assert pipeline.task_states(run_id) == {
-        **dict.fromkeys(("detect_work", "package_code", "choose_path", "backfill_ingest", "rederive", "quality_gate"),
-                        "success"),
-        **dict.fromkeys(("ingest", "audit", "publish"), "skipped")}
-    return run_id, time.monotonic() - started
+def create_backfill(pipeline, env: dict, first: datetime, last: datetime, reprocess: str = "completed") -> int:
+    """`airflow backfill create` for the schedule slots [first, last]; the backfill's id."""
+    airflow(pipeline, env, "backfill", "create", "--dag-id", "ecommerce_events", "--from-date", first.isoformat(),
+            "--to-date", last.isoformat(), "--reprocess-behavior", reprocess, "--max-active-runs", "1")
+    return pipeline.airflow_query("SELECT max(id) FROM backfill WHERE dag_id = 'ecommerce_events'")[0][0]
+
+
+def wait_for_backfill(pipeline, backfill_id: int, timeout: float = 600) -> dict[str, tuple]:
+    """Wait until the scheduler marks the backfill complete; its runs: run id -> (state, started tasks)."""
+    deadline = time.monotonic() + timeout
+    while pipeline.airflow_query("SELECT completed_at FROM backfill WHERE id = %s", (backfill_id,))[0][0] is None:
+        assert time.monotonic() < deadline, runs_of(pipeline, backfill_id)
+        time.sleep(2)
+    return runs_of(pipeline, backfill_id)
+
+
+def runs_of(pipeline, backfill_id: int) -> dict[str, tuple]:
+    """run id -> (state, how many of its tasks started, whether its backfill_ingest ran) of a backfill's runs."""
+    return {run_id: (state, started, spark) for run_id, state, started, spark in pipeline.airflow_query(
+        "SELECT r.run_id, r.state, count(*) FILTER (WHERE coalesce(t.hostname, '') <> ''), "
+        "coalesce(bool_or(t.task_id = 'backfill_ingest' AND coalesce(t.hostname, '') <> ''), false) FROM dag_run r JOIN backfill_dag_run b ON b.dag_run_id = r.id LEFT JOIN task_instance t "
+        "ON t.dag_id = r.dag_id AND t.run_id = r.run_id WHERE b.backfill_id = %s GROUP BY 1, 2", (backfill_id,))}
+
+
+def set_variable(base: str, token: str, key: str, value: str) -> None:
+    """Set an Airflow Variable through the REST API, as an operator would (a live threshold)."""
+    exists = key in {v["key"] for v in rest(base, token, "GET", "/api/v2/variables?limit=100")["variables"]}
+    if exists:
+        rest(base, token, "PATCH", f"/api/v2/variables/{key}", {"key": key, "value": value})
+    else:
+        rest(base, token, "POST", "/api/v2/variables", {"key": key, "value": value})
+
+
+def notes(base: str, token: str, run_ids) -> dict[str, str]:
+    return {run_id: rest(base, token, "GET", f"/api/v2/dags/ecommerce_events/dagRuns/{quote(run_id, safe='')}")["note"]
+            for run_id in run_ids}
+
+
+def prices(pipeline, table: str, deliveries: list[int], above: float) -> set[tuple[int, int]]:
+    """(delivery, line) of the rows of ``table`` from ``deliveries`` whose price is above ``above``."""
+    price = "price" if table == "ecommerce_events" else "(typed_row->>'price')::numeric"
+    status = "" if table == "ecommerce_events" else " AND status = 'open'"
+    return set(pipeline.query(f"SELECT delivery_id, source_line FROM {table} WHERE delivery_id = ANY(%s) AND "
+                              f"{price} > %s{status}", (deliveries, above)))
 
 
 def run_path(run_id: str) -> str:
@@ -161,43 +186,22 @@ def wait_for_replay(pipeline, run_id: str, timeout: float = 300) -> str:
     raise AssertionError(f"{run_id} did not finish: {pipeline.task_states(run_id, REPLAY_DAG_ID)}")
 
 
-def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_what_passes(pipeline, tmp_path,
-                                                                                          browser):
+def test_backfills_rederive_in_chunks_close_their_runs_and_replay_publishes_what_passes(pipeline, tmp_path, browser):
     pipeline.reset()
     timings: dict[str, float] = {}
-    # three landing minutes, two hours ago; the backfilled window is the middle one
-    minute = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
-    window_end = minute + timedelta(minutes=2)
+    first = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
     generator = EventGenerator(61, invalid_ratio=0.05, max_price=10000)
-
-    # Every-minute path, first under MAX_PRICE=40 (many rows dead-lettered), then under the default 10000.
-    before_a = land(pipeline, generator, minute + timedelta(seconds=10))
-    window_low = land(pipeline, generator, minute + timedelta(minutes=1, seconds=5))
     started = time.monotonic()
-    assert pipeline.once(MAX_PRICE="40", **QUALITY_OFF).returncode == 0
-    window_high = land(pipeline, generator, minute + timedelta(minutes=1, seconds=40))
-    after_c = land(pipeline, generator, minute + timedelta(minutes=2, seconds=1))
-    assert pipeline.once(**QUALITY_OFF).returncode == 0
-    claimed_at_landing_times(pipeline)
-    timings["two every-minute runs"] = time.monotonic() - started
-    window_files = [window_low, window_high]
-    outside = [before_a, after_c]
-    stored_lines = pipeline.scalar(
-        "SELECT (SELECT count(*) FROM ecommerce_events WHERE source_file = ANY(%s)) "
-        "+ (SELECT count(*) FROM dead_letter_events WHERE source_file = ANY(%s))", (window_files, window_files))
-    # what MAX_PRICE=150 must change in the window, computed from the rows as stored
-    expected_in = pipeline.scalar(
-        "SELECT count(*) FROM dead_letter_events WHERE source_file = %s AND failed_rules = '{price_in_range}' "
-        "AND (typed_row->>'price')::numeric > 0 AND (typed_row->>'price')::numeric <= 150", (window_low,))
-    expected_out = pipeline.scalar(
-        "SELECT count(*) FROM ecommerce_events WHERE source_file = %s AND price > 150", (window_high,))
-    assert expected_in > 0 and expected_out > 0
-    outside_before = {k: [r for r in v if any(f in map(str, r) for f in outside)] for k, v in tables(pipeline).items()}
+    deliveries = land_minutes(pipeline, generator, first, 36)
+    timings["36 files through the every-minute path"] = time.monotonic() - started
+    window, outside = deliveries[:30], deliveries[30:]   # the backfills re-derive the first thirty minutes
+    stored_above_150 = prices(pipeline, "ecommerce_events", window, 150)
+    assert stored_above_150
+    outside_before = rows_of(pipeline, outside)
     archive_before = files_under(pipeline.archive_dir)
     checkpoint_before = files_under(pipeline.settings.checkpoint_dir)
 
-    # The real CLI path: api-server + scheduler, `airflow backfill create`, under MAX_PRICE=150.
-    base, env = pipeline.api_server_env(**QUALITY_OFF, MAX_PRICE="150", AIRFLOW_ADMIN_PASSWORD=PASSWORD)
+    base, env = pipeline.api_server_env(BACKFILL_CHUNK_MINUTES="15", AIRFLOW_ADMIN_PASSWORD=PASSWORD)
     admin_password(Path(env["AIRFLOW_HOME"]), env)  # the login's password file, as `make run` writes it
     airflow(pipeline, env, "dags", "reserialize")
     airflow(pipeline, env, "dags", "unpause", "ecommerce_events")
@@ -206,57 +210,104 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
         supervisor.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", env["AIRFLOW_API_PORT"]])
         supervisor.start("scheduler", [AIRFLOW, "scheduler"])
         supervised._wait_for_http(f"{base}/api/v2/monitor/health", 180, supervisor)
-        first_id, timings["backfill 1"] = backfill(pipeline, env, window_end)
-        after_first = tables(pipeline)
-        log_in(browser, base, PASSWORD)
-        graph_screenshot(browser, base, first_id, "graph_backfill_run.png",
-                         ("choose_path", "backfill_ingest", "rederive", "ingest", "quality_gate"))
-        second_id, timings["backfill 2 (identical)"] = backfill(pipeline, env, window_end)
-        after_second = tables(pipeline)
+        token = api_token(base, PASSWORD)
 
-        ledger = pipeline.query(
-            "SELECT input_files, input_rows, source_files, summary FROM pipeline_backfill_ledger ORDER BY staged_at")
-        assert len(ledger) == 2
-        for files, rows, sources, _ in ledger:  # exactly the window's files, every line of them
-            assert (files, sorted(sources), rows) == (2, sorted(window_files), stored_lines)
-        first, second = ledger[0][3], ledger[1][3]
-        assert (first["moved_to_events"], first["moved_to_dead_letter"]) == (expected_in, expected_out)
-        moves = pipeline.query("SELECT direction, cause, source_file, count(*) FROM dead_letter_moves GROUP BY 1, 2, 3")
-        assert sorted(moves) == sorted([("to_events", "backfill", window_low, expected_in),
-                                        ("to_dead_letter", "backfill", window_high, expected_out)])
-        assert pipeline.scalar("SELECT count(*) FROM ecommerce_events WHERE source_file = %s AND price > 150",
-                               (window_high,)) == 0
-        assert pipeline.scalar(
-            "SELECT count(*) FROM dead_letter_events WHERE source_file = %s AND status = 'resolved'", (window_low,)
-        ) == expected_in
-        # never both: no line is stored and an open dead letter at once; no event stored twice
-        assert pipeline.scalar(
-            "SELECT count(*) FROM ecommerce_events e JOIN dead_letter_events d USING (source_file, source_line) "
-            "WHERE d.status = 'open'") == 0
-        assert pipeline.scalar(
-            "SELECT count(*) FROM (SELECT source_file, source_line FROM dead_letter_events "
-            "GROUP BY 1, 2 HAVING count(*) > 1) t") == 0
-        # the other minutes were not re-read: their rows are exactly as before (some would move under 150)
-        assert {k: [r for r in v if any(f in map(str, r) for f in outside)] for k, v in after_first.items()
-                if k != "moves"} == {k: v for k, v in outside_before.items() if k != "moves"}
-        # batch mode: no file moved, the streaming checkpoint untouched
+        # 1. thirty minutes under MAX_PRICE=150 (a live Variable), the default quality threshold
+        set_variable(base, token, "ecommerce_max_price", "150")
+        started = time.monotonic()
+        backfill_1 = create_backfill(pipeline, env, first + timedelta(minutes=1), first + timedelta(minutes=30))
+        runs = wait_for_backfill(pipeline, backfill_1)
+        timings["backfill of 30 minutes"] = time.monotonic() - started
+        assert len(runs) == 30
+        covering = sorted(run_id for run_id, (_, _, spark) in runs.items() if spark)
+        assert len(covering) == 2  # two chunks of fifteen minutes: two Spark jobs for thirty runs
+        closed = [run_id for run_id, (state, started_tasks, _) in runs.items() if started_tasks == 0]
+        assert len(closed) == 28 and {runs[r][0] for r in closed} == {"success"}  # not one task started
+        run_notes = notes(base, token, runs)
+        for run_id in covering:
+            assert run_notes[run_id].startswith("Re-derived [") and f"backfill {backfill_1}" in run_notes[run_id]
+        assert "Progress: 30 of 30 minute(s) in 2 chunk(s)" in run_notes[covering[-1]]
+        assert {run_notes[r].split(",")[0] for r in closed} == {f"Covered by run {c}" for c in covering}
+        # every stored row of the window above the new limit moved to the dead letters, once; nothing else moved
+        moves = pipeline.query("SELECT direction, delivery_id, source_line, reason FROM dead_letter_moves")
+        assert {(d, line) for _, d, line, _ in moves} == stored_above_150 and len(moves) == len(stored_above_150)
+        assert {(direction, reason) for direction, _, _, reason in moves} == {("to_dead_letter", f"backfill {backfill_1}")}
+        assert prices(pipeline, "ecommerce_events", window, 150) == set()
+        # judged once, on its totals: the last covering run fails its gate, one alert names the backfill
+        assert [r for r, (state, _, _) in runs.items() if state == "failed"] == [covering[-1]]
+        alerts = [json.loads(line) for line in pipeline.settings.alert_file.read_text().splitlines()]
+        [breach] = [a for a in alerts if a["key"].startswith("backfill_quality_breach:")]
+        assert breach["key"] == f"backfill_quality_breach:backfill {backfill_1}"
+        assert f"window {first:%Y-%m-%d %H:%M} to {first + timedelta(minutes=30):%Y-%m-%d %H:%M} UTC" in " ".join(
+            breach["details"])
+        # the other minutes, the archive and the streaming checkpoint are as they were
+        assert rows_of(pipeline, outside) == outside_before
         assert files_under(pipeline.archive_dir) == archive_before
         assert files_under(pipeline.settings.checkpoint_dir) == checkpoint_before
-        assert list(pipeline.landing_dir.glob("*.csv")) == []
-        # the identical second backfill changed no row
-        assert after_second == after_first
-        assert (second["moved_to_events"], second["moved_to_dead_letter"], second["events_added"],
-                second["dead_letters_added"], second["dead_letters_updated"]) == (0, 0, 0, 0, 0)
+        log_in(browser, base, PASSWORD)
+        graph_screenshot(browser, base, covering[0], "graph_backfill_run.png",
+                         ("choose_path", "backfill_ingest", "rederive", "ingest", "quality_gate"))
+
+        # 2. under MAX_PRICE=100, cancelled once its first chunk is published, then created again for what failed
+        set_variable(base, token, "ecommerce_max_price", "100")
+        set_variable(base, token, "ecommerce_min_validity_rate", "0")
+        between = prices(pipeline, "ecommerce_events", window, 100)
+        assert between
+        started = time.monotonic()
+        backfill_2 = create_backfill(pipeline, env, first + timedelta(minutes=1), first + timedelta(minutes=30))
+        deadline = time.monotonic() + 300
+        while not pipeline.query("SELECT 1 FROM pipeline_backfill_ledger WHERE request_key = %s "
+                                 "AND published_at IS NOT NULL", (f"backfill {backfill_2}",)):
+            assert time.monotonic() < deadline, runs_of(pipeline, backfill_2)
+            time.sleep(1)
+        rest(base, token, "PUT", f"/api/v2/backfills/{backfill_2}/cancel")
+        cancelled = wait_for_backfill(pipeline, backfill_2)  # complete at once: its queued runs failed
+        while any(state == "running" for state, _, _ in cancelled.values()):  # its covering run ends its gate
+            assert time.monotonic() < deadline, cancelled
+            time.sleep(1)
+            cancelled = runs_of(pipeline, backfill_2)
+        assert {state for state, _, _ in cancelled.values()} <= {"success", "failed"}
+        half = prices(pipeline, "ecommerce_events", window, 100)
+        assert 0 < len(half) < len(between)  # the first chunk's rows moved, the rest wait: nothing half-moved
+        backfill_3 = create_backfill(pipeline, env, first + timedelta(minutes=1), first + timedelta(minutes=30),
+                                     reprocess="failed")
+        again = wait_for_backfill(pipeline, backfill_3)
+        timings["backfill cancelled and created again"] = time.monotonic() - started
+        assert len(again) == sum(1 for state, _, _ in cancelled.values() if state == "failed")  # only those
+        assert sum(1 for _, _, spark in again.values() if spark) == 1
+        assert prices(pipeline, "ecommerce_events", window, 100) == set()
+        moved = pipeline.query("SELECT delivery_id, source_line, count(*) FROM dead_letter_moves "
+                               "WHERE reason IN (%s, %s) GROUP BY 1, 2", (f"backfill {backfill_2}", f"backfill {backfill_3}"))
+        assert {(d, line) for d, line, _ in moved} == between and {n for _, _, n in moved} == {1}  # each once
+
+        # 3. a window named on the Trigger form, through the REST API: re-derived in one run, its reason on the moves
+        set_variable(base, token, "ecommerce_max_price", "10000")
+        reason = "price limit back to 10000 after the supplier fixed its feed"
+        moved_out = {(d, line) for d, line in stored_above_150 | between if d in window[:15]}
+        started = time.monotonic()
+        reprocess = rest(base, token, "POST", "/api/v2/dags/ecommerce_events/dagRuns", {
+            "logical_date": None, "conf": {"window_start": first.isoformat(),
+                                           "window_end": (first + timedelta(minutes=15)).isoformat(),
+                                           "reason": reason}})["dag_run_id"]
+        deadline = time.monotonic() + 300
+        while (state := pipeline.airflow_query("SELECT state FROM dag_run WHERE run_id = %s", (reprocess,))[0][0]) \
+                not in ("success", "failed"):
+            assert time.monotonic() < deadline, pipeline.task_states(reprocess)
+            time.sleep(2)
+        timings["reprocess of a 30-minute window"] = time.monotonic() - started
+        assert state == "success", pipeline.task_states(reprocess)
+        back = pipeline.query("SELECT direction, reason, count(*) FROM dead_letter_moves WHERE airflow_run_id = %s "
+                              "GROUP BY 1, 2", (reprocess,))
+        assert back == [("to_events", reason, len(moved_out))]  # every row the limits moved out of it, back
+        assert "Re-derived [" in notes(base, token, [reprocess])[reprocess]
 
         airflow(pipeline, env, "dags", "pause", "ecommerce_events")  # no scheduled run competes with the replays below
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
-        # Dead-letter replay under the default MAX_PRICE (10000; the Variable overrides this stack's 150), through
+        # Dead-letter replay under MAX_PRICE=10000 (the Variable set above), through
         # the REST API as an operator would: a dry run changes nothing; a real one waits for an approval, a
         # rejected one changes nothing, an approved one publishes exactly the dead letters that pass now.
-        token = api_token(base, PASSWORD)
-        rest(base, token, "POST", "/api/v2/variables", {"key": "ecommerce_max_price", "value": "10000"})
         airflow(pipeline, env, "dags", "unpause", REPLAY_DAG_ID)
         passing_now = pipeline.scalar(
             "SELECT count(*) FROM dead_letter_events WHERE status = 'open' AND failed_rules = '{price_in_range}' "
@@ -312,13 +363,15 @@ def test_backfill_rereads_one_window_moves_rows_both_ways_and_replay_publishes_w
             "WHERE d.status = 'open'") == 0
     finally:
         for command in (("dags", "pause", "ecommerce_events"), ("dags", "pause", REPLAY_DAG_ID),
-                        ("variables", "delete", "ecommerce_max_price")):  # later tests set MAX_PRICE themselves
+                        ("variables", "delete", "ecommerce_max_price"),  # later tests set MAX_PRICE themselves
+                        ("variables", "delete", "ecommerce_min_validity_rate")):
             pipeline.runner.run(list(command), env, timeout=300)
         supervisor.stop()
 
-    report = {"window_files": len(window_files), "rows_reread": stored_lines, "moved_to_events": expected_in,
-              "moved_to_dead_letter": expected_out, "replay_published": passing_now,
-              "replay_still_failing": still_failing, "seconds": {k: round(v, 1) for k, v in timings.items()}}
+    report = {"deliveries": len(deliveries), "moved_by_backfill_1": len(stored_above_150),
+              "moved_by_backfills_2_3": len(between), "moved_back_by_reprocess": len(moved_out),
+              "replay_published": passing_now, "replay_still_failing": still_failing,
+              "seconds": {k: round(v, 1) for k, v in timings.items()}}
     print(f"\nBACKFILL/REPLAY MEASURED: {json.dumps(report)}", file=sys.stderr)
 
 

@@ -1,31 +1,42 @@
-"""The schema script against a real PostgreSQL: every `make once` / `make run` applies it, also concurrently."""
+"""The analytics schema against a real PostgreSQL: every `make once` / `make run` migrates it to head at its start,
+also several at once, and the tables hold the contract file's columns."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
+import subprocess
+import sys
 
 import psycopg
 import pytest
 
-from include.storage.schema import apply_schema
+from include.settings import PROJECT_ROOT
+from include.storage.migrations.runner import script_directory, upgrade_schema
+from tests.fixtures.release_database import create_release_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.db]
 
+START = "import sys; from include.storage.migrations.runner import upgrade_schema; print(upgrade_schema(sys.argv[1]))"
 
-def test_the_schema_applied_by_several_processes_at_once_never_deadlocks(pipeline):
-    """Two `make once` started together would deadlock here without the schema lock (ALTER TABLE and
-    CREATE OR REPLACE VIEW take the tables' locks in different orders); with it one waits for the other."""
 
-    def apply() -> None:
-        with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
-            apply_schema(conn)
-
-    for _ in range(5):
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for future in [pool.submit(apply) for _ in range(4)]:
-                future.result()
-    assert pipeline.scalar("SELECT count(*) FROM information_schema.columns "
-                           "WHERE table_name = 'dead_letter_events' AND column_name = 'status'") == 1
+def test_starts_at_once_migrate_a_new_database_once_and_never_deadlock(pipeline):
+    """Two `make once` started together would race to create the tables (and, on an existing database, take the
+    tables' locks in different orders and deadlock): under the schema lock one applies the revisions and the
+    others wait and find nothing to do. Processes, as the starts are: on a new database, and on one of the last
+    release before versioning."""
+    head = script_directory().get_current_head()
+    for round_ in range(2):
+        with pipeline.scratch_database(f"started_together_{round_}") as database:
+            if round_ == 1:
+                create_release_database(database)
+            starts = [subprocess.Popen([sys.executable, "-c", START, database], cwd=PROJECT_ROOT, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}) for _ in range(4)]
+            outcomes = [start.communicate(timeout=120) for start in starts]
+            assert [start.returncode for start in starts] == [0] * 4, [err[-2000:] for _, err in outcomes]
+            applied = sorted("applied=()" not in out for out, _ in outcomes)
+            assert applied == [False, False, False, True], [out for out, _ in outcomes]
+            assert all(f"after='{head}'" in out for out, _ in outcomes)
 
 
 def _columns(pipeline, table: str) -> list[tuple[str, str]]:
@@ -35,10 +46,10 @@ def _columns(pipeline, table: str) -> list[tuple[str, str]]:
         "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (table,))]
 
 
-def test_schema_sql_declares_the_column_table(pipeline):
-    """schema.sql stays SQL, but its event columns are the contract file's (names and types): a column added
-    to one and not the other fails here, not in a COPY at 3 a.m. Their order is free: every COPY and INSERT
-    names its columns, and a column the contract file gains later is added at the end of each table."""
+def test_the_tables_hold_the_column_table(pipeline):
+    """The revisions are SQL, but the event columns they create are the contract file's (names and types): a
+    column added to one and not the other fails here, not in a COPY at 3 a.m. Their order is free: every COPY
+    and INSERT names its columns, and a column the contract file gains later is added at the end of each table."""
     from include.contract.columns import CANDIDATE_COLUMNS, COLUMNS, EVENT_COLUMNS, STAGING_KEY_COLUMNS
 
     declared = [(c.name, c.sql_type) for c in COLUMNS]
@@ -55,17 +66,20 @@ def test_schema_sql_declares_the_column_table(pipeline):
     assert _columns(pipeline, "revalidation_candidates") == staging  # a staged row, raw line included
 
 
-
 def test_a_database_of_the_release_that_copied_the_candidates_gets_the_view(pipeline):
     """Before the audit validated the staged rows where they lie, ``audit_candidates`` was a table, a copy of
-    every candidate row. Applying today's schema to such a database replaces the table by the view."""
+    every candidate row. The baseline adopts a database of that release too: the table makes way for the view."""
     from include.contract.columns import CANDIDATE_COLUMNS
 
-    with psycopg.connect(pipeline.settings.postgres_conninfo) as conn:
-        conn.execute("DROP VIEW audit_candidates")
-        conn.execute("CREATE UNLOGGED TABLE audit_candidates (LIKE staging_events)")
-        conn.execute("ALTER TABLE audit_candidates DROP COLUMN raw_data, DROP COLUMN parse_errors")
-        conn.commit()
-        apply_schema(conn)
-    assert pipeline.scalar("SELECT relkind FROM pg_class WHERE oid = 'audit_candidates'::regclass") == "v"
-    assert [name for name, _ in _columns(pipeline, "audit_candidates")] == list(CANDIDATE_COLUMNS)
+    with pipeline.scratch_database("copied_candidates") as database:
+        create_release_database(database)
+        with psycopg.connect(database) as conn:
+            conn.execute("DROP VIEW audit_candidates")
+            conn.execute("CREATE UNLOGGED TABLE audit_candidates (LIKE staging_events)")
+            conn.execute("ALTER TABLE audit_candidates DROP COLUMN raw_data, DROP COLUMN parse_errors")
+        assert upgrade_schema(database).adopted
+        with psycopg.connect(database) as conn:
+            assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'audit_candidates'::regclass").fetchone() == ("v",)
+            assert [name for (name,) in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'audit_candidates'::regclass AND attnum > 0 "
+                "ORDER BY attnum")] == list(CANDIDATE_COLUMNS)

@@ -41,6 +41,7 @@ from include.ops.alerts.conditions import (
     after_quality_gate,
     airflow_base_url,
     alert_new_columns,
+    backfill_breach_alert,
     breaker_open_alert,
     check_dead_letter_growth,
     check_freshness,
@@ -52,5 +53,5 @@ from include.ops.alerts.state import raise_alert
 
 log = logging.getLogger(__name__)  # the parent of the modules' loggers
 
-__all__ = ["after_quality_gate", "airflow_base_url", "alert_new_columns", "breaker_open_alert",
+__all__ = ["after_quality_gate", "airflow_base_url", "alert_new_columns", "backfill_breach_alert", "breaker_open_alert",
            "check_dead_letter_growth", "check_freshness", "log", "raise_alert", "redact", "run_of", "task_failed_alert"]

@@ -26,6 +26,7 @@ BREAKER_OPEN = "circuit_breaker_open"
 NO_FRESH_DATA = "no_fresh_data"
 DEAD_LETTER_GROWTH = "dead_letter_growth"
 NEW_COLUMN = "new_column"       # + ":" + the column name: one alert per name, ever
+BACKFILL_BREACH = "backfill_quality_breach"  # + ":" + the backfill: judged once, on its totals
 # a run that got through publish proves these are over
 CLEARED_BY_A_PUBLISHED_RUN = (TASK_FAILED, BREAKER_OPEN)
 
@@ -67,6 +68,23 @@ def breaker_open_alert(failures: int, last_error: str, cooldown_seconds: int, ru
                           "(CIRCUIT_BREAKER_COOLDOWN_SECONDS); landed files wait, nothing is lost",
                           "what to do: docs/operations.md"),
                  links=links(base_url, run_id), queries={"its state": queries.CIRCUIT_BREAKER_STATE})
+
+
+def backfill_breach_alert(chunk, done: dict, rate: float, problems: list[str], run_id: str | None) -> Alert:
+    """A whole backfill (or Trigger-form reprocess) whose re-derived rows breach quality: one alert for it, on
+    its totals (``chunk``: its last chunk, ``done``: include/publish/coverage.py ``progress``)."""
+    return Alert(
+        WARNING, f"{BACKFILL_BREACH}:{chunk.request_key}", f"validity<{rate}",
+        f"{chunk.request_key} re-derived: data quality breach", run_id=run_id,
+        details=(*problems,
+                 f"window {chunk.request_start:%Y-%m-%d %H:%M} to {chunk.request_end:%Y-%m-%d %H:%M} UTC"
+                 + (f", reason: {chunk.reason}" if chunk.reason else ""),
+                 f"{done['rows']} rows re-derived in {done['chunks']} chunk(s): {done['pass']} valid, "
+                 f"{done['rule'] + done['parse']} dead-lettered, {done['duplicate']} duplicates; moved "
+                 f"{done['moved_to_events']} into ecommerce_events and {done['moved_to_dead_letter']} into "
+                 "dead_letter_events"),
+        links=links(airflow_base_url(), run_id),
+        queries={"its moves": queries.moves_of_request(chunk.request_key)})
 
 
 def new_column_alert(column: dict[str, str | None], run_id: str | None, base_url: str) -> Alert:

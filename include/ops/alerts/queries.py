@@ -80,3 +80,11 @@ def new_column_values(name: str) -> str:
     return _text(sql.SQL(
         "SELECT rescued_data->>{name}, count(*) FROM ecommerce_events WHERE rescued_data ? {name} "
         "GROUP BY 1 ORDER BY 2 DESC LIMIT 20;").format(name=text_literal(name)))
+
+
+def moves_of_request(request_key: str) -> str:
+    """The moves the chunks of one backfill (or Trigger-form reprocess) made."""
+    return _text(sql.SQL(
+        "SELECT direction, event_id, source_file, source_line, failed_rules, reason, moved_at FROM dead_letter_moves "
+        "WHERE airflow_run_id IN (SELECT airflow_run_id FROM pipeline_backfill_ledger WHERE request_key = {}) "
+        "ORDER BY id;").format(text_literal(request_key)))

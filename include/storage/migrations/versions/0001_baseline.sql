@@ -1,4 +1,9 @@
--- Schema of the analytics store. Idempotent: `make run` / `make once` (scripts/pipeline.py init) apply it on every start.
+-- Revision 0001 of the analytics schema, the baseline (include/storage/migrations/, docs/schema.md).
+-- The schema script every start of the releases before versioned migrations applied, as the last of them left it,
+-- then the view audit_candidates as their start-up built it from the column table (at the end of this file).
+-- Idempotent on purpose: on a new database it creates the schema; on a database of a release before versioning
+-- (no version table) it brings it to this schema as that release's next start would have, and the version table
+-- then records 0001. A released revision never changes: a change is a new revision (make migration NAME="...").
 -- Tables and columns of the original system keep their names; everything added is an extension.
 
 -- Good events, one row per event_id (canonical schema v3 plus lineage).
@@ -175,8 +180,8 @@ CREATE TABLE IF NOT EXISTS staging_events (
 );
 CREATE INDEX IF NOT EXISTS ix_staging_events_batch ON staging_events (spark_query_id, spark_batch_id);
 
--- What the Great Expectations suite validates in one run is the view audit_candidates (created by
--- include/storage/staging.py apply_schema from the column table): the staged rows of the batches the audit
+-- What the Great Expectations suite validates in one run is the view audit_candidates (created at the
+-- end of this file from the column table): the staged rows of the batches the audit
 -- pinned that parsed, one per event_id (the first occurrence), minus event_ids already stored. The rows are
 -- validated where they lie, in staging_events; an audit writes only these two small tables, rebuilt by
 -- every audit (include/quality/audit.py prepare_candidates):
@@ -448,3 +453,15 @@ DROP INDEX IF EXISTS ix_ecommerce_events_source;
 CREATE INDEX IF NOT EXISTS ix_quarantined_files_unalerted ON quarantined_files (id) WHERE alerted_at IS NULL;
 -- quarantined files recorded before the delivery ledger were alerted (or not) by the release that recorded them
 UPDATE quarantined_files SET alerted_at = quarantined_at WHERE alerted_at IS NULL AND delivery_id IS NULL;
+
+-- ===== The view audit_candidates, as the start-up of the releases before versioning built it =====
+-- (include/storage/schema.py create_audit_candidates_view: the candidate columns of the column table as they
+-- stood, include/contract/columns.py CANDIDATE_COLUMNS). A contract column added later rebuilds it in its own
+-- revision (include/storage/migrations/columns.py).
+DROP VIEW IF EXISTS audit_candidates;
+CREATE VIEW audit_candidates AS
+SELECT s.staging_row_id, s.spark_query_id, s.spark_batch_id, s.spark_partition, s.event_id, s.user_id, s.session_id, s.event_type, s.product_id, s.category, s.price, s.quantity, s.total_amount, s.user_segment, s.event_time, s.device_type, s.browser, s.geo_country, s.geo_city, s.referrer, s.campaign_id, s.is_late_arrival, s.schema_version, s.source_file, s.source_line, s.rescued_data, s.delivery_id
+  FROM staging_events s
+  JOIN audit_pinned_batches p ON (p.spark_query_id, p.spark_batch_id) = (s.spark_query_id, s.spark_batch_id)
+ WHERE s.parse_errors IS NULL
+   AND NOT EXISTS (SELECT 1 FROM audit_excluded_rows x WHERE x.staging_row_id = s.staging_row_id);
