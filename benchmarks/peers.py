@@ -15,8 +15,9 @@ rows it stores instead; the ``*_ratio_to_copy`` keys divide by it all the same, 
   stores (``copy_rows``, ``bench.storable_csv``: typed, first per event_id; no rules either).
 * **duckdb** (``python -m benchmarks.peers duckdb``): the pipeline's work in one process. DuckDB reads the
   files (``read_csv`` with ``store_rejects``: a line with the wrong number of fields or a broken quote is
-  counted in ``reject_errors``, not fatal), types the columns (a value that does not cast, an empty event_id,
-  event_type or event_time, a field over the parser's 1,024 characters: not stored, as in the pipeline),
+  counted in ``reject_errors``, not fatal), types the columns (a value that does not cast, an empty value in
+  a column the contract declares ``not_empty``, a field over the parser's 1,024 characters: not stored, as in
+  the pipeline),
   keeps the first occurrence of each event_id (file order, then line), applies every row rule of
   ``include/contract/rules.py`` whose severity is not ``warn`` (``routing_predicate``'s SQL, unchanged:
   DuckDB runs it as is), and COPYs the result into PostgreSQL with psycopg (Arrow batches from DuckDB
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import psycopg
 
-from include.contract.columns import EVENT_COLUMNS, FEED_COLUMNS, TYPED_FEED_COLUMNS
+from include.contract.columns import EVENT_COLUMNS, FEED_COLUMNS, NOT_EMPTY_COLUMNS, TYPED_FEED_COLUMNS
 from include.contract.rules import ROW_RULES, routing_predicate, severities, suite_parameters
 from include.contract.versions import MIGRATION_DEFAULTS, HeaderMatch, UnknownSchemaVersion, match_header
 from include.settings import PROJECT_ROOT, Settings
@@ -51,9 +52,6 @@ PEERS = ("seed_style", "duckdb")
 TABLES = {"seed_style": "bench_seed_style_events", "duckdb": "bench_duckdb_events"}
 JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 JDBC_PACKAGE = "libpostgresql-jdbc-java"
-# Columns a row cannot be stored without (spark_jobs.transforms.REQUIRED_COLUMNS; not imported: that module
-# imports pyspark). The table says the same: event_id is the key, event_type and event_time are NOT NULL.
-REQUIRED_COLUMNS = ("event_id", "event_type", "event_time")
 MAX_FIELD_CHARS = 1024  # include.contract.parser.MAX_FIELD_CHARS: a longer field makes the record unparsable
 # The contract's PostgreSQL types as DuckDB spells them (text columns stay VARCHAR).
 DUCKDB_TYPES = {"integer": "INTEGER", "numeric(12,2)": "DECIMAL(12,2)", "timestamp with time zone": "TIMESTAMPTZ"}
@@ -147,13 +145,13 @@ def duckdb_events_sql(groups: Sequence[HeaderGroup], settings: Settings) -> str:
     * ``lined``: the file's position in the input list and the record's line: its ordinal among the file's
       accepted records + 1 (the physical line unless a rejected or multi-line record comes before it);
     * ``typed``: the casts (``TRY_CAST``), and ``unparsable`` where the pipeline's typing fails: a non-empty
-      value that does not cast, an empty required column, an oversize field;
+      value that does not cast, an empty ``NOT_EMPTY_COLUMNS`` value, an oversize field;
     * ``first``: the first typed occurrence of each event_id (file order, then line), like ``audit_candidates``;
     * the result: rows that break no drop/fail rule, with ``total_amount`` and ``is_late_arrival`` as the
       ingest derives them.
     """
     typed_columns = []
-    failures = [f"{c} IS NULL" for c in REQUIRED_COLUMNS] + ["oversize"]
+    failures = [f"{c} IS NULL" for c in NOT_EMPTY_COLUMNS] + ["oversize"]
     for column in FEED_COLUMNS:
         if column in TYPED_FEED_COLUMNS:
             duck_type = DUCKDB_TYPES[TYPED_FEED_COLUMNS[column]]
@@ -191,10 +189,9 @@ def duckdb_events_sql(groups: Sequence[HeaderGroup], settings: Settings) -> str:
 def write_csv_copy(conn: psycopg.Connection, table: str, batches) -> int:
     """COPY Arrow record batches as CSV text (pyarrow's writer, no Python per row); returns the rows written.
 
-    Chosen over binary COPY (``write_binary_copy``: ``copy.set_types`` + a Python tuple per row): on the
-    bench's 196,000 storable rows of 200,000, 2.7-2.9 s against 4.8-6.1 s for the COPY, of which pyarrow's CSV
-    writer takes 0.85 s of CPU and building the tuples 3.1 s (docs/performance.md, "Peers in `make bench`").
-    psycopg has no Arrow writer of its own."""
+    Chosen over binary COPY (``write_binary_copy``: ``copy.set_types`` + a Python tuple per row), which took
+    about twice as long on the bench's rows, most of it building the tuples (docs/performance.md, "Peers in
+    `make bench`"). psycopg has no Arrow writer of its own."""
     import pyarrow.csv as pacsv
 
     options = pacsv.WriteOptions(include_header=False)

@@ -37,8 +37,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.peers import JDBC_JAR, REQUIRED_COLUMNS, header_groups
-from include.contract.columns import FEED_COLUMNS, TYPED_FEED_COLUMNS
+from benchmarks.peers import JDBC_JAR, header_groups
+from include.contract.columns import FEED_COLUMNS, NOT_EMPTY_COLUMNS, TYPED_FEED_COLUMNS
 from include.contract.versions import MIGRATION_DEFAULTS
 from include.settings import Settings
 
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         typed = {c: F.expr(f"try_cast({c} AS {SPARK_TYPES[sql]})") for c, sql in TYPED_FEED_COLUMNS.items()}
         castable = [F.col(c).isNull() | typed[c].isNotNull() for c in typed]
         keep = F.lit(True)
-        for condition in [F.col(c).isNotNull() for c in REQUIRED_COLUMNS] + castable:
+        for condition in [F.col(c).isNotNull() for c in NOT_EMPTY_COLUMNS] + castable:
             keep = keep & condition
         events = (
             records.filter(keep)

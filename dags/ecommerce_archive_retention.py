@@ -1,7 +1,7 @@
 """
 ### Archive retention: delete archived landing files older than `ARCHIVE_RETENTION_DAYS`
 
-Processed files wait in `ARCHIVE_DIR/YYYY-MM-DD/HH/` (landing date and hour) so that backfills can re-read
+Processed files wait in `ARCHIVE_DIR/YYYY-MM-DD/HH/` (the date and hour they were claimed) so that backfills can re-read
 them. Once a day this DAG deletes the hour folders that ended more than `ARCHIVE_RETENTION_DAYS` (default
 30; `0` keeps everything) ago. It only ever deletes whole `YYYY-MM-DD/HH` folders of that layout, and it
 holds the same PostgreSQL lock as backfills and dead-letter replays, so it never deletes a file a running
@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from include.airflow.dag_defaults import default_args
 from include.names import RETENTION_DAG_ID
 
 
@@ -28,7 +29,7 @@ from include.names import RETENTION_DAG_ID
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ecommerce", "archive", "maintenance"],
-    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args=default_args(retry_delay=timedelta(minutes=5)),
 )
 def ecommerce_archive_retention():
     @task

@@ -1,46 +1,17 @@
 """
 ### Dead-letter replay: re-validate dead letters with the current rules and publish those that now pass
 
-Trigger it by hand (*Trigger DAG* → fill in the form, or `airflow dags trigger ecommerce_dlq_replay
---conf '{"rule": "price_in_range", "dry_run": false}'`). It selects the **open**, **rule**-kind rows of
-`dead_letter_events` that match the parameters and validates them again with the same Great Expectations
-suite and thresholds as every run (`MAX_PRICE`, …, as configured **now**).
+Trigger it by hand (*Trigger DAG*: the form's params say what each one selects). It re-validates the **open**,
+**rule**-kind rows of `dead_letter_events` that match with the same Great Expectations suite and thresholds
+as every run, as configured **now**. `dry_run` (on by default) only counts; with it off, a person approves
+the counts (*Required actions*) before `apply` replays exactly what was counted.
 
 ```
 dry_run ─► wants_changes ─► approve ─► apply
 ```
 
-| task | what it does |
-| --- | --- |
-| `dry_run` | counts what a replay would do (would be published, would still fail per rule, already stored) and changes nothing |
-| `wants_changes` | with `dry_run` on (the default), or nothing to change, the run ends here |
-| `approve` | **waits for a person** (*Required actions* in the navigation, or the task's page): the form shows the dry run's counts; **Approve** goes on, **Reject** ends the run without changes; unanswered for a day, the task fails |
-| `apply` | replays exactly the dead letters the dry run selected (none written since), in one transaction; if another writer changed them meanwhile, it changes nothing and fails, asking for a new run. The approver is recorded in `dead_letter_moves.approved_by` |
-
-What the replay does to each selected dead letter:
-
-| outcome | what happens to the dead letter |
-| --- | --- |
-| passes now | stored in `ecommerce_events`; status `replayed`; a `dead_letter_moves` row (`to_events`, `replay`) |
-| still fails | stays `open`; `replay_attempts` + 1; `failed_rules` / `validation_errors` show the current rules |
-| its event_id is stored meanwhile | status `resolved` (a duplicate of a stored event) |
-
-| param | meaning |
-| --- | --- |
-| `rule` | only dead letters that broke this rule (empty: any rule) |
-| `failed_from`, `failed_to` | only dead letters written in [from, to) (`failed_at`, UTC) |
-| `file` | only dead letters of this source file (full landing path or just the file name) |
-| `dry_run` | **on by default**: count what would happen and change nothing (no approval asked) |
-
-The counts are printed in the task logs and are the tasks' return values (XCom `return_value`). A real run
-(not a dry run) that changed rows emits asset events for `ecommerce_events` / `dead_letter_events` (README
-"Assets"), so DAGs scheduled on them (e.g. `ecommerce_hourly_revenue`) pick up the replayed rows.
-
-**Parse-kind dead letters** (lines that could not be parsed or typed) are not replayed here: they have no
-typed row to validate. After a parser fix, re-read their files with a backfill of the window they landed in
-(`airflow backfill create --dag-id ecommerce_events …`, README "Backfills and replays").
-
-Replays and backfills take the same PostgreSQL locks as the every-minute publish, so they never race it.
+What happens to each dead letter, and why parse-kind ones are re-read by a backfill instead:
+`docs/operations.md`, "Dead-letter replay"; how to trigger and approve it: README, "Backfills and replays".
 """
 
 from __future__ import annotations
@@ -51,6 +22,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from include.airflow.assets import DEAD_LETTERS_ASSET, PUBLISHED
+from include.airflow.dag_defaults import default_args
 from include.contract.rules import RULES_BY_NAME
 from include.names import REPLAY_DAG_ID
 
@@ -63,7 +35,7 @@ from include.names import REPLAY_DAG_ID
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ecommerce", "dead-letters", "replay"],
-    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    default_args=default_args(retry_delay=timedelta(seconds=30)),
     params={
         "rule": Param(None, type=["null", "string"], enum=[None, *RULES_BY_NAME],
                       description="Only dead letters that broke this rule (empty: any rule)."),

@@ -31,6 +31,7 @@ from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.sdk import dag, task
 
 from include.airflow.assets import EVENTS_ASSET
+from include.airflow.dag_defaults import default_args
 from include.names import HOURLY_REVENUE_DAG_ID, POSTGRES_CONN_ID
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "include" / "storage" / "sql"
@@ -45,7 +46,7 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "include" / "storage" / "sql"
     template_searchpath=[str(SQL_DIR)],
     doc_md=__doc__,
     tags=["ecommerce", "analytics", "example"],
-    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    default_args=default_args(retry_delay=timedelta(seconds=30)),
 )
 def ecommerce_hourly_revenue():
     @task

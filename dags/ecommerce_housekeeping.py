@@ -1,21 +1,16 @@
 """
 ### Housekeeping: prune what grows with every run once it is only history
 
-The every-minute DAG makes 1,440 runs a day, each with task instances, XComs, audit-log rows and log files,
-and the pipeline writes a quality row, ledger rows and alert state per batch. Once a day this DAG deletes
-what is older than its retention, one task per kind, so the Grid shows which one did what (each task's
-return value lists the rows or files it deleted). A retention of `0` keeps everything of its kind.
+The every-minute DAG makes 1,440 runs a day, and the pipeline writes quality, ledger and alert rows per batch.
+Once a day this DAG deletes what is older than its retention, one task per kind, so the Grid shows which one
+did what (each task's return value lists the rows or files it deleted): `prune_airflow_metadata` (Airflow's
+runs, task instances, XComs, ...; `AIRFLOW_METADATA_RETENTION_DAYS`), `prune_logs` (Airflow's log files, by
+the same retention; the component logs and `ALERT_FILE` rotated above `COMPONENT_LOG_MAX_BYTES`, keeping
+`COMPONENT_LOG_BACKUPS`) and `prune_pipeline_tables` (the pipeline's history tables,
+`PIPELINE_HISTORY_RETENTION_DAYS`; replayed or resolved dead letters, `RESOLVED_DEAD_LETTER_RETENTION_DAYS`). A
+retention of `0` keeps everything of its kind; stored events and open dead letters are never pruned.
 
-| task | prunes | setting (default) |
-| --- | --- | --- |
-| `prune_airflow_metadata` | Airflow's `dag_run`, `task_instance` (+ history, XComs), `task_reschedule`, `log`, `job`, `asset_event` rows older than the retention, with `airflow db clean` on the database of the connection `airflow_metadata`; the latest scheduled run of each DAG stays | `AIRFLOW_METADATA_RETENTION_DAYS` (30) |
-| `prune_logs` | Airflow's task, scheduler and dag-processor log files under `[logging] base_log_folder` last written before the same retention; `make run`'s component logs (`PIPELINE_LOG_DIR/*.log`) and `ALERT_FILE` above a size are rotated into `.1` .. `.N` (copy, then truncate in place) | `AIRFLOW_METADATA_RETENTION_DAYS` (30), `COMPONENT_LOG_MAX_BYTES` (50m), `COMPONENT_LOG_BACKUPS` (3) |
-| `prune_pipeline_tables` | `data_quality_metrics`, `rule_violations`, `dead_letter_moves`; **published** rows of `pipeline_batch_ledger` (not the newest batch of a streaming query: the checkpoint may replay it) and `pipeline_backfill_ledger`; `file_attempts` of files gone; `pipeline_alerts` of conditions that recovered | `PIPELINE_HISTORY_RETENTION_DAYS` (90) |
-| `prune_pipeline_tables` | `dead_letter_events` that were `replayed` or `resolved` (never `open` ones) | `RESOLVED_DEAD_LETTER_RETENTION_DAYS` (30) |
-
-`prune_pipeline_tables` holds the same PostgreSQL locks as publishes, backfills and replays: when a backfill or
-replay is running it skips (and says so in its return value) and tries again the next day. Stored events
-(`ecommerce_events`), open dead letters, quarantined files and the hourly rollup are never pruned.
+What each task deletes, what it keeps and why that is safe: `docs/operations.md`, "Housekeeping".
 """
 
 from __future__ import annotations
@@ -24,6 +19,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from include.airflow.dag_defaults import default_args
 from include.names import HOUSEKEEPING_DAG_ID
 
 
@@ -35,7 +31,7 @@ from include.names import HOUSEKEEPING_DAG_ID
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ecommerce", "maintenance"],
-    default_args={"owner": "data-engineering", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args=default_args(retry_delay=timedelta(minutes=5)),
 )
 def ecommerce_housekeeping():
     @task

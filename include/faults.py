@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-POINTS = ("before_staging", "mid_staging", "after_ledger", "after_moves", "publish_in_transaction")
-
 
 def reached(point: str) -> None:
     if os.environ.get("PIPELINE_FAULT_PAUSE") != point:

@@ -106,8 +106,8 @@ class Settings:
     # Airflow's metadata (runs, task instances, XComs, audit log, jobs, asset events) and the task log files under
     # $AIRFLOW_HOME/logs share one retention: a task log is only reachable through its run in the UI.
     airflow_metadata_retention_days: int = 30
-    # data_quality_metrics, published ledger rows, rule_violations, dead_letter_moves, stale file_attempts and
-    # recovered alert state
+    # data_quality_metrics, published ledger rows, rule_violations, dead_letter_moves, expired or quarantined
+    # deliveries and recovered alert state (include/ops/housekeeping.py HISTORY_RULES)
     pipeline_history_retention_days: int = 90
     # dead letters that were replayed or resolved (open ones are never deleted)
     resolved_dead_letter_retention_days: int = 30

@@ -150,8 +150,8 @@ def airflow_environment(
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         # A scheduler loop that found nothing to do sleeps this long (Airflow's default: 1 s). Each hop from one
-        # task to the next waits for such a loop: 0.5 s halved the waits between tasks (4.1 -> 2.1 s a run) and
-        # the empty minute (1.2 -> 0.6 s) for +2 % of an idle scheduler's CPU (docs/performance.md, "Current figures").
+        # task to the next waits for such a loop: half the sleep halved the waits between tasks and the empty
+        # minute for a little of an idle scheduler's CPU (docs/performance.md, "Figures behind choices in the code").
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
     }
     # Keep what the user configured explicitly.

@@ -9,8 +9,8 @@ Usage::
 
 Every ``--rate-seconds`` a file ``events_<YYYYmmdd_HHMMSS>_<6 hex>.csv`` (UTC stamp) of ``--batch-size``
 events is written. Its schema version (see ``include.contract.versions``) is drawn from ``--version-mix`` and
-its header is that version's columns. The file is written as a dot-file (``.events_....csv.tmp``, which
-Spark ignores) and then renamed, so no reader sees half a file. ``--batches 0`` runs until SIGINT/SIGTERM,
+its header is that version's columns. The file is written as a dot-file (``.events_....csv.tmp``, a name the
+pipeline never reads: include/storage/landing.py) and then renamed, so no reader sees half a file. ``--batches 0`` runs until SIGINT/SIGTERM,
 which stop it after the current file. ``--output-dir`` defaults to LANDING_DIR.
 
 Deliberate defects, as fractions of each batch (stochastically rounded to whole rows): ``--invalid-ratio``
@@ -25,7 +25,7 @@ break spans two physical lines, so ``tags[i]`` describes the i-th CSV record, no
 
 File-level variants, as probabilities per batch: ``--bom-crlf-ratio`` files start with a UTF-8 BOM and end
 their lines with CRLF (still valid); ``--bad-file-ratio`` batches are one unreadable file instead, of a kind
-from ``BAD_FILE_KINDS`` (a header of no schema version, bytes that are not UTF-8, zero bytes), written
+from ``BAD_FILE_KINDS`` (a header without the required columns, bytes that are not UTF-8, zero bytes), written
 atomically under a normal name. ``EventGenerator.last_report`` says, row by row and for the file, what was
 injected. With every new ratio at 0 the output is byte for byte what it was before they existed.
 """
@@ -81,7 +81,7 @@ INVALID_KINDS: tuple[str, ...] = (
 )
 # Damaged CSV records (``--structural-ratio``); the parser dead-letters them, see include.contract.parser.
 STRUCTURAL_KINDS: tuple[str, ...] = ("short_row", "extra_field", "oversize_field", "broken_quote")
-OVERSIZE_CHARS = 2048  # well over event_parser.MAX_FIELD_CHARS (1024)
+OVERSIZE_CHARS = 2048  # well over include.contract.parser.MAX_FIELD_CHARS (1024)
 EXTRA_FIELD_VALUE = "unexpected"
 # Valid but awkward text (``--awkward-ratio``, v3 only): quoted commas, doubled quotes, line breaks, injections.
 AWKWARD_COLUMNS: tuple[str, ...] = ("geo_city", "campaign_id")

@@ -220,7 +220,8 @@ def _resolve_connections(env: dict[str, str], definitions: dict[str, dict]) -> d
     return connections
 
 
-# `airflow db migrate` takes ~9 s even when there is nothing to migrate, and every `make once` would pay it.
+# `airflow db migrate` takes seconds even when there is nothing to migrate (docs/performance.md, "Figures behind
+# choices in the code"), and every `make once` would pay it.
 # After a migration, the Airflow version and the database's Alembic revision are recorded in AIRFLOW_HOME;
 # the next start skips the command while both still match (another Airflow version, another or a reset
 # database: it runs). Reading the revision is one query; no Airflow import is needed for it.

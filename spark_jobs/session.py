@@ -22,8 +22,8 @@ def build_spark(app_name: str = "ecommerce_events_ingest") -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.showConsoleProgress", "false")
-        # A run lives for seconds and its story is in the Airflow task log; the web UI costs ~1 s of every
-        # start (docs/performance.md).
+        # A run lives for seconds and its story is in the Airflow task log; the web UI costs a part of every
+        # start (docs/performance.md, "Ingest", Class-data archive).
         .config("spark.ui.enabled", "false")
         .getOrCreate()
     )

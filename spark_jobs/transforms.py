@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from include import faults
-from include.contract.columns import TYPED_FEED_COLUMNS
+from include.contract.columns import NOT_EMPTY_COLUMNS, TYPED_FEED_COLUMNS
 from include.contract.parser import DEFAULT_MAX_DECOMPRESSED_BYTES, FileRejected, parse_file
 from spark_jobs.columnar import PARSED_ARROW_SCHEMA, parse_plain_file
 
@@ -82,14 +82,11 @@ def file_records(parsed: DataFrame) -> DataFrame:
     return parsed.filter(F.col("source_line") == FILE_RECORD_LINE).select("delivery_id", "source_file", "file_error")
 
 
-# Columns the events table cannot store without: a row missing one is dead-lettered by the job itself.
-REQUIRED_COLUMNS: tuple[str, ...] = ("event_id", "event_type", "event_time")
-
-
 def with_typed_columns(records: DataFrame) -> DataFrame:
     """Cast the text columns to their types and add a reason for each value that cannot be stored.
 
-    Reasons: a required column is empty, or a non-empty value does not cast. Other empty values stay NULL
+    Reasons: a column the contract declares ``not_empty`` (``NOT_EMPTY_COLUMNS``: the events table cannot
+    store the row without it) is empty, or a non-empty value does not cast. Other empty values stay NULL
     without a reason: whether NULL is allowed there is a data-quality rule, not a parsing matter. A row
     the parser already found damaged keeps its one structural reason.
     """
@@ -99,7 +96,7 @@ def with_typed_columns(records: DataFrame) -> DataFrame:
     # per column doubled the expression at each of the 8 steps: a 256-fold tree the driver analysed and
     # the executors evaluated for every row, several seconds per micro-batch; docs/performance.md.)
     reasons: list[Column] = [
-        F.when(structurally_ok & F.col(column).isNull(), F.lit(f"{column} is empty")) for column in REQUIRED_COLUMNS
+        F.when(structurally_ok & F.col(column).isNull(), F.lit(f"{column} is empty")) for column in NOT_EMPTY_COLUMNS
     ]
     typed: dict[str, Column] = {}
     for column, data_type in TYPED_COLUMNS.items():

@@ -14,35 +14,34 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 # Every JVM the tests start (spark-submit's launcher, the Spark driver, a standalone master, workers and
 # executors) inherits this. The tests' jobs are seconds long over a few hundred rows: the JIT's optimising tier
-# and the parallel collector cost more CPU than they ever win back. One ingest spark-submit of 1,200 rows, in one
-# sitting (2026-12-02): 22.6 CPU-s / 15.4 s with the JVM's defaults, 12.3 CPU-s / 11.8 s with these two flags.
-# Behaviour is the same; only the JVM's compiler and collector differ. A user's `make run` keeps the defaults
-# (docs/performance.md, "A small machine").
+# and the parallel collector cost more CPU than they ever win back (measured: docs/performance.md, "A small
+# machine"). Behaviour is the same; only the JVM's compiler and collector differ. A user's `make run` keeps the
+# defaults.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 pytest_plugins = ["tests.fixtures.spark", "tests.fixtures.pipeline", "tests.fixtures.ui"]
 
 # `make test` runs the files on two workers, each file whole on one of them (pytest-xdist --dist loadfile), in
 # collection order. The longest files go first, so that the two workers end together rather than one of them
-# running the last long file alone. Seconds are each file's sum in one fresh-clone `make test` on two workers
-# (2026-12-02 evening, a quiet machine, 18.5 min; slowest first); they only order the files, and a file missing
-# here runs after these in its usual place.
+# running the last long file alone. The order is by each file's time in one `make test` (docs/performance.md,
+# "The test suite"), slowest first; it only orders the files, and a file missing here runs after these in its
+# usual place.
 LONGEST_FIRST = (
-    "tests/integration/test_cluster.py",  # 501 s
-    "tests/integration/test_fault_tolerance.py",  # 494 s
-    "tests/integration/test_make_run.py",  # 265 s
-    "tests/integration/test_backfill_and_replay.py",  # 252 s
-    "tests/integration/test_external_database.py",  # 208 s (2026-12-07, beside another test file)
-    "tests/integration/test_airflow_ui.py",  # 91 s
-    "tests/integration/test_alerts_to_slack.py",  # 90 s
-    "tests/integration/test_rule_severities.py",  # 82 s
-    "tests/integration/test_ecommerce_events_dag.py",  # 78 s
-    "tests/integration/test_spark_cluster.py",  # 77 s
-    "tests/integration/test_data_contract.py",  # 67 s
-    "tests/integration/test_private_checkout.py",  # 57 s
-    "tests/benchmarks/test_peers.py",  # 33 s
-    "tests/integration/test_publish_staging.py",  # 28 s
-    "tests/spark_jobs/test_batch_size.py",  # 22 s
+    "tests/integration/test_cluster.py",
+    "tests/integration/test_fault_tolerance.py",
+    "tests/integration/test_make_run.py",
+    "tests/integration/test_backfill_and_replay.py",
+    "tests/integration/test_external_database.py",
+    "tests/integration/test_airflow_ui.py",
+    "tests/integration/test_alerts_to_slack.py",
+    "tests/integration/test_rule_severities.py",
+    "tests/integration/test_ecommerce_events_dag.py",
+    "tests/integration/test_spark_cluster.py",
+    "tests/integration/test_data_contract.py",
+    "tests/integration/test_private_checkout.py",
+    "tests/benchmarks/test_peers.py",
+    "tests/integration/test_publish_staging.py",
+    "tests/spark_jobs/test_batch_size.py",
 )
 
 

@@ -48,8 +48,8 @@ def _bytecode(source: bytes, name: str) -> bytes:
     """``name``'s compiled module as a hash-checked ``.pyc``.
 
     Python imports from a zip without writing bytecode anywhere, so without these every Spark Python worker
-    and driver compiles each module it imports at every start (1.3 s of CPU per worker in a profile of a small
-    run). zipimport takes ``module.pyc`` next to ``module.py``; a Python of another version (a cluster's
+    and driver compiles each module it imports at every start (docs/performance.md, "Figures behind choices in
+    the code"). zipimport takes ``module.pyc`` next to ``module.py``; a Python of another version (a cluster's
     executors) rejects its magic number and compiles the source, and a source that differs fails the hash."""
     import importlib.util
     from importlib._bootstrap_external import _code_to_hash_pyc
@@ -89,11 +89,11 @@ def build_code_archive(output_dir: Path | None = None, root: Path = PROJECT_ROOT
 
 
 # --- Spark's class-data archive ---------------------------------------------------------------------------
-# A spark-submit spends most of its first 20 s loading and verifying ~20,000 JVM classes from Spark's jars
-# (measured here: a job that only starts a session and counts ten rows takes 20 s wall and 32 CPU-s). Java's
+# A spark-submit spends most of its start loading and verifying ~20,000 JVM classes from Spark's jars. Java's
 # application class-data sharing (JEP 350) maps those classes from an archive written once by a training run,
-# which halves that: 10.8 s wall and 18 CPU-s (docs/performance.md). The archive belongs to one JVM and one set
-# of jars, so its name carries a hash of both; with the wrong archive, or none, the JVM starts as before.
+# which halves a short job's wall time and CPU (docs/performance.md, "Ingest", Class-data archive). The archive
+# belongs to one JVM and one set of jars, so its name carries a hash of both; with the wrong archive, or none,
+# the JVM starts as before.
 #
 # It is a cache of this machine's JVM, so it lives in the user's cache directory, shared by every checkout
 # (a second clone, the test suite's copies) rather than in one checkout's data/.
@@ -157,7 +157,8 @@ def build_class_archive(output_dir: Path | None = None, timeout_s: float = 300, 
     starts without it.
 
     Two callers at once (a file lock): one builds. The other returns None at once unless ``wait``: a DAG run or
-    a `make run` starting next to a build (~40 s) starts its JVM without the archive rather than wait for it."""
+    a `make run` starting next to a build (a training run of its own) starts its JVM without the archive rather
+    than wait for it."""
     import fcntl
     import logging
     import subprocess

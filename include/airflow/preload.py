@@ -3,8 +3,9 @@
 On Linux, Airflow 3 starts each task by ``os.fork()`` from the process that runs it: a LocalExecutor worker,
 itself forked from the scheduler when the executor starts (``make run``), or a Celery worker (``make cluster``,
 Compose). A task process inherits every module its parent imported. The ``audit`` task imports Great
-Expectations, which takes ~3–4 s of every run (scipy, pandas, pydantic models, docs/performance.md); imported
-here, in the parent, a run pays it once per scheduler or worker start instead of once per minute.
+Expectations (scipy, pandas, pydantic models), which cost seconds of every run (docs/performance.md, "A
+scheduled run"); imported here, in the parent, it is paid once per scheduler or worker start instead of once
+per minute.
 
 ``plugins/airflow_local_settings.py`` calls ``preload_for_task_processes`` in every Airflow process (Airflow
 imports that module at start, from the plugins folder); it imports only in the processes that fork tasks.

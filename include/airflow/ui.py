@@ -3,11 +3,17 @@
 * ``/ecommerce/data-docs/{path}`` serves the Great Expectations Data Docs site that every audit rebuilds
   (``GREAT_EXPECTATIONS_DIR``/gx/uncommitted/data_docs/local_site); ``/ecommerce/data-docs/index.html``
   is its home page. ``/ecommerce/run-validation?run_id=<run id>`` redirects to one run's validation page
-  (the DAG run page's tab "Validation of this run"). Its pages link the vendored copies of their CDN scripts and styles, served at
-  ``/ecommerce/vendor/{path}`` (include/airflow/data_docs_offline.py), so they render without internet.
+  (the DAG run page's tab "Validation of this run"). Its pages link the vendored copies of their CDN
+  scripts and styles, served at ``/ecommerce/vendor/{path}`` (include/airflow/data_docs_offline.py), so they
+  render without internet.
 * ``/ecommerce/dead-letters`` lists the newest ``dead_letter_events`` rows with their reasons and counts
   per rule; query parameters ``rule``, ``reason``, ``from``, ``to``, ``file``, ``run_id``, ``limit`` filter
-  it. ``/ecommerce/dead-letters.csv`` exports the same selection (formula-safe, see include/dead_letters).
+  it. ``/ecommerce/dead-letters.csv`` exports the same selection (formula-safe, see
+  include/airflow/dead_letters.py).
+* ``/ecommerce/rule-violations`` (and ``.csv``) does the same for ``rule_violations``: stored rows that broke
+  a rule of severity ``warn`` (include/airflow/violations.py).
+* ``/ecommerce/quality-dashboard`` draws the pipeline's health over a chosen range as SVG charts
+  (include/airflow/quality_dashboard.py, include/airflow/charts.py).
 
 Airflow mounts plugin apps without any authentication of its own, so this app declares Airflow's own
 authorization dependency on every route: the caller must be logged in (the UI's ``_token`` JWT cookie, or

@@ -9,8 +9,11 @@ this module). Every other column list derives from it.
 | ``staging`` | kept only until publish (the raw line and the reasons it could not be typed) |
 | ``rescued`` | the values of columns the contract does not know, per row, as JSON (``rescued_data``) |
 
-A feed column is ``required`` when a file without it cannot be read (the v1 columns); every other feed
-column may be missing from a file and is then NULL (or its ``default``).
+A feed column is ``required`` when a file without it cannot be read (the v1 columns): those are
+``REQUIRED_HEADER_COLUMNS``; every other feed column may be missing from a file and is then NULL (or its
+``default``). A feed column is ``not_empty`` when a row cannot be stored without its value (the events table
+declares it NOT NULL): those are ``NOT_EMPTY_COLUMNS``, and a row with one of them empty is dead-lettered
+when it is typed (``spark_jobs.transforms.with_typed_columns``). Only a required column can be not_empty.
 
 The order is the order of ``staging_events``' event columns and of ``ecommerce_events``; the feed
 columns in this order are the canonical (latest) CSV layout. The schema's migrations (include/storage/migrations)
@@ -34,8 +37,9 @@ class Column:
     sql_type: str          # PostgreSQL type, as information_schema spells it
     role: str              # feed | derived | lineage | staging | rescued
     since: str | None = None  # feed columns: the first schema version that has it
-    required: bool = False    # feed columns: a file without it is quarantined
+    required: bool = False    # feed columns: a header without it is quarantined
     default: str | None = None  # feed columns: the CSV text a file without the column gets
+    not_empty: bool = False   # feed columns: a row with it empty cannot be stored (dead-lettered when typed)
 
 
 class ContractError(ValueError):
@@ -57,7 +61,8 @@ def load_contract(path: Path | None = None) -> dict:
     raw = yaml.safe_load(text)
     versions = tuple(raw["versions"])
     columns = tuple(
-        Column(c["name"], c["type"], c["role"], c.get("since"), bool(c.get("required", False)), c.get("default"))
+        Column(c["name"], c["type"], c["role"], c.get("since"), bool(c.get("required", False)), c.get("default"),
+               bool(c.get("not_empty", False)))
         for c in raw["columns"]
     )
     problems = [f"{c.name}: role {c.role!r} is not one of {ROLES}" for c in columns if c.role not in ROLES]
@@ -66,6 +71,8 @@ def load_contract(path: Path | None = None) -> dict:
                  for c in columns if c.role == "feed" and c.since not in versions]
     problems += [f"{c.name}: required since {c.since}, but files of {versions[0]} cannot carry it"
                  for c in columns if c.required and c.since != versions[0]]
+    problems += [f"{c.name}: not_empty but not required: every row of a file without it would be dead-lettered"
+                 for c in columns if c.not_empty and not c.required]
     names = [c.name for c in columns]
     problems += [f"{name}: declared twice" for name in sorted({n for n in names if names.count(n) > 1})]
     if problems:
@@ -79,6 +86,10 @@ COLUMNS: tuple[Column, ...] = CONTRACT["columns"]
 BY_NAME = {column.name: column for column in COLUMNS}
 
 FEED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "feed")
+# The columns a file's header must name (else the file is quarantined), and those a row must not leave empty
+# (else it is dead-lettered when it is typed): the contract's `required` and `not_empty`.
+REQUIRED_HEADER_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "feed" and c.required)
+NOT_EMPTY_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "feed" and c.not_empty)
 # What the ingest stages per row, in COPY order (the staging key columns come first, added by the job).
 STAGED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 # What ecommerce_events stores of a staged row (the run/batch lineage is added by the publish).

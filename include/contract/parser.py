@@ -187,7 +187,7 @@ def parse_file(content: bytes, source_file: str, delivery_id: int | None = None,
             error = _structural_error(fields, width)
         record: dict[str, object] = dict.fromkeys(CANONICAL_COLUMNS)
         if error is None:
-            # migrate(), unrolled: the canonical record straight from the fields (empty text is NULL)
+            # the canonical record straight from the fields (empty text is NULL), by the file's migration plan
             record = {column: (fields[i] or None) if i is not None else default for column, i, default in plan}
         record.update(
             schema_version=version.name,
@@ -203,10 +203,10 @@ def parse_file(content: bytes, source_file: str, delivery_id: int | None = None,
 
 
 def migration_plan(match: HeaderMatch) -> tuple[tuple[str, int | None, str | None], ...]:
-    """Per canonical column: its position in the file's fields (None if absent) and its default.
+    """Per canonical column: its position in the file's fields (None if absent) and its default
+    (``versions.MIGRATION_DEFAULTS``): how a record of this header is upcast to the canonical columns.
 
-    The per-record equivalent of ``versions.migrate`` without two dicts per record; the parser is the
-    ingest's Python hot path (docs/performance.md)."""
+    Worked out once per file, not per record: the parser is the ingest's Python hot path (docs/performance.md)."""
     return tuple((column, match.positions.get(column), MIGRATION_DEFAULTS[column]) for column in CANONICAL_COLUMNS)
 
 

@@ -12,6 +12,10 @@ Thresholds are suite parameters (``{"$PARAMETER": ...}``) filled from settings a
 Each rule has a severity (``SEVERITY_MEANING``): ``warn`` (stored, violation recorded), ``drop`` (dead letter)
 or ``fail`` (the run stops before publishing the batch). Defaults are on the rules; ``severities`` applies
 the overrides in force.
+
+No rule checks that ``event_id``, ``event_type`` or ``event_time`` is present: a row cannot be stored without
+them whatever a severity says, so the contract file declares them ``not_empty`` and such a row is a parse
+dead letter before it reaches the suite (docs/data-contract.md, "Values a row cannot be stored without").
 """
 
 from __future__ import annotations
@@ -59,10 +63,9 @@ SEVERITY_MEANING = {
 }
 
 
-# (name, human-readable reason, expectation class name, expectation kwargs)
+# (name, human-readable reason, expectation class name, expectation kwargs[, default severity])
 _LOGIN_TYPES = _sql_list(LOGIN_REQUIRED_EVENT_TYPES)
 ROW_RULES: tuple[RowRule, ...] = (
-    RowRule("event_id_present", "event_id is missing", "ExpectColumnValuesToNotBeNull", {"column": "event_id"}),
     RowRule("event_id_is_uuid", "event_id is not a UUID", "ExpectColumnValuesToMatchRegex",
             {"column": "event_id", "regex": UUID_REGEX}),
     RowRule("event_type_known", f"event_type is not one of {', '.join(EVENT_TYPES)}", "ExpectColumnValuesToBeInSet",
@@ -79,7 +82,6 @@ ROW_RULES: tuple[RowRule, ...] = (
     RowRule("user_required_for_action", f"user_id is missing on an action that needs a login ({', '.join(LOGIN_REQUIRED_EVENT_TYPES)})",
             "UnexpectedRowsExpectation",
             {"unexpected_rows_query": f"SELECT * FROM {{batch}} WHERE user_id IS NULL AND event_type IN ({_LOGIN_TYPES})"}),
-    RowRule("event_time_present", "event_time is missing", "ExpectColumnValuesToNotBeNull", {"column": "event_time"}),
     # "the future" is the validation's own moment (``audited_at``), the same for Great Expectations and for the
     # routing: with now() in each, a row at the edge could count in one and not in the other
     RowRule("event_time_not_in_future", f"event_time is more than {FUTURE_TOLERANCE_MINUTES} minutes in the future",

@@ -10,7 +10,7 @@ The versions derive from the contract file (``include/contract/contract.yaml``: 
 each feed column says since which version it exists); so do the value sets below.
 
 A file's columns are matched **by name** (``match_header``): case and surrounding blanks are ignored (and a
-UTF-8 BOM), the order is free. A file without one of the required columns (``Column.required``) is
+UTF-8 BOM), the order is free. A file without one of the required columns (``REQUIRED_HEADER_COLUMNS``) is
 quarantined with a reason naming them; a header that names a column twice is quarantined too. Optional
 columns the file lacks take the defaults in ``MIGRATION_DEFAULTS``: ``quantity`` becomes 1 (a v1 event is
 one item) and every other missing column stays NULL ("not recorded"), so nothing is invented that an
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from include.contract.columns import COLUMNS, CONTRACT, FEED_COLUMNS
+from include.contract.columns import COLUMNS, CONTRACT, FEED_COLUMNS, REQUIRED_HEADER_COLUMNS
 
 _DOMAINS = CONTRACT["domains"]
 EVENT_TYPES: tuple[str, ...] = _DOMAINS["event_type"]
@@ -70,8 +70,6 @@ class UnknownSchemaVersion(ValueError):
     quarantined, not guessed at."""
 
 
-REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.role == "feed" and c.required)
-
 
 @dataclass(frozen=True)
 class HeaderMatch:
@@ -102,7 +100,7 @@ def match_header(header_fields: Sequence[str]) -> HeaderMatch:
             positions[key] = index
         else:
             rescued.append((written or f"_column_{index + 1}", index))
-    missing = [column for column in REQUIRED_COLUMNS if column not in positions]
+    missing = [column for column in REQUIRED_HEADER_COLUMNS if column not in positions]
     if missing:
         preview = ",".join(_clean(f) for f in header_fields)[:200]
         raise UnknownSchemaVersion(
@@ -112,15 +110,3 @@ def match_header(header_fields: Sequence[str]) -> HeaderMatch:
     newest = max(VERSION_ORDER.index(_SINCE[column]) for column in positions)
     return HeaderMatch(VERSIONS[VERSION_ORDER[newest]], positions, tuple(rescued), len(header_fields))
 
-
-def detect_version(header_fields: Sequence[str]) -> SchemaVersion:
-    """The version a header identifies (``match_header``)."""
-    return match_header(header_fields).version
-
-
-def migrate(record: Mapping[str, str | None], version: SchemaVersion) -> dict[str, str | None]:
-    """Upcast one record of ``version`` to the canonical column set, filling documented defaults."""
-    return {
-        column: record[column] if column in version.columns else MIGRATION_DEFAULTS[column]
-        for column in CANONICAL_COLUMNS
-    }

@@ -23,9 +23,10 @@ def delete_expired_archive(settings: Settings, now: datetime | None = None,
 
     Safe by construction: only whole ``YYYY-MM-DD/HH`` hour folders of the archive layout whose hour ended
     before the cut-off are touched (nothing else under ARCHIVE_DIR, nothing in the landing or quarantine
-    directories); archived files are published by definition (a file is archived only after its batch is in
-    the ledger); and the deletion holds the revalidation lock, so it never pulls a file from under a
-    running backfill (it skips this time if one is running).
+    directories); an archived file has been read whole by definition (a file is archived only after its rows
+    are staged and its batch is in the ledger; the publish works from ``staging_events``, never from the
+    file); and the deletion holds the revalidation lock, so it never pulls a file from under a running
+    backfill (it skips this time if one is running).
     """
     from include.storage.connections import with_connection
 

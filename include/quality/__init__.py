@@ -1,1 +1,2 @@
-"""Data contract rules (Great Expectations suites) and the audit that runs them on staged rows."""
+"""Great Expectations: the contract's row rules (data in ``include.contract.rules``) as a suite, the audit that
+validates the staged rows with it, and the quality gate after the publish."""

@@ -43,8 +43,8 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
     """Pin the unpublished batches and mark which of their rows are the candidates (one transaction).
 
     One per event_id: the first occurrence (earliest batch, file, line), and none for an event_id stored
-    already. Rows without an event_id are not copies of each other, so each one stays a candidate (and is
-    dead-lettered by ``event_id_present``). The candidates stay where they are: the view ``audit_candidates``
+    already. Only rows that parsed count: a row without an event_id never does (the contract declares it
+    ``not_empty``, so the typing dead-letters it). The candidates stay where they are: the view ``audit_candidates``
     reads them from ``staging_events`` through the two small tables written here, the pinned batches and the
     rows left out (include/storage/migrations/columns.py ``audit_candidates_view_sql``)."""
     with conn.transaction():
@@ -61,7 +61,7 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
                 copy.write_row((query_id, batch_id))
         # The publish empties staging_events with TRUNCATE, so its statistics describe an empty table until
         # autovacuum looks again; the planner needs the real sizes for the statements below and for the
-        # suite's scans of the view (~0.5 s per 1M rows).
+        # suite's scans of the view (what ANALYZE costs: docs/performance.md, "Audit").
         analyze(conn, "staging_events", "audit_pinned_batches")
         # Left out: every occurrence after the first of an event_id repeated in these batches (only the
         # repeated ids are sorted, found by one hash aggregate), and every row whose event_id is stored.
@@ -252,7 +252,7 @@ def validate(settings: Settings, airflow_run_id: str, table: str = ASSET) -> Val
 def audit_staged_batches(settings: Settings, airflow_run_id: str) -> AuditResult:
     """The ``audit`` task: pin the staged, unpublished batches and validate their candidate rows."""
     # include/airflow/preload.py: under a scheduler or Celery worker, the process that forked this task has
-    # imported Great Expectations already (~3-4 s a run would pay otherwise)
+    # imported Great Expectations already (seconds a run would pay otherwise)
     preloaded = "great_expectations" in sys.modules
     pinned = with_connection(settings, prepare_candidates)
     if not pinned.batches:

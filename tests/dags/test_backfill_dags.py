@@ -28,6 +28,18 @@ def test_archive_retention_runs_daily(dagbag):
     assert [t.task_id for t in dag.tasks] == ["delete_expired_archive"]
 
 
+def test_the_archive_retention_task_runs_its_code(dagbag, monkeypatch):
+    """The task's body, as a worker runs it (retention off, so nothing is touched and no database is needed):
+    its imports resolve, and it returns what include.ops.retention decided."""
+    from include.airflow import settings_resolution
+    from include.settings import Settings
+
+    monkeypatch.setattr(settings_resolution, "settings_from_connection",
+                        lambda: Settings.from_env({"ARCHIVE_RETENTION_DAYS": "0"}))
+    task = dagbag.dags["ecommerce_archive_retention"].get_task("delete_expired_archive")
+    assert task.python_callable()["skipped"] == "retention disabled"
+
+
 def test_housekeeping_runs_daily_with_one_independent_task_per_kind(dagbag):
     dag = dagbag.dags["ecommerce_housekeeping"]
     assert dag.schedule == "@daily" and dag.catchup is False and dag.max_active_runs == 1

@@ -113,6 +113,7 @@ def _price_since_v2(text: str) -> str:
     (lambda t: t.replace("role: derived}", "role: computed}", 1), "role 'computed'"),
     (lambda t: t.replace("type: boolean", "type: bool"), "type 'bool'"),
     (lambda t: t.replace("since: v3}", "since: v9}", 1), "needs `since`"),
+    (lambda t: t.replace("since: v2}", "since: v2, not_empty: true}", 1), "session_id: not_empty but not required"),
 ])
 def test_an_inconsistent_contract_file_is_refused_with_the_reason(tmp_path, edit, problem):
     path = tmp_path / "contract.yaml"

@@ -26,7 +26,6 @@ BASE = {
 }
 # rule -> the one change to a valid row that breaks exactly that rule
 FAILING = {
-    "event_id_present": {"event_id": None},
     "event_id_is_uuid": {"event_id": "not-a-uuid"},
     "event_type_known": {"event_type": "<script>alert('event_type')</script>"},
     "price_present": {"price": None, "total_amount": None},
@@ -36,7 +35,6 @@ FAILING = {
     "product_id_present": {"product_id": None},
     "product_id_positive": {"product_id": 0},
     "user_required_for_action": {"user_id": None, "user_segment": None},
-    "event_time_present": {"event_time": None},
     "event_time_not_in_future": {"event_time": NOW + timedelta(hours=1)},
     "category_known": {"category": "<img src=x onerror=alert('category')>"},
     "user_segment_known": {"user_segment": "gold"},
@@ -49,7 +47,8 @@ PASSING = {
     "clock skew within tolerance": {"event_time": NOW + timedelta(minutes=2)},
     "plain valid purchase": {},
 }
-COLUMNS = ("event_id",) + tuple(BASE) + ("is_late_arrival", "schema_version", "source_file", "source_line", "raw_data")
+COLUMNS = ("event_id",) + tuple(BASE) + ("is_late_arrival", "schema_version", "source_file", "source_line", "raw_data",
+                                          "parse_errors")
 
 
 def stage(conn, rows: list[dict]) -> str:
@@ -70,7 +69,8 @@ def stage(conn, rows: list[dict]) -> str:
 
 def _rows(source_file: str, lines: dict[int, dict]) -> list[dict]:
     # the same ids each time it is called, so two publishes of the corpus can be compared row for row
-    return [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source_file}:{line}")), **BASE, **change, "is_late_arrival": False, "schema_version": "v3",
+    return [{"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source_file}:{line}")), **BASE, "parse_errors": None,
+             **change, "is_late_arrival": False, "schema_version": "v3",
              "source_file": source_file, "source_line": line, "raw_data": f"line {line}"}
             for line, change in lines.items()]
 
@@ -151,26 +151,30 @@ def test_a_routing_that_disagrees_with_great_expectations_publishes_nothing(audi
 
 def test_rows_without_an_event_id_are_each_dead_lettered_not_counted_as_duplicates(pipeline, tmp_path):
     """Rows that share no id cannot be copies of each other: every row missing its event_id is dead-lettered
-    with its own reason; only a real repeat of an event_id (here line 6 of line 5) counts as a duplicate."""
+    with its own reason; only a real repeat of an event_id (here line 6 of line 5) counts as a duplicate.
+    The rows are staged as the typing stages them: event_id is ``not_empty`` in the contract file, so a row
+    without one carries the reason "event_id is empty" and is a parse dead letter; no rule sees it."""
     pipeline.reset()
     settings = replace(pipeline.settings, great_expectations_dir=tmp_path / "gx")
     repeated = str(uuid.uuid4())
     ids = {2: None, 3: None, 4: None, 5: repeated, 6: repeated}
-    rows = _rows("/landing/ids.csv", {line: {"event_id": event_id} for line, event_id in ids.items()})
+    rows = _rows("/landing/ids.csv", {
+        line: {"event_id": event_id, "parse_errors": None if event_id else "event_id is empty"}
+        for line, event_id in ids.items()})
     with psycopg.connect(settings.postgres_conninfo) as conn:
         stage(conn, rows)
         result = prepare_candidates(conn)
         result.validation = validate(settings, "ids_test")
         summary = publish(conn, result, settings, "ids_test")
     assert (summary.total, summary.valid, summary.invalid, summary.duplicates) == (5, 1, 3, 1)
-    assert pipeline.query("SELECT source_line, failed_rules FROM dead_letter_events ORDER BY source_line") == [
-        (2, ["event_id_present"]), (3, ["event_id_present"]), (4, ["event_id_present"])]
+    assert pipeline.query("SELECT source_line, error_kind, failed_rules, validation_errors FROM dead_letter_events "
+                          "ORDER BY source_line") == [(line, "parse", [], "event_id is empty") for line in (2, 3, 4)]
     assert pipeline.query("SELECT source_line FROM ecommerce_events") == [(5,)]
 
 
 def _publish_corpus(pipeline, settings, *, audit_generation_known: bool) -> dict[str, list[tuple]]:
     """From an empty database: publish a first batch, then a second one that repeats two of its event_ids and
-    one of its own, has a failing row of every rule and a row without an event_id; return what was written."""
+    one of its own and has a failing row of every rule; return what was written."""
     pipeline.reset()
     first = _rows("/landing/first.csv", {line: {} for line in range(2, 7)})
     second = _rows("/landing/second.csv", {line: change for line, change in enumerate(

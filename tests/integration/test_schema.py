@@ -66,6 +66,19 @@ def test_the_tables_hold_the_column_table(pipeline):
     assert _columns(pipeline, "revalidation_candidates") == staging  # a staged row, raw line included
 
 
+def test_the_feed_columns_ecommerce_events_requires_are_the_contracts_not_empty_ones(pipeline):
+    """ecommerce_events declares NOT NULL exactly the feed columns the contract file marks ``not_empty``: the
+    typing dead-letters a row that leaves one of them empty, so the publish never meets a NULL there, and no
+    other feed column is one the table refuses while the contract lets a row leave it empty."""
+    from include.contract.columns import FEED_COLUMNS, NOT_EMPTY_COLUMNS
+
+    not_null = {name for (name,) in pipeline.query(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'ecommerce_events'::regclass AND attnum > 0 "
+        "AND NOT attisdropped AND attnotnull")}
+    assert not_null & set(FEED_COLUMNS) == set(NOT_EMPTY_COLUMNS)
+
+
+
 def test_a_database_of_the_release_that_copied_the_candidates_gets_the_view(pipeline):
     """Before the audit validated the staged rows where they lie, ``audit_candidates`` was a table, a copy of
     every candidate row. The baseline adopts a database of that release too: the table makes way for the view."""

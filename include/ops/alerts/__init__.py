@@ -1,13 +1,14 @@
 """Alerts: the one place the pipeline tells people that something needs them.
 
-Levels of the original system:
+Levels (the original system's four, and the recovery of a condition):
 
 | level | when | channels |
 | --- | --- | --- |
-| INFO | normal operation worth a line | task log |
-| WARNING | one threshold breach (validity below MIN_VALIDITY_RATE, a table check) | log + ALERT_FILE + Slack |
+| INFO | normal operation worth a line (no condition raises one today) | task log |
+| WARNING | a quality breach (validity below MIN_VALIDITY_RATE, a table check); a new column in the feed; a file quarantined, or waiting in LANDING_DIR longer than LANDING_STUCK_MINUTES | log + ALERT_FILE + Slack |
 | ERROR | a task failed after its retries | log + ALERT_FILE + Slack |
 | CRITICAL | circuit breaker opened; no new data for ALERT_NO_DATA_MINUTES while FEED_EXPECTED; dead letters growing faster than ALERT_DEAD_LETTERS_PER_MINUTE | log + ALERT_FILE + Slack |
+| RECOVERED | a condition alerted above is over | log + ALERT_FILE + Slack |
 
 One module per concern:
 

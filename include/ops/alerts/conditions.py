@@ -1,7 +1,7 @@
 """The conditions the pipeline alerts on, what each message says, and the checks the DAG and its callbacks
 call: after the quality gate (recovery of failures, a breach, dead letters growing), a new column, no fresh
-data (the landing directory's: ``landing``). Each check raises its alerts through ``state`` (de-duplicated,
-bounded). ``after_quality_gate`` and ``alert_new_columns`` never raise; ``check_freshness`` and
+data. Those of the landing directory are in ``landing``. Each check raises its alerts through ``state``
+(de-duplicated, bounded). ``after_quality_gate`` and ``alert_new_columns`` never raise; ``check_freshness`` and
 ``check_dead_letter_growth`` need the database, and their callers catch what they raise.
 """
 

@@ -1,4 +1,5 @@
-"""The tables as Airflow assets: who declares them, which events a writer emits, what the downstream DAG reads.
+"""The tables as Airflow assets (include/airflow/assets.py): which events a writer emits, what the downstream DAG
+reads. Which tasks declare them: tests/dags/test_dag_integrity.py.
 
 The events are added to the Task SDK's own outlet-event accessors (what a running task gets as
 ``outlet_events``). That a real scheduler runs ``ecommerce_hourly_revenue`` because rows were published is
@@ -18,7 +19,6 @@ from include.airflow.assets import (
     hours_touched,
     table_uri,
 )
-from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, REPLAY_DAG_ID
 from include.results import PublishSummary
 
 pytestmark = pytest.mark.unit
@@ -33,19 +33,6 @@ def emitted(announce, *args) -> dict[str, dict]:
     events = {event.dest_asset_key.name: event.extra for event in outlet_events[PUBLISHED].asset_alias_events}
     assert sorted(announced) == sorted(events)
     return events
-
-
-def test_every_writer_of_the_two_tables_declares_the_alias_and_the_rollup_waits_on_the_events_asset(dagbag):
-    writers = {(DAG_ID, "publish"), (DAG_ID, "rederive"), (REPLAY_DAG_ID, "apply")}
-    declaring = {(dag.dag_id, task.task_id) for dag in dagbag.dags.values() for task in dag.tasks if task.outlets}
-    assert declaring == writers
-    for dag_id, task_id in writers:
-        assert dagbag.dags[dag_id].get_task(task_id).outlets == [PUBLISHED]
-    # declared where they are read, so both assets exist (group ecommerce) before their first event
-    assert dagbag.dags[REPLAY_DAG_ID].get_task("apply").inlets == [DEAD_LETTERS_ASSET]
-    assert dagbag.dags[DAG_ID].get_task("rederive").inlets == [EVENTS_ASSET, DEAD_LETTERS_ASSET]
-    rollup = dagbag.dags[HOURLY_REVENUE_DAG_ID]
-    assert list(rollup.timetable.asset_condition.objects) == [EVENTS_ASSET]
 
 
 def test_the_uris_name_the_connection_and_stay_the_same_wherever_the_database_is(monkeypatch):
