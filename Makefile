@@ -1,5 +1,6 @@
 # The project's entry points. Every target creates the virtualenv first if it is missing or stale.
-#   make run    fresh machine -> running pipeline (Airflow UI on http://127.0.0.1:8080), Ctrl+C stops it all
+#   make run    fresh machine -> running pipeline (Airflow UI on http://127.0.0.1:8080), Ctrl+C stops it all;
+#               make run FEED=off: without the generator, for your own feed in LANDING_DIR
 #   make test   the whole test suite (unit + integration against a real PostgreSQL, Spark and Airflow), 2 workers
 #   make test-fast  the inner loop: unit tests + the tests against one real PostgreSQL (under 3 minutes)
 #   make once   one DAG run over $LANDING_DIR, exit 0 on success and 1 on a failed run
@@ -36,13 +37,17 @@ venv: $(STAMP)
 preflight:
 	@$(PREFLIGHT) java postgres
 
+# FEED=off: your own feed, no generator (README "Use your own feed")
+FEED ?= generator
+FEED_FLAG = $(if $(filter off no none false 0,$(FEED)),--no-generator,)
+
 run: preflight venv
-	@$(BIN)/python -m scripts.pipeline run --env-file .env
+	@$(BIN)/python -m scripts.pipeline run --env-file .env $(FEED_FLAG)
 
 # `make run` as a multi-node deployment: Redis, CeleryExecutor with two workers, a Spark master and two workers
 cluster: preflight venv
 	@$(PREFLIGHT) redis
-	@$(BIN)/python -m scripts.pipeline cluster --env-file .env
+	@$(BIN)/python -m scripts.pipeline cluster --env-file .env $(FEED_FLAG)
 
 once: preflight venv
 	@$(BIN)/python -m scripts.pipeline once --env-file .env
@@ -62,7 +67,11 @@ migration: venv
 PYTEST_WORKERS ?= 2
 PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
+# what the suite needs besides Java and PostgreSQL: Chromium (UI tests), Redis (make cluster's test), the JDBC driver
+TEST_PREFLIGHT := $(PREFLIGHT) chromium redis jdbc
+
 test: preflight venv
+	@$(TEST_PREFLIGHT)
 	@$(BIN)/python -m pytest $(PARALLEL)
 
 # The inner loop (under 3 minutes): unit tests plus the tests against one real PostgreSQL (no Spark, no Airflow).
@@ -73,6 +82,7 @@ test-unit: preflight venv
 	@$(BIN)/python -m pytest -m unit
 
 test-integration: preflight venv
+	@$(TEST_PREFLIGHT)
 	@$(BIN)/python -m pytest -m integration $(PARALLEL)
 
 test-cluster: preflight venv

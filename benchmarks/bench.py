@@ -411,15 +411,14 @@ def reset_pipeline(bench: Bench) -> None:
     is ALERT_FILE (the bench does not set its own: it is the checkout's)."""
     from psycopg import sql
 
-    from include.storage.migrations.runner import upgrade_schema
-    from scripts.local_postgres import ensure_database
+    from scripts.database_roles import logins, provision_with_schema
 
     settings = bench.settings
     admin = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.postgres_db)))
-    ensure_database(admin, settings.postgres_db)
-    upgrade_schema(settings.postgres_conninfo)
+    # as `scripts.pipeline init` leaves it: owned by the owner role, the writer's and reader's grants in place
+    provision_with_schema(admin, settings.postgres_db, *logins(bench.env, settings))
     for directory in (settings.landing_dir, settings.archive_dir, settings.checkpoint_dir, settings.quarantine_dir,
                       settings.great_expectations_dir):
         shutil.rmtree(directory, ignore_errors=True)

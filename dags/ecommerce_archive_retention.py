@@ -35,7 +35,7 @@ def ecommerce_archive_retention():
     @task
     def delete_expired_archive() -> dict:
         """Delete archive hour folders older than ARCHIVE_RETENTION_DAYS; report what was deleted."""
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.ops.retention import delete_expired_archive as delete
 
         result = delete(settings_from_connection())

@@ -51,7 +51,7 @@ from include.names import REPLAY_DAG_ID
 )
 def ecommerce_dlq_replay():
     def _replay(params: dict, run_id: str | None, **approved) -> dict:
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.publish.replay import replay
 
         def moment(value):

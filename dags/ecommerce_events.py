@@ -56,6 +56,8 @@ SPARK_JOB_ENV = {
     "POSTGRES_DB": _conn.format("schema"),
     "POSTGRES_USER": _conn.format("login"),
     "POSTGRES_PASSWORD": _conn.format("password"),
+    # the connection's extra (JSON): its libpq parameters (sslmode, options, ...) hold in the executors too
+    "POSTGRES_EXTRA": _conn.format("extra or ''"),
     "PIPELINE_HOME": str(PROJECT_ROOT),
     # Executors run the job's Python code with this interpreter: Airflow's own unless told otherwise. On a
     # cluster it must exist on every worker with the project's requirements (docker-compose: the same image).

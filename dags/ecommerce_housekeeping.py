@@ -37,7 +37,7 @@ def ecommerce_housekeeping():
     @task
     def prune_airflow_metadata() -> dict:
         """Delete Airflow metadata older than AIRFLOW_METADATA_RETENTION_DAYS (`airflow db clean`)."""
-        from include.airflow.callbacks import metadata_database_url, settings_from_connection
+        from include.airflow.settings_resolution import metadata_database_url, settings_from_connection
         from include.ops.housekeeping import prune_airflow_metadata as prune
 
         result = prune(settings_from_connection(live=False), metadata_database_url()).as_dict()
@@ -51,7 +51,7 @@ def ecommerce_housekeeping():
 
         from airflow.sdk import conf
 
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.ops.housekeeping import delete_expired_task_logs, rotate_component_logs
 
         settings = settings_from_connection(live=False)
@@ -66,7 +66,7 @@ def ecommerce_housekeeping():
     def prune_pipeline_tables() -> dict:
         """Delete the pipeline's history rows older than their retention (published ledger rows, resolved
         dead letters, quality metrics, ...)."""
-        from include.airflow.callbacks import settings_from_connection
+        from include.airflow.settings_resolution import settings_from_connection
         from include.ops.housekeeping import prune_pipeline_tables as prune
 
         result = prune(settings_from_connection(live=False)).as_dict()

@@ -25,3 +25,12 @@ REVALIDATION_LOCK = "ecommerce_events revalidation"  # revalidation_candidates: 
 SCHEMA_LOCK = "ecommerce_events schema"              # migrating the schema (two starts at once)
 INGEST_LOCK_PREFIX = "ecommerce_events ingest"       # + the checkpoint directory: one live query per checkpoint
 CLAIM_LOCK = "ecommerce_events landing claim"        # claims out of LANDING_DIR: one at a time, ids in commit order
+OWNER_CONN_ID = "ecommerce_postgres_owner"    # the schema's owner: the only one that runs DDL (start-up)
+READER_CONN_ID = "ecommerce_postgres_reader"  # read-only: the UI pages (and analysts)
+
+# PostgreSQL roles, when start-up creates them on the project's own server (docs/security.md): the connections'
+# logins name them, so a database provisioned by its DBA may call them otherwise.
+OWNER_ROLE = "ecommerce_owner"    # owns the database and its objects: DDL
+WRITER_ROLE = "ecommerce_writer"  # the pipeline and the Spark executors: DML on the tables, no DDL
+READER_ROLE = "ecommerce_reader"  # SELECT on the tables and views
+METADATA_ROLE = "airflow"         # owns Airflow's metadata database, nothing of the analytics one

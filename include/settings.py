@@ -50,6 +50,10 @@ class Settings:
     postgres_db: str = "ecommerce"
     postgres_user: str = "spark"
     postgres_password: str = "spark123"
+    # the libpq parameters of the connection's extra (JSON, as Airflow stores it: {"sslmode": "require",
+    # "options": "-c search_path=shop"}); keys libpq does not know (the provider's own: cursor, ...) are ignored.
+    # Tasks take it from the connection ecommerce_postgres, the Spark executors from the DAG (rendered from it).
+    postgres_extra: str = ""
     # streaming (the original system's TRIGGER_INTERVAL and WATERMARK_DELAY are accepted and ignored: the
     # DAG's every-minute schedule is the trigger, and events are never dropped as late, only flagged)
     # A micro-batch admits claimed deliveries up to MAX_BYTES_PER_TRIGGER bytes (on disk, so compressed for
@@ -179,6 +183,7 @@ class Settings:
         if self.max_file_bytes < 1 or self.max_decompressed_bytes < 1:
             problems.append("MAX_FILE_BYTES and MAX_DECOMPRESSED_BYTES must be positive")
         problems += severity_problems(self.rule_severity, "RULE_SEVERITY")
+        problems += extra_problems(self.postgres_extra, "POSTGRES_EXTRA")
         if self.late_arrival_minutes < 0:
             problems.append("LATE_ARRIVAL_MINUTES must not be negative")
         if self.max_retries < 0 or self.initial_retry_delay < 0 or self.retry_backoff_factor < 1:
@@ -206,16 +211,63 @@ class Settings:
 
     @property
     def postgres_conninfo(self) -> str:
-        """A libpq connection string (keyword form, so no URL-quoting surprises in passwords)."""
-        from psycopg.conninfo import make_conninfo
+        """A libpq connection string (keyword form, so no URL-quoting surprises in passwords), with the libpq
+        parameters of ``postgres_extra`` (sslmode, options, ...)."""
+        return libpq_conninfo(self.postgres_host, self.postgres_port, self.postgres_db, self.postgres_user,
+                              self.postgres_password, self.postgres_extra)
 
-        return make_conninfo(
-            host=self.postgres_host,
-            port=self.postgres_port,
-            dbname=self.postgres_db,
-            user=self.postgres_user,
-            password=self.postgres_password,
-        )
+    @property
+    def postgres_parameters(self) -> dict[str, str]:
+        """The libpq parameters of ``postgres_extra`` alone (for a driver that takes them apart: SQLAlchemy)."""
+        return libpq_parameters(self.postgres_extra)
+
+
+# Connection fields that the extra cannot override: they are the connection's own.
+_FIELDS = frozenset({"host", "port", "dbname", "user", "password"})
+
+
+def libpq_parameters(extra: str | Mapping[str, object] | None) -> dict[str, str]:
+    """The libpq parameters in an Airflow connection's extra (a JSON text or a mapping): the keys libpq knows
+    (sslmode, sslrootcert, options, connect_timeout, target_session_attrs, ...), as the postgres provider's hook
+    passes them, minus the connection's own fields. Other keys (the provider's ``cursor``, ``sqlalchemy_scheme``,
+    ...) are not libpq's and are left out."""
+    if not extra:
+        return {}
+    values = json.loads(extra) if isinstance(extra, str) else dict(extra)
+    if not isinstance(values, dict):
+        raise SettingsError(f"a connection's extra must be a JSON object, not {type(values).__name__}")
+    from psycopg import pq
+
+    known = {option.keyword.decode() for option in pq.Conninfo.get_defaults()} - _FIELDS
+    return {key: str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in values.items() if key in known and value is not None}
+
+
+def libpq_conninfo(host: str, port: int | str, dbname: str, user: str, password: str,
+                   extra: str | Mapping[str, object] | None = None) -> str:
+    """A libpq connection string of a connection's fields and the libpq parameters of its extra."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(host=host, port=port, dbname=dbname, user=user, password=password,
+                         **libpq_parameters(extra))
+
+
+def json_object(raw: str, name: str, shape: str) -> tuple[dict, list[str]]:
+    """The JSON object in ``raw`` (empty text: ``{}``), or the problem with it; ``shape`` tells what it must be."""
+    if not raw.strip():
+        return {}, []
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        return {}, [f"{name} must be a JSON object {shape} ({error})"]
+    if not isinstance(value, dict):
+        return {}, [f"{name} must be a JSON object {shape}, not {type(value).__name__}"]
+    return value, []
+
+
+def extra_problems(raw: str, name: str) -> list[str]:
+    """What is wrong with a connection extra given as JSON text."""
+    return json_object(raw, name, 'such as {"sslmode": "require"}')[1]
 
 
 SEVERITIES = ("warn", "drop", "fail")
@@ -224,16 +276,9 @@ SEVERITIES = ("warn", "drop", "fail")
 def severity_problems(raw: str, name: str) -> list[str]:
     """What is wrong with a rule-severity JSON object (the rule names are checked against the contract by
     ``include.contract.rules.severities``)."""
-    if not raw.strip():
-        return []
-    try:
-        value = json.loads(raw)
-    except ValueError as error:
-        return [f"{name} must be a JSON object of rule: warn | drop | fail ({error})"]
-    if not isinstance(value, dict):
-        return [f"{name} must be a JSON object of rule: warn | drop | fail, not {type(value).__name__}"]
-    return [f"{name}: {rule!r} has severity {level!r}; it must be one of {', '.join(SEVERITIES)}"
-            for rule, level in value.items() if level not in SEVERITIES]
+    value, problems = json_object(raw, name, "of rule: warn | drop | fail")
+    return problems + [f"{name}: {rule!r} has severity {level!r}; it must be one of {', '.join(SEVERITIES)}"
+                       for rule, level in value.items() if level not in SEVERITIES]
 
 
 def get_settings() -> Settings:

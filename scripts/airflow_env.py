@@ -1,13 +1,15 @@
 """The environment every local Airflow process runs with (`make run`, `make once`, the tests).
 
 Airflow is configured entirely through AIRFLOW__* variables, so nothing outside the project is touched:
-AIRFLOW_HOME is data/airflow, the metadata database is `airflow` on the configured PostgreSQL server, and
-the connections the DAGs need come from the environment unless the user already set them:
+AIRFLOW_HOME is data/airflow, and the metadata database is `airflow` on the project's PostgreSQL server
+(POSTGRES_HOST:POSTGRES_PORT), owned by its own role `airflow` (AIRFLOW_DB_PASSWORD). One connection is
+derived here, not edited: AIRFLOW_CONN_AIRFLOW_METADATA, the metadata database's URL, for the housekeeping DAG's
+`airflow db clean`.
 
-* AIRFLOW_CONN_SPARK_DEFAULT      master from SPARK_MASTER (default `local[*]`)
-* AIRFLOW_CONN_ECOMMERCE_POSTGRES built from POSTGRES_*
-* AIRFLOW_CONN_AIRFLOW_METADATA   the metadata database's URL, for the housekeeping DAG's `airflow db clean`
-* AIRFLOW_CONN_AIRFLOW_API        this Airflow's REST API as the local admin, for backfills' notes
+The connections of the analytics database and of Spark are *not* exported: they live in Airflow (the
+metastore, where the UI edits them, or AIRFLOW_CONN_* set by the user), and start-up creates the missing ones
+from ``connection_definitions`` (scripts/pipeline.py), never overriding one that exists. Derived, like the
+metadata's: AIRFLOW_CONN_AIRFLOW_API, this Airflow's REST API as the local admin, for backfills' notes.
 
     eval "$(.venv/bin/python -m scripts.airflow_env)"   # then use the `airflow` CLI against this setup
     eval "$(make -s env)"                                # the same, with the checkout's .env read first
@@ -25,10 +27,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
+from include.names import (
+    METADATA_ROLE,
+    OWNER_CONN_ID,
+    OWNER_ROLE,
+    POSTGRES_CONN_ID,
+    READER_CONN_ID,
+    READER_ROLE,
+    SPARK_CONN_ID,
+    WRITER_ROLE,
+)
 from include.settings import PROJECT_ROOT, Settings
 
 VENV_BIN = Path(sys.executable).parent
 ADMIN_USER = "admin"
+METADATA_DATABASE = "airflow"
+
+# The roles' passwords on the project's own server: the variable, else one made up once and kept in AIRFLOW_HOME
+# (the connections made from them keep them too).
+ROLE_PASSWORD_VARIABLES = {"owner": "POSTGRES_OWNER_PASSWORD", "writer": "POSTGRES_WRITER_PASSWORD",
+                           "reader": "POSTGRES_READER_PASSWORD", "metadata": "AIRFLOW_DB_PASSWORD"}
 
 
 def _persistent_secret(path: Path) -> str:
@@ -38,6 +56,41 @@ def _persistent_secret(path: Path) -> str:
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def airflow_home(environ: Mapping[str, str], default: Path | None = None) -> Path:
+    return Path(environ.get("AIRFLOW_HOME") or default or PROJECT_ROOT / "data" / "airflow")
+
+
+def role_passwords(environ: Mapping[str, str], home: Path | None = None) -> dict[str, str]:
+    """owner / writer / reader / metadata -> password (ROLE_PASSWORD_VARIABLES, else kept in AIRFLOW_HOME)."""
+    home = home or airflow_home(environ)
+    return {kind: (environ.get(variable) or "").strip() or _persistent_secret(home / f".{variable.lower()}")
+            for kind, variable in ROLE_PASSWORD_VARIABLES.items()}
+
+
+def connection_definitions(settings: Settings, passwords: Mapping[str, str],
+                           environ: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """The connections start-up creates when Airflow has none of that id, from POSTGRES_* and SPARK_MASTER: the
+    analytics database's owner, writer and reader on POSTGRES_HOST:POSTGRES_PORT/POSTGRES_DB, and Spark."""
+    environ = os.environ if environ is None else environ
+    database = {"conn_type": "postgres", "host": settings.postgres_host, "port": settings.postgres_port,
+                "schema": settings.postgres_db}
+    if settings.postgres_extra:
+        database["extra"] = json.loads(settings.postgres_extra)
+    return {
+        "owner": {"conn_id": OWNER_CONN_ID, **database, "login": OWNER_ROLE, "password": passwords["owner"]},
+        "writer": {"conn_id": POSTGRES_CONN_ID, **database, "login": WRITER_ROLE, "password": passwords["writer"]},
+        "reader": {"conn_id": READER_CONN_ID, **database, "login": READER_ROLE, "password": passwords["reader"]},
+        "spark": {"conn_id": SPARK_CONN_ID, "conn_type": "spark", "host": environ.get("SPARK_MASTER") or "local[*]"},
+    }
+
+
+def as_environment(definitions: Mapping[str, Mapping]) -> dict[str, str]:
+    """AIRFLOW_CONN_<ID> variables of ``definitions`` (for the tests and the bench, which define connections
+    in the environment, as a deployment may)."""
+    return {f"AIRFLOW_CONN_{d['conn_id'].upper()}": json.dumps({k: v for k, v in d.items() if k != "conn_id"})
+            for d in definitions.values()}
 
 
 def admin_password(airflow_home: Path, environ: Mapping[str, str]) -> str:
@@ -54,6 +107,13 @@ def admin_password(airflow_home: Path, environ: Mapping[str, str]) -> str:
     return password
 
 
+def project_metadata_url(settings: Settings, environ: Mapping[str, str], home: Path | None = None) -> str:
+    """The URL of Airflow's metadata database on the project's server: database `airflow` of role `airflow`.
+    Airflow's metadata has credentials of its own: the analytics roles cannot read it, nor it theirs."""
+    user, password = quote(METADATA_ROLE, safe=""), quote(role_passwords(environ, home)["metadata"], safe="")
+    return f"postgresql+psycopg2://{user}:{password}@{settings.postgres_host}:{settings.postgres_port}/{METADATA_DATABASE}"
+
+
 def airflow_api_connection(host: str, port: str, environ: Mapping[str, str]) -> str:
     """The ``airflow_api`` connection (JSON) for the api-server at ``host``:``port``, as the local admin."""
     return json.dumps({"conn_type": "http", "host": host, "port": int(port), "login": ADMIN_USER,
@@ -61,17 +121,14 @@ def airflow_api_connection(host: str, port: str, environ: Mapping[str, str]) -> 
 
 
 def airflow_environment(
-    settings: Settings, environ: Mapping[str, str] | None = None, airflow_home: Path | None = None
+    settings: Settings, environ: Mapping[str, str] | None = None, home_dir: Path | None = None
 ) -> dict[str, str]:
     """Variables to add to ``environ`` (default ``os.environ``) for a local Airflow of this project."""
     environ = dict(os.environ if environ is None else environ)
-    home = Path(environ.get("AIRFLOW_HOME") or airflow_home or PROJECT_ROOT / "data" / "airflow")
+    home = airflow_home(environ, home_dir)
     api_host = environ.get("AIRFLOW_API_HOST", "127.0.0.1")
     api_port = environ.get("AIRFLOW_API_PORT", "8080")
-    user, password = quote(settings.postgres_user, safe=""), quote(settings.postgres_password, safe="")
-    metadata_url = (
-        f"postgresql+psycopg2://{user}:{password}@{settings.postgres_host}:{settings.postgres_port}/airflow"
-    )
+    metadata_url = project_metadata_url(settings, environ, home)
     env = {
         "AIRFLOW_HOME": str(home),
         "PIPELINE_HOME": str(PROJECT_ROOT),
@@ -102,20 +159,6 @@ def airflow_environment(
     for key, file_name in (("AIRFLOW__API_AUTH__JWT_SECRET", ".jwt_secret"), ("AIRFLOW__API__SECRET_KEY", ".api_secret_key")):
         if key not in environ:
             env[key] = _persistent_secret(home / file_name)
-    if "AIRFLOW_CONN_SPARK_DEFAULT" not in environ:
-        master = environ.get("SPARK_MASTER", "local[*]")
-        env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": master})
-    if "AIRFLOW_CONN_ECOMMERCE_POSTGRES" not in environ:
-        env["AIRFLOW_CONN_ECOMMERCE_POSTGRES"] = json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": settings.postgres_host,
-                "port": settings.postgres_port,
-                "schema": settings.postgres_db,
-                "login": settings.postgres_user,
-                "password": settings.postgres_password,
-            }
-        )
     if "AIRFLOW_CONN_AIRFLOW_API" not in environ:
         # the REST API of this Airflow, as the local admin: a backfill's covering run writes the notes of the runs
         # it covered and closes them (include/airflow/backfill_runs.py)

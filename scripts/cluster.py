@@ -25,9 +25,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-from include.settings import PROJECT_ROOT, Settings
+from include.settings import PROJECT_ROOT
 
 SPARK_CLASS = Path(sys.executable).parent.parent / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
     / "site-packages" / "pyspark" / "bin" / "spark-class"
@@ -92,14 +91,13 @@ class Cluster:
     def spark_work_dir(self, worker: int) -> Path:
         return self.root / f"spark-worker-{worker}"
 
-    def airflow_env(self, settings: Settings) -> dict[str, str]:
-        """What the Airflow components get on top of `make run`'s environment."""
-        user, password = quote(settings.postgres_user, safe=""), quote(settings.postgres_password, safe="")
+    def airflow_env(self, metadata_url: str) -> dict[str, str]:
+        """What the Airflow components get on top of `make run`'s environment; Celery keeps its results in the
+        metadata database ``metadata_url`` (SQLAlchemy's URL), with the metadata's own credentials."""
         return {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
-            "AIRFLOW__CELERY__RESULT_BACKEND":
-                f"db+postgresql://{user}:{password}@{settings.postgres_host}:{settings.postgres_port}/airflow",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+postgresql://" + metadata_url.split("://", 1)[1],
             # one task at a time per worker: with two workers, two tasks of different runs or DAGs at once
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
             "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": self.spark_url}),

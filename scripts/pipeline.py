@@ -1,11 +1,11 @@
 """Operator commands behind the Makefile.
 
     python -m scripts.pipeline init   # database(s), schema and Airflow metadata, nothing else
-    python -m scripts.pipeline migrate
-                                      # the analytics database and its pending schema revisions, nothing else
     python -m scripts.pipeline init --start-dags
                                       # init, the UI login, and the scheduled DAGs parsed and unpaused,
                                       # as `run` does (docker-compose.yaml's airflow-init)
+    python -m scripts.pipeline migrate
+                                      # the connections, roles and pending schema revisions, nothing else
     python -m scripts.pipeline once   # init, then one run of the DAG (`airflow dags test`); exit 0 / 1
     python -m scripts.pipeline run    # init, then Airflow + the generator until Ctrl+C
     python -m scripts.pipeline cluster
@@ -18,8 +18,13 @@
 environment does not set (scripts/env_file.py). The tests run these commands without it, so a developer's
 .env never changes what they test.
 
-When POSTGRES_HOST is local (localhost / 127.0.0.1) the project-local cluster in data/postgres is
-initialised and started as needed; `run` stops it again on exit if it started it.
+Airflow's connections say where the analytics database is (``ecommerce_postgres``, the writer; the schema is
+applied through ``ecommerce_postgres_owner``): start-up creates the ones Airflow lacks from POSTGRES_* and
+SPARK_MASTER (scripts/connections.py), never overrides one, and says which it uses. POSTGRES_HOST:POSTGRES_PORT is
+the project's own server, administered as POSTGRES_USER: when it is local (localhost / 127.0.0.1) the cluster in
+data/postgres is initialised and started as needed (`run` stops it again on exit if it started it), and there
+start-up makes the roles (scripts/database_roles.py). A connection that points at another server is used as it
+is: no local cluster is started for it and its roles are its DBA's.
 """
 
 from __future__ import annotations
@@ -40,16 +45,32 @@ import psutil
 import psycopg
 
 from include.airflow.packaging import build_class_archive, class_archive_path
-from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, RETENTION_DAG_ID
+from include.airflow.settings_resolution import with_connection_fields
+from include.names import DAG_ID, HOURLY_REVENUE_DAG_ID, HOUSEKEEPING_DAG_ID, METADATA_ROLE, RETENTION_DAG_ID
 from include.settings import PROJECT_ROOT, Settings
 from include.storage.migrations import SchemaError
 from include.storage.migrations.runner import upgrade_schema
-from scripts.airflow_env import ADMIN_USER, admin_password, airflow_environment
+from include.storage.privileges import grant_privileges
+from scripts.airflow_env import (
+    ADMIN_USER,
+    METADATA_DATABASE,
+    admin_password,
+    airflow_environment,
+    connection_definitions,
+    project_metadata_url,
+    role_passwords,
+)
 from scripts.cluster import Cluster, ClusterError
+from scripts.connections import (
+    CREATED,
+    ENVIRONMENT,
+    LOCAL_HOSTS,
+    MISSING,
+    same_server,
+)
+from scripts.database_roles import Login, RoleError, provision_analytics, provision_metadata
 from scripts.env_file import EnvFileError, load_env_file
-from scripts.local_postgres import LocalPostgres, ensure_database
-
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+from scripts.local_postgres import LocalPostgres
 
 
 def _log_dir() -> Path:
@@ -72,17 +93,22 @@ def say(message: str) -> None:
 
 @dataclass
 class Environment:
-    settings: Settings
+    settings: Settings  # the pipeline's: its database is the connection ecommerce_postgres's
     env: dict[str, str]
     started_postgres: LocalPostgres | None = None
 
     @classmethod
-    def prepare(cls) -> Environment:
-        """Make the database server, the databases, the schema and the Airflow metadata ready."""
-        settings = Settings.from_env()
-        started = prepare_databases(settings, (settings.postgres_db, "airflow"))
-        migrate_schema(settings)
-        env = {**os.environ, **airflow_environment(settings)}
+    def prepare(cls, spark: bool = True) -> Environment:
+        """Make the metadata database, the connections, the roles, the schema and (``spark``) the Spark archive
+        ready."""
+        configured = Settings.from_env()  # POSTGRES_*: the project's own server, and how to administer it
+        env = {**os.environ, **airflow_environment(configured)}
+        passwords = role_passwords(env)
+        server = ProjectServer(configured)
+        if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == project_metadata_url(configured, env):  # ours, not the user's
+            server.start()
+            _provision(lambda: provision_metadata(server.admin_conninfo, METADATA_DATABASE,
+                                                  Login(METADATA_ROLE, passwords["metadata"])))
         started_at = time.monotonic()
         if _metadata_migrated(env):
             say("Airflow metadata database up to date")
@@ -90,7 +116,23 @@ class Environment:
             _airflow(env, "db", "migrate", quiet=True)
             _record_migration(env)
             say(f"Airflow metadata database ready ({time.monotonic() - started_at:.0f} s)")
-        if not (archive := class_archive_path()) or not archive.exists():
+        connections = _resolve_connections(env, connection_definitions(configured, passwords, env))
+        writer, owner, reader = connections["writer"], connections["owner"], connections["reader"]
+        if owner["source"] == MISSING:
+            raise SystemExit(
+                f"[pipeline] {writer['conn_id']} points at {_where(writer)}, and Airflow has no connection "
+                f"{owner['conn_id']}: define it (the role that owns the schema there; {owner['variable']} or "
+                "Admin -> Connections), docs/security.md says which roles to create")
+        if same_server(writer, {"host": configured.postgres_host, "port": configured.postgres_port}):
+            server.start()
+            logins = [Login(c["login"], c["password"]) for c in (owner, writer, reader)]
+            _provision(lambda: provision_analytics(server.admin_conninfo, writer["schema"], *logins))
+        else:
+            say(f"{writer['conn_id']} points at {_where(writer)}, not this project's server: no local analytics "
+                "cluster for it, its roles are its administrator's")
+        migrate_schema(_with_connection(configured, owner).postgres_conninfo, writer["login"], reader.get("login"))
+        settings = _with_connection(configured, writer)
+        if spark and (not (archive := class_archive_path()) or not archive.exists()):
             started_at = time.monotonic()
             say("writing Spark's class-data archive (once per Java and Spark version, about a minute) ...")
             if build_class_archive():
@@ -98,41 +140,84 @@ class Environment:
             else:
                 say("no class-data archive yet (another process is writing it, or it cannot be built here): "
                     "Spark starts without it, about 10 s slower per run")
-        return cls(settings, env, started)
+        return cls(settings, env, server.started)
 
 
-def prepare_databases(settings: Settings, databases: tuple[str, ...]) -> LocalPostgres | None:
-    """The database server and ``databases`` on it, created when missing. When POSTGRES_HOST is local that is
-    the project-local cluster, initialised and started as needed: returned when this call started it."""
-    started = None
-    if settings.postgres_host in LOCAL_HOSTS:
-        cluster = LocalPostgres.from_settings(settings)
+@dataclass
+class ProjectServer:
+    """POSTGRES_HOST:POSTGRES_PORT, administered as POSTGRES_USER; started here when it is local and down."""
+
+    settings: Settings
+    started: LocalPostgres | None = None
+    ready: bool = False
+
+    @property
+    def admin_conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(self.settings.postgres_conninfo, dbname="postgres")
+
+    def start(self) -> None:
+        if self.ready or self.settings.postgres_host not in LOCAL_HOSTS:
+            return
+        cluster = LocalPostgres.from_settings(self.settings)
         was_running = cluster.initialised() and cluster.running()
         cluster.ensure()
         if not was_running:
-            started = cluster
+            self.started = cluster
             say(f"started PostgreSQL on {cluster.host}:{cluster.port} (data in {cluster.data_dir})")
-    admin = psycopg.conninfo.make_conninfo(settings.postgres_conninfo, dbname="postgres")
-    for database in databases:
-        if ensure_database(admin, database):
-            say(f"created database {database}")
-    return started
+        self.ready = True
 
 
-def migration_conninfo(settings: Settings) -> str:
-    """Who applies the analytics schema's migrations: the owner of its tables (DESIGN.md: the pipeline writes
-    without DDL, migrations run as the owner). The one place that decides it; today the pipeline's own login."""
-    return settings.postgres_conninfo
-
-
-def migrate_schema(settings: Settings) -> None:
-    """Apply the pending revisions of the analytics schema (include/storage/migrations, docs/schema.md), or stop
-    with the reason (the contract file has a column no revision adds, a revision failed, ...)."""
+def migrate_schema(owner_conninfo: str, writer: str, reader: str | None) -> None:
+    """As the schema's owner (connection ecommerce_postgres_owner: the only role with DDL): apply the pending
+    revisions of the analytics schema (include/storage/migrations, docs/schema.md), or stop with the reason, then
+    grant the writer and the reader their privileges (include/storage/privileges.py)."""
     try:
-        upgrade = upgrade_schema(migration_conninfo(settings))
+        upgrade = upgrade_schema(owner_conninfo)
     except SchemaError as error:
         raise SystemExit(f"[pipeline] {error}") from None
     say(upgrade.describe())
+    with psycopg.connect(owner_conninfo, connect_timeout=10) as conn:
+        grant_privileges(conn, writer, reader)
+
+
+def _provision(work) -> None:
+    try:
+        work()
+    except RoleError as error:
+        raise SystemExit(f"[pipeline] {error}") from None
+
+
+def _where(connection: dict) -> str:
+    return f"{connection['host']}:{connection['port'] or 5432}/{connection['schema']}"
+
+
+def _with_connection(settings: Settings, connection: dict) -> Settings:
+    return with_connection_fields(settings, host=connection["host"], port=connection["port"],
+                                  schema=connection["schema"], login=connection["login"],
+                                  password=connection["password"], extra=connection["extra"])
+
+
+_SOURCES = {ENVIRONMENT: "from the environment ({variable})", "metastore": "from Airflow's metastore (as edited in "
+            "Admin -> Connections)", CREATED: "created in Airflow's metastore from POSTGRES_* / SPARK_MASTER "
+            "(edit it in Admin -> Connections; start-up never overrides it)", MISSING: "not defined"}
+
+
+def _resolve_connections(env: dict[str, str], definitions: dict[str, dict]) -> dict[str, dict]:
+    """The connections as Airflow has them (scripts/connections.py, in a process configured like Airflow's),
+    each announced with where it comes from."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "scripts.connections"], input=json.dumps(definitions), env=env,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"[pipeline] reading Airflow's connections failed:\n{done.stderr[-3000:]}")
+    connections = json.loads(done.stdout.strip().splitlines()[-1])
+    for kind in ("writer", "owner", "reader", "spark"):
+        c = connections[kind]
+        where = "" if c["source"] == MISSING else (
+            f" {c['host']}" if kind == "spark" else f" {c['login']}@{_where(c)}")
+        say(f"connection {c['conn_id']}{where}: {_SOURCES[c['source']].format(variable=c['variable'])}")
+    return connections
 
 
 # `airflow db migrate` takes seconds even when there is nothing to migrate (docs/performance.md, "Figures behind
@@ -314,11 +399,24 @@ def start_dags(env: dict[str, str]) -> str:
     return password
 
 
+def refuse_placeholders(env: dict[str, str]) -> None:
+    """Stop before anything starts when the UI would be reachable beyond loopback with a placeholder secret or
+    the default login (include/airflow/exposure.py)."""
+    from include.airflow.exposure import ExposedWithPlaceholders
+    from include.airflow.exposure import refuse_placeholders as refuse
+
+    try:
+        refuse(env)
+    except ExposedWithPlaceholders as error:
+        raise SystemExit(f"[pipeline] {error}") from None
+
+
 def run(cluster: Cluster | None = None, generator: bool = True) -> int:
+    refuse_placeholders({**os.environ, **airflow_environment(Settings.from_env())})
     environment = Environment.prepare()
     env, settings = environment.env, environment.settings
     if cluster is not None:
-        env.update(cluster.airflow_env(settings))
+        env.update(cluster.airflow_env(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
     # the generator below is the feed: silence from it is an alert. Empty counts as unset, as for every setting
     # (a shell that sourced .env.example exports FEED_EXPECTED as an empty string)
     if generator and not env.get("FEED_EXPECTED", "").strip():
@@ -369,7 +467,7 @@ def run(cluster: Cluster | None = None, generator: bool = True) -> int:
             ])
         ui = env["AIRFLOW__API__BASE_URL"]
         say(f"Airflow UI: {ui}  (login: {ADMIN_USER} / {password})")
-        feed = "generator writing into" if generator else "no generator (--no-generator); files are read from"
+        feed = "generator writing into" if generator else "no generator (FEED=off); files are read from"
         say(f"{feed} {settings.landing_dir}; DAG {DAG_ID} runs every minute")
         say(f"logs: {LOG_DIR}/<component>.log, task logs under {env['AIRFLOW_HOME']}/logs")
         say("press Ctrl+C to stop everything")
@@ -412,12 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.env_file:
         load_env(args.env_file)
-    if args.command == "migrate":
-        settings = Settings.from_env()
-        prepare_databases(settings, (settings.postgres_db,))
-        migrate_schema(settings)
+    if args.command == "migrate":  # the owner's connection is Airflow's: the metadata is made ready first
+        Environment.prepare(spark=False)
         return 0
     if args.command == "init":
+        if args.start_dags:  # the UI's login is written: Compose's airflow-init, before any container serves it
+            refuse_placeholders({**os.environ, **airflow_environment(Settings.from_env())})
         environment = Environment.prepare()
         if args.start_dags:
             start_dags(environment.env)

@@ -3,8 +3,10 @@
 # each missing piece reported in one line that says what to install:
 #
 #   scripts/preflight.sh python python3     the interpreter the virtualenv is made from: Python 3.11+ with venv
-#   scripts/preflight.sh java postgres      Java for Spark, the PostgreSQL server binaries for the local cluster
+#   scripts/preflight.sh java postgres      Java 17+ for Spark, the PostgreSQL server binaries for the local cluster
 #   scripts/preflight.sh redis              Redis, the Celery broker of `make cluster`
+#   scripts/preflight.sh chromium jdbc      what `make test` adds: Chromium and its driver (the UI tests), PostgreSQL's
+#                                           JDBC driver (the bench's seed-style peer, tested)
 #
 # Shell, not Python: the point is to stop an interpreter that is too old with a message, and code run by that
 # interpreter could not rely on anything newer than what it is being checked for.
@@ -34,10 +36,34 @@ check_python() {
 check_java() {
   # spark-submit takes $JAVA_HOME/bin/java when JAVA_HOME is set, else java from PATH
   if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
-    return 0
+    java=$JAVA_HOME/bin/java
+  else
+    java=$(command -v java 2>/dev/null) \
+      || fail "no \`java\` on PATH (Spark needs Java 17): install it, e.g. \`sudo apt-get install openjdk-17-jre-headless\`, or set JAVA_HOME"
   fi
-  command -v java >/dev/null 2>&1 \
-    || fail "no \`java\` on PATH (Spark needs Java 17): install it, e.g. \`sudo apt-get install openjdk-17-jre-headless\`, or set JAVA_HOME"
+  # `openjdk version "17.0.15" ...`, or `"1.8.0_402"` for Java 8
+  version=$("$java" -version 2>&1 | sed -n 's/.* version "\([^"]*\)".*/\1/p' | sed -n 1p)
+  major=${version%%.*}
+  [ "$major" = 1 ] && major=$(echo "$version" | cut -d. -f2)
+  case $major in
+    ''|*[!0-9]*) fail "could not read the version of $java (\`$java -version\`); Spark needs Java 17 or newer: e.g. \`sudo apt-get install openjdk-17-jre-headless\`" ;;
+  esac
+  [ "$major" -ge 17 ] \
+    || fail "$java is Java $version; Spark 4 needs Java 17 or newer: install it, e.g. \`sudo apt-get install openjdk-17-jre-headless\`, and set JAVA_HOME"
+}
+
+check_chromium() {
+  # the UI tests drive Debian's Chromium through its chromedriver (nothing is downloaded at test time)
+  command -v chromium >/dev/null 2>&1 \
+    || fail "no \`chromium\` on PATH (the UI tests need it): install it, e.g. \`sudo apt-get install chromium chromium-driver\`"
+  command -v chromedriver >/dev/null 2>&1 \
+    || fail "no \`chromedriver\` on PATH (the UI tests drive Chromium with it): install it, e.g. \`sudo apt-get install chromium-driver\`"
+}
+
+check_jdbc() {
+  # the seed-style peer of the bench writes through PostgreSQL's JDBC driver, and its test runs in `make test`
+  [ -f "${JDBC_JAR:-/usr/share/java/postgresql.jar}" ] \
+    || fail "no PostgreSQL JDBC driver at ${JDBC_JAR:-/usr/share/java/postgresql.jar} (the bench's seed-style peer and its test): install it, e.g. \`sudo apt-get install libpostgresql-jdbc-java\`"
 }
 
 check_redis() {
@@ -76,6 +102,8 @@ while [ $# -gt 0 ]; do
     java) check_java; shift ;;
     postgres) check_postgres; shift ;;
     redis) check_redis; shift ;;
+    chromium) check_chromium; shift ;;
+    jdbc) check_jdbc; shift ;;
     *) fail "scripts/preflight.sh: unknown check $1" ;;
   esac
 done

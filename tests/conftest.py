@@ -31,6 +31,7 @@ LONGEST_FIRST = (
     "tests/integration/test_fault_tolerance.py",
     "tests/integration/test_make_run.py",
     "tests/integration/test_backfill_and_replay.py",
+    "tests/integration/test_external_database.py",
     "tests/integration/test_airflow_ui.py",
     "tests/integration/test_alerts_to_slack.py",
     "tests/integration/test_rule_severities.py",

@@ -11,32 +11,36 @@ task succeeds, so a run that published nothing (all rows duplicates, every file 
 replay) would wake every downstream DAG for nothing, and a run with no dead letters would still announce
 new dead letters. Through the alias a task announces exactly the tables it changed.
 
-The URIs follow the PostgreSQL provider's scheme (``postgres://host:port/database/schema/table``), built from
-``POSTGRES_HOST``/``POSTGRES_PORT``/``POSTGRES_DB`` as the DAG files are parsed: the same variables the
-``ecommerce_postgres`` connection is made from (scripts/airflow_env.py), in every Airflow component.
+The URIs name the tables by the Airflow connection they are reached through, not by where that connection points:
+``x-airflow-connection://ecommerce_postgres/public/ecommerce_events``. An asset's identity is its name and URI,
+and a URI that carried the host, port and database (the PostgreSQL provider's ``postgres://host:port/db/...``,
+read from POSTGRES_* as each process parsed the DAG files) changed when the database moved, or differed between
+two processes that saw different settings: the asset became inactive and every task declaring it failed with
+``AirflowInactiveAssetInInletOrOutletException``. Where the tables are is the connection's business (one source
+of truth); the URIs are constants. (``x-`` schemes are Airflow's for URIs no provider normalises.)
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias
 
+from include.names import POSTGRES_CONN_ID
 from include.results import PublishSummary
-from include.settings import Settings
 
 EVENTS_TABLE = "ecommerce_events"
 DEAD_LETTERS_TABLE = "dead_letter_events"
 
 
-def table_uri(table: str, environ: Mapping[str, str] = os.environ) -> str:
-    host = environ.get("POSTGRES_HOST") or Settings.postgres_host
-    port = environ.get("POSTGRES_PORT") or Settings.postgres_port
-    database = environ.get("POSTGRES_DB") or Settings.postgres_db
-    return f"postgres://{host}:{port}/{database}/public/{table}"
+URI_SCHEME = "x-airflow-connection"
+
+
+def table_uri(table: str, conn_id: str = POSTGRES_CONN_ID, schema: str = "public") -> str:
+    """The asset URI of ``schema.table`` in the database of the Airflow connection ``conn_id``."""
+    return f"{URI_SCHEME}://{conn_id}/{schema}/{table}"
 
 
 EVENTS_ASSET = Asset(name=EVENTS_TABLE, uri=table_uri(EVENTS_TABLE), group="ecommerce")

@@ -1,93 +1,13 @@
-"""Helpers for Airflow task bodies (imported inside tasks only, never at DAG parse time)."""
+"""The DAGs' callbacks: the circuit breaker's failure count and the alerts (include/ops/alerts/).
+
+Their imports are lazy: the DAG files import this module at parse time. The settings they run with come from
+include/airflow/settings_resolution.py.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from include.names import METADATA_CONN_ID, POSTGRES_CONN_ID
+from include.airflow.settings_resolution import callback_settings as _callback_settings
 from include.settings import Settings, get_settings
-
-# Settings an operator changes in the UI (Admin -> Variables) without a restart: read when a task runs, over
-# the environment, for that run only (README "Live settings").
-LIVE_VARIABLES = {"max_price": "ecommerce_max_price", "min_validity_rate": "ecommerce_min_validity_rate",
-                  "rule_severity": "ecommerce_rule_severity"}
-
-
-def settings_from_connection(conn_id: str = POSTGRES_CONN_ID, live: bool = True) -> Settings:
-    """Settings from the environment, with the database taken from the Airflow connection ``conn_id`` and
-    (``live``) the thresholds and rule severities from the Airflow Variables in ``LIVE_VARIABLES`` when set."""
-    from airflow.sdk import BaseHook
-
-    connection = BaseHook.get_connection(conn_id)
-    settings = get_settings()
-    settings = replace(
-        settings,
-        postgres_host=connection.host or settings.postgres_host,
-        postgres_port=int(connection.port or 5432),
-        postgres_db=connection.schema or settings.postgres_db,
-        postgres_user=connection.login or settings.postgres_user,
-        postgres_password=connection.password or "",
-    )
-    if not live:
-        return settings
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from include.settings import SettingsError
-
-    try:
-        return with_live_variables(settings)
-    except SettingsError as error:  # a retry would read the same value: fail the task now, saying which one
-        raise AirflowFailException(str(error)) from error
-
-
-def metadata_database_url(conn_id: str = METADATA_CONN_ID) -> str:
-    """The SQLAlchemy URL of Airflow's metadata database, from the connection ``conn_id`` (extra
-    ``sql_alchemy_conn``): a task cannot read it from the configuration, the Task SDK blanks it there."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
-
-    try:
-        url = BaseHook.get_connection(conn_id).extra_dejson.get("sql_alchemy_conn")
-    except AirflowNotFoundException as error:
-        raise AirflowFailException(
-            f"connection {conn_id!r} is not defined: set AIRFLOW_CONN_{conn_id.upper()} to "
-            '{"conn_type": "generic", "extra": {"sql_alchemy_conn": "<the metadata database URL>"}}') from error
-    if not url:
-        raise AirflowFailException(f"connection {conn_id!r} has no extra 'sql_alchemy_conn' (the metadata database URL)")
-    return url
-
-
-def with_live_variables(settings: Settings, lookup=None) -> Settings:
-    """``settings`` with the Airflow Variables of ``LIVE_VARIABLES`` that are set. A bad value raises
-    ``SettingsError`` naming the Variable: a typo never silently falls back to a default."""
-    from dataclasses import fields
-
-    from include.contract.rules import severities
-    from include.settings import SettingsError
-
-    if lookup is None:
-        from airflow.sdk import Variable
-
-        def lookup(key: str) -> str | None:
-            return Variable.get(key, default=None)
-
-    kinds = {f.name: type(f.default) for f in fields(Settings)}
-    for name, variable in LIVE_VARIABLES.items():
-        raw = lookup(variable)
-        if raw is None or not str(raw).strip():
-            continue
-        try:
-            value = kinds[name](str(raw).strip())
-        except ValueError:
-            raise SettingsError(f"Airflow Variable {variable}={raw!r} is not a valid {kinds[name].__name__}") from None
-        candidate = replace(settings, **{name: value})
-        try:
-            candidate.validate()
-            severities(candidate, source=f"Airflow Variable {variable}")
-        except SettingsError as error:
-            raise SettingsError(f"Airflow Variable {variable}={raw!r}: {error}") from None
-        settings = candidate
-    return settings
 
 
 def record_pipeline_failure(context) -> None:
@@ -131,13 +51,6 @@ def record_pipeline_failure(context) -> None:
 
 
 # --- alert callbacks (include/ops/alerts/); every import is lazy, none of them may raise ----------------------
-
-def _callback_settings() -> Settings:
-    try:
-        return settings_from_connection(live=False)
-    except Exception:  # noqa: BLE001 - no database connection: alerts still reach the log and the file
-        return get_settings()
-
 
 def alert_task_failure(context, settings: Settings | None = None, breaker_note: str | None = None) -> None:
     """Task ``on_failure_callback``: ERROR, the task failed after its retries. A failed ``quality_gate`` is a

@@ -14,7 +14,7 @@ def detect_work(dag_run, params: dict, run_id: str) -> bool:
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.airflow import backfill_runs
-    from include.airflow.callbacks import settings_from_connection
+    from include.airflow.settings_resolution import settings_from_connection
     from include.ops.detect import detect_every_minute_work
 
     settings = settings_from_connection()
@@ -41,7 +41,7 @@ def choose_path(dag_run, params: dict) -> str:
 
 
 def audit(run_id: str) -> dict:
-    from include.airflow.callbacks import settings_from_connection
+    from include.airflow.settings_resolution import settings_from_connection
     from include.quality.audit import audit_staged_batches
 
     return audit_staged_batches(settings_from_connection(), run_id).to_xcom()
@@ -50,7 +50,7 @@ def audit(run_id: str) -> dict:
 def publish(audit_result: dict, run_id: str, outlet_events) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.airflow.callbacks import settings_from_connection
+    from include.airflow.settings_resolution import settings_from_connection
     from include.ops.circuit_breaker import record_published_run
     from include.publish.every_minute import publish as publish_batches
     from include.publish.sql import RuleFailed
@@ -78,7 +78,7 @@ def rederive(dag_run, params: dict, run_id: str, outlet_events) -> dict:
     """Validate the chunk this run staged and re-derive it; then its note, and the runs it covered closed."""
     from include.airflow import backfill_runs
     from include.airflow.api import AirflowApi
-    from include.airflow.callbacks import settings_from_connection
+    from include.airflow.settings_resolution import settings_from_connection
     from include.publish.backfill import rederive as rederive_chunk
 
     settings = settings_from_connection()
@@ -97,7 +97,7 @@ def quality_gate(run_id: str, ti) -> None:
     backfill is judged once, on its totals, by the run that re-derived its last chunk."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.airflow.callbacks import settings_from_connection
+    from include.airflow.settings_resolution import settings_from_connection
     from include.ops.alerts import after_quality_gate, backfill_breach_alert, raise_alert
     from include.quality.gate import backfill_problems, breach_message, problems
 

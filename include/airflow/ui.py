@@ -112,12 +112,12 @@ async def _login_or_error(request: Request, exc: StarletteHTTPException) -> Resp
 
 
 def _connect():
-    """A read-only connection with short timeouts to the database of the ``ecommerce_postgres`` connection."""
+    """A read-only connection with short timeouts, as the reader role of ``ecommerce_postgres_reader`` (SELECT
+    only: docs/security.md); a deployment without that connection reads through ``ecommerce_postgres``, in
+    read-only transactions, and the log says so."""
     import psycopg
 
-    from include.airflow.callbacks import settings_from_connection
-
-    settings = settings_from_connection(live=False)
+    settings, conn_id = _reader_settings()
     try:
         return psycopg.connect(
             settings.postgres_conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -126,8 +126,23 @@ def _connect():
         )
     except psycopg.OperationalError as error:
         log.warning("dead letters: database unreachable: %s", error)
-        raise HTTPException(503, "The analytics database (connection ecommerce_postgres) is unreachable; "
+        raise HTTPException(503, f"The analytics database (connection {conn_id}) is unreachable; "
                                  "try again in a moment.") from error
+
+
+def _reader_settings():
+    """(settings, connection id) of the reader, else of the writer's connection."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from include.airflow.settings_resolution import settings_from_connection
+    from include.names import POSTGRES_CONN_ID, READER_CONN_ID
+
+    try:
+        return settings_from_connection(READER_CONN_ID, live=False), READER_CONN_ID
+    except AirflowNotFoundException:
+        log.warning("no connection %s: the UI pages read through %s (read-only transactions); define the reader "
+                    "(docs/security.md)", READER_CONN_ID, POSTGRES_CONN_ID)
+        return settings_from_connection(POSTGRES_CONN_ID, live=False), POSTGRES_CONN_ID
 
 
 def _templates():

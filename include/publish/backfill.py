@@ -36,6 +36,7 @@ from include.results import PublishSummary, Validation, failing_rules, time_span
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.locks import publish_lock, revalidation_lock
+from include.storage.privileges import analyze
 
 # Second DISTINCT ON key over staging_events s: NULL for rows with an event_id, the row's own id otherwise,
 # so rows without an event_id never collapse into one
@@ -93,7 +94,7 @@ def prepare_candidates(conn: psycopg.Connection, airflow_run_id: str) -> PinnedB
             """,
             {"ids": ids, "owned": owned},
         ).rowcount
-        conn.execute(f"ANALYZE {REVALIDATION_TABLE}")
+        analyze(conn, REVALIDATION_TABLE)
     return PinnedBackfill([str(i) for i in ids], owned, sum(b[2] for b in batches), candidates,
                           "; ".join(sorted({b[3] for b in batches if b[3]})))
 

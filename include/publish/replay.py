@@ -34,6 +34,7 @@ from include.results import Validation, failing_rules, time_span
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.locks import publish_lock, revalidation_lock
+from include.storage.privileges import analyze
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def prepare_candidates(conn: psycopg.Connection, where: str, params: dict[str, A
             """,
             params,
         ).rowcount
-        conn.execute(f"ANALYZE {REVALIDATION_TABLE}")
+        analyze(conn, REVALIDATION_TABLE)
     return {"selected": counts[0], "parse_kind_skipped": counts[1], "not_replayable": counts[2],
             "candidates": candidates, "up_to_id": counts[3]}
 

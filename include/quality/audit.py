@@ -28,6 +28,7 @@ from include.results import AuditResult, RuleResult, TableCheck, Validation
 from include.settings import Settings
 from include.storage.connections import with_connection
 from include.storage.locks import events_generation
+from include.storage.privileges import analyze
 
 DATASOURCE = "ecommerce_postgres"
 ASSET = "audit_candidates"
@@ -61,7 +62,7 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
         # The publish empties staging_events with TRUNCATE, so its statistics describe an empty table until
         # autovacuum looks again; the planner needs the real sizes for the statements below and for the
         # suite's scans of the view (what ANALYZE costs: docs/performance.md, "Audit").
-        conn.execute("ANALYZE staging_events, audit_pinned_batches")
+        analyze(conn, "staging_events", "audit_pinned_batches")
         # Left out: every occurrence after the first of an event_id repeated in these batches (only the
         # repeated ids are sorted, found by one hash aggregate), and every row whose event_id is stored.
         conn.execute(
@@ -85,7 +86,7 @@ def prepare_candidates(conn: psycopg.Connection) -> AuditResult:
              WHERE EXISTS (SELECT 1 FROM ecommerce_events e WHERE e.event_id = p.event_id)
             """
         )
-        conn.execute("ANALYZE audit_excluded_rows")
+        analyze(conn, "audit_excluded_rows")
         candidates = conn.execute("SELECT count(*) FROM audit_candidates").fetchone()[0]
     return AuditResult(batches=[(str(query_id), batch_id) for query_id, batch_id, _ in batches],
                        input_files=sum(files for _, _, files in batches), candidate_rows=candidates,
@@ -108,6 +109,7 @@ def _sqlalchemy_url(settings: Settings) -> str:
     return URL.create(
         "postgresql+psycopg2", username=settings.postgres_user, password=settings.postgres_password,
         host=settings.postgres_host, port=settings.postgres_port, database=settings.postgres_db,
+        query=settings.postgres_parameters,  # psycopg2 hands them to libpq (sslmode, options, ...)
     ).render_as_string(hide_password=False)
 
 

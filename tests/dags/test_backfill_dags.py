@@ -31,10 +31,10 @@ def test_archive_retention_runs_daily(dagbag):
 def test_the_archive_retention_task_runs_its_code(dagbag, monkeypatch):
     """The task's body, as a worker runs it (retention off, so nothing is touched and no database is needed):
     its imports resolve, and it returns what include.ops.retention decided."""
-    from include.airflow import callbacks
+    from include.airflow import settings_resolution
     from include.settings import Settings
 
-    monkeypatch.setattr(callbacks, "settings_from_connection",
+    monkeypatch.setattr(settings_resolution, "settings_from_connection",
                         lambda: Settings.from_env({"ARCHIVE_RETENTION_DAYS": "0"}))
     task = dagbag.dags["ecommerce_archive_retention"].get_task("delete_expired_archive")
     assert task.python_callable()["skipped"] == "retention disabled"

@@ -62,7 +62,8 @@ def interpolate(value: str, values: dict[str, str] | None = None) -> str:
 
 def mounts(service: str) -> dict[str, str]:
     """Container path -> source (named volume or ./host path) of a service's mounts."""
-    return {entry.split(":")[1]: entry.split(":")[0] for entry in SERVICES[service].get("volumes", [])}
+    pairs = (re.match(r"^(\$\{[^}]*\}|[^:]+):([^:]+)", entry).groups() for entry in SERVICES[service].get("volumes", []))
+    return {target: source for source, target in pairs}
 
 
 def pinned(package: str) -> str:
@@ -132,7 +133,7 @@ def test_every_directory_setting_is_on_the_volume_shared_by_the_submitter_and_th
 
 
 def test_every_setting_the_file_passes_exists_and_the_airflow_services_agree():
-    extras = {"PIPELINE_HOME", "PYTHONPATH", "PYSPARK_PYTHON", "DUMB_INIT_SETSID", "XDG_CACHE_HOME"}
+    extras = {"PIPELINE_HOME", "PYTHONPATH", "PYSPARK_PYTHON", "DUMB_INIT_SETSID", "XDG_CACHE_HOME", "PIPELINE_DEPLOYMENT"}
     reference = env_of("airflow-scheduler")
     for name in AIRFLOW_SERVICES:
         env = env_of(name)
@@ -150,6 +151,7 @@ def test_every_setting_the_file_passes_exists_and_the_airflow_services_agree():
 
 def test_the_dag_connections_point_at_the_compose_services():
     env = env_of("airflow-worker")
+    from include.names import OWNER_CONN_ID, READER_CONN_ID
     from include.names import POSTGRES_CONN_ID as postgres_id
     from include.names import SPARK_CONN_ID as spark_id
 
@@ -160,10 +162,14 @@ def test_the_dag_connections_point_at_the_compose_services():
     assert spark == {"conn_type": "spark", "host": url} == {"conn_type": "spark", "host": "spark://spark-master:7077"}
     assert url in SERVICES["spark-worker"]["command"]
     assert SERVICES["spark-master"]["hostname"] == "spark-master"
-    secret = {"POSTGRES_PASSWORD": "p", "POSTGRES_USER": "u", "POSTGRES_DB": "d"}
-    postgres = json.loads(interpolate(env[f"AIRFLOW_CONN_{postgres_id.upper()}"], secret))
-    assert postgres == {"conn_type": "postgres", "host": "postgres", "port": 5432, "schema": "d", "login": "u",
-                        "password": "p"}
+    secret = {"POSTGRES_PASSWORD": "p", "POSTGRES_USER": "u", "POSTGRES_DB": "d", "POSTGRES_WRITER_PASSWORD": "w",
+              "POSTGRES_OWNER_PASSWORD": "o", "POSTGRES_READER_PASSWORD": "r"}
+    # the pipeline writes as the writer role, never as the server's administrator (POSTGRES_USER)
+    for conn_id, login, password in ((postgres_id, "ecommerce_writer", "w"), (OWNER_CONN_ID, "ecommerce_owner", "o"),
+                                     (READER_CONN_ID, "ecommerce_reader", "r")):
+        postgres = json.loads(interpolate(env[f"AIRFLOW_CONN_{conn_id.upper()}"], secret))
+        assert postgres == {"conn_type": "postgres", "host": "postgres", "port": 5432, "schema": "d", "login": login,
+                            "password": password}
 
 
 def test_celery_executor_with_redis_broker_and_metadata_on_postgres():
@@ -234,10 +240,15 @@ def test_the_housekeeping_task_cleans_the_metadata_database_the_components_use()
     from include.names import METADATA_CONN_ID
 
     env = env_of("airflow-worker")
-    secret = {"POSTGRES_PASSWORD": "p", "POSTGRES_USER": "u"}
+    secret = {"POSTGRES_PASSWORD": "p", "POSTGRES_USER": "u", "AIRFLOW_DB_PASSWORD": "m"}
     metadata = json.loads(interpolate(env[f"AIRFLOW_CONN_{METADATA_CONN_ID.upper()}"], secret))
     assert metadata["conn_type"] == "generic"
     assert metadata["extra"]["sql_alchemy_conn"] == interpolate(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], secret)
+    # its own role, not the analytics database's administrator: the URL start-up makes the role for
+    from scripts.airflow_env import project_metadata_url
+
+    ours = project_metadata_url(Settings(postgres_host="postgres", postgres_port=5432), {"AIRFLOW_DB_PASSWORD": "m"})
+    assert interpolate(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], secret) == ours
 
 
 def test_the_file_is_valid_for_the_compose_specification():
@@ -263,7 +274,8 @@ def test_every_container_runs_as_airflow_uid_and_owns_the_volumes_it_writes():
     assert set(project) == set(AIRFLOW_SERVICES + SPARK_SERVICES)
     for name in project:
         assert SERVICES[name]["user"] == PROJECT_USER, name
-    written = {path for name in project for path, source in mounts(name).items() if not source.startswith("./")}
+    written = {path for name in project for path, source in mounts(name).items()
+               if not source.startswith(("./", "${"))}  # a bind mount (LANDING_HOST_DIR) is the host's
     assert written == {"/opt/airflow/data", "/opt/airflow/logs", "/opt/airflow/auth"}
     assert {path for path in mounts("init-volumes")} == written
     command = owner["command"][-1]
@@ -343,12 +355,16 @@ def test_compose_and_make_cluster_run_the_same_services_with_the_same_commands(t
     assert processes["redis"].command[0].endswith("redis-server")
 
     # the same executor, broker kind, result backend (the metadata database) and Spark master as spark_default
-    compose, local = env_of("airflow-scheduler"), cluster.airflow_env(Settings())
+    from scripts.airflow_env import project_metadata_url
+
+    metadata = project_metadata_url(Settings(), {"AIRFLOW_DB_PASSWORD": "m"})
+    compose, local = env_of("airflow-scheduler"), cluster.airflow_env(metadata)
     assert compose["AIRFLOW__CORE__EXECUTOR"] == local["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert compose["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and local["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     for env in (compose, local):
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("/airflow")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")  # the metadata's role
     # and the same scheduler loop as make run's environment, which make cluster adds to (its idle sleep sets
     # how long each task waits for the next one)
     from scripts.airflow_env import airflow_environment

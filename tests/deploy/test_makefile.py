@@ -31,6 +31,9 @@ def bin_dir(tmp_path: Path, **scripts: str) -> Path:
     return directory
 
 
+JAVA_17 = "echo 'openjdk version \"17.0.15\" 2025-04-15' >&2"  # what `java -version` says, on stderr
+
+
 def make(tmp_path: Path, *args: str, path: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {key: value for key, value in os.environ.items()
                if key not in ("JAVA_HOME", "PG_BIN_DIR", "MAKEFLAGS", "MAKELEVEL")}
@@ -63,7 +66,7 @@ def test_missing_java_stops_run_before_anything_is_installed(tmp_path):
 
 
 def test_missing_postgresql_server_binaries_are_named(tmp_path):
-    path = bin_dir(tmp_path, java="exit 0")
+    path = bin_dir(tmp_path, java=JAVA_17)
     empty = tmp_path / "no-postgres"
     empty.mkdir()
     done = make(tmp_path, "preflight", path=path, PG_BIN_DIR=str(empty))
@@ -77,7 +80,7 @@ def test_present_prerequisites_pass(tmp_path):
     for binary in ("initdb", "pg_ctl"):
         (pg / binary).write_text("#!/bin/sh\n")
         (pg / binary).chmod(0o755)
-    done = make(tmp_path, "preflight", path=bin_dir(tmp_path, java="exit 0"), PG_BIN_DIR=str(pg))
+    done = make(tmp_path, "preflight", path=bin_dir(tmp_path, java=JAVA_17), PG_BIN_DIR=str(pg))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
 
@@ -121,3 +124,47 @@ def test_make_test_runs_whole_files_on_two_workers_longest_first_and_workers_0_r
     assert pytest_command(PYTEST_WORKERS="0").rstrip().endswith("-m pytest")
     # the order that balances the workers names files that exist (a renamed file would silently lose its place)
     assert [path for path in LONGEST_FIRST if not (ROOT / path).is_file()] == []
+
+
+def test_make_run_feed_off_starts_no_generator():
+    """Your own feed (README "Use your own feed"): one plain switch, for `make run` and `make cluster`."""
+    for target in ("run", "cluster"):
+        assert dry_run(target, FEED="off")[-1].endswith(f"scripts.pipeline {target} --env-file .env --no-generator")
+        assert "--no-generator" not in dry_run(target)[-1]
+
+
+def test_make_test_checks_chromium_redis_and_the_jdbc_driver_before_the_suite():
+    commands = dry_run("test")
+    assert commands[0].endswith("scripts/preflight.sh java postgres")
+    assert commands[-2].endswith("scripts/preflight.sh chromium redis jdbc") and "pytest" in commands[-1]
+
+
+def fake_java(tmp_path, version: str) -> dict[str, str]:
+    home = tmp_path / f"java-{version}"
+    (home / "bin").mkdir(parents=True)
+    java = home / "bin" / "java"
+    java.write_text(f'#!/bin/sh\necho \'openjdk version "{version}" 2020-01-01\' >&2\n')
+    java.chmod(0o755)
+    return {**os.environ, "JAVA_HOME": str(home)}
+
+
+@pytest.mark.parametrize(("version", "ok"), [("17.0.15", True), ("21", True), ("11.0.2", False), ("1.8.0_402", False)])
+def test_preflight_wants_java_17_or_newer(tmp_path, version, ok):
+    done = subprocess.run(["/bin/sh", str(ROOT / "scripts" / "preflight.sh"), "java"], env=fake_java(tmp_path, version),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode == 0) == ok, done.stderr
+    if not ok:
+        assert f"is Java {version}; Spark 4 needs Java 17 or newer" in done.stderr
+        assert "apt-get install openjdk-17-jre-headless" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_preflight_names_chromium_its_driver_and_the_jdbc_driver_with_an_install_hint(tmp_path):
+    empty = {**os.environ, "PATH": str(tmp_path)}  # nothing on PATH
+    sh = "/bin/sh"
+    done = subprocess.run([sh, str(ROOT / "scripts" / "preflight.sh"), "chromium"], env=empty, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "apt-get install chromium chromium-driver" in done.stderr
+    done = subprocess.run([sh, str(ROOT / "scripts" / "preflight.sh"), "jdbc"],
+                          env={**os.environ, "JDBC_JAR": str(tmp_path / "none.jar")}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "apt-get install libpostgresql-jdbc-java" in done.stderr

@@ -8,8 +8,6 @@ shown in tests/integration/test_make_run.py; the events a real run records, in t
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 import pytest
 
 from include.airflow.assets import (
@@ -37,14 +35,30 @@ def emitted(announce, *args) -> dict[str, dict]:
     return events
 
 
-def test_the_uris_follow_the_postgres_providers_scheme_and_name_the_configured_database():
-    from airflow.providers.postgres.assets.postgres import sanitize_uri
+def test_the_uris_name_the_connection_and_stay_the_same_wherever_the_database_is(monkeypatch):
+    """An asset is its name and URI: a URI read from POSTGRES_* changed when the database moved, and every task
+    declaring the asset then failed (AirflowInactiveAssetInInletOrOutletException). Parsed again with another
+    database in the environment, the assets are the same."""
+    import importlib
+
+    from airflow.sdk.definitions.asset import _sanitize_uri
+
+    import include.airflow.assets as assets
 
     for asset, table in ((EVENTS_ASSET, "ecommerce_events"), (DEAD_LETTERS_ASSET, "dead_letter_events")):
-        assert urlunsplit(sanitize_uri(urlsplit(asset.uri))) == asset.uri  # the provider accepts it unchanged
-        assert asset.uri.endswith(f"/public/{table}") and asset.name == table
-    assert table_uri("ecommerce_events", {"POSTGRES_HOST": "db.internal", "POSTGRES_PORT": "6432",
-                                          "POSTGRES_DB": "shop"}) == "postgres://db.internal:6432/shop/public/ecommerce_events"
+        assert asset.uri == f"x-airflow-connection://ecommerce_postgres/public/{table}" and asset.name == table
+        assert _sanitize_uri(asset.uri) == asset.uri  # Airflow keeps it as it is
+    before = (assets.EVENTS_ASSET, assets.DEAD_LETTERS_ASSET)
+    for name, value in (("POSTGRES_HOST", "db.elsewhere"), ("POSTGRES_PORT", "6432"), ("POSTGRES_DB", "shop"),
+                        ("AIRFLOW_CONN_ECOMMERCE_POSTGRES", "postgres://u:p@db.elsewhere:6432/shop")):
+        monkeypatch.setenv(name, value)
+    try:
+        moved = importlib.reload(assets)
+        assert before == (moved.EVENTS_ASSET, moved.DEAD_LETTERS_ASSET)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(assets)
+    assert table_uri("hourly_revenue") == "x-airflow-connection://ecommerce_postgres/public/hourly_revenue"
 
 
 def every_minute(**counts) -> PublishSummary:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.airflow.callbacks import with_live_variables
+from include.airflow.settings_resolution import with_live_variables
 from include.contract.rules import ROW_RULES, severities
 from include.quality.suite import build_suite
 from include.settings import Settings, SettingsError

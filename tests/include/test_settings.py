@@ -98,3 +98,33 @@ def test_the_original_systems_streaming_knobs_are_accepted_and_ignored():
     """A .env from the original system still starts the pipeline; the two knobs change nothing."""
     given = Settings.from_env({"TRIGGER_INTERVAL": "anything at all", "WATERMARK_DELAY": "-3 hours"})
     assert given == Settings.from_env({})
+
+
+def test_the_connections_extra_reaches_libpq_and_only_its_libpq_parameters():
+    """An extra as Airflow stores it: libpq's keys are honoured (sslmode, options, ...), the postgres provider's
+    own keys are not libpq's and are left out, and the connection's own fields cannot be overridden by it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    extra = ('{"sslmode": "disable", "options": "-c search_path=shop,public", "connect_timeout": 7, '
+             '"cursor": "dictcursor", "sqlalchemy_scheme": "postgresql", "host": "elsewhere", "keepalives": true}')
+    s = Settings.from_env({"POSTGRES_EXTRA": extra, "POSTGRES_HOST": "db.internal"})
+    params = conninfo_to_dict(s.postgres_conninfo)
+    assert params["sslmode"] == "disable" and params["options"] == "-c search_path=shop,public"
+    assert params["connect_timeout"] == "7" and params["keepalives"] == "true"
+    assert params["host"] == "db.internal" and "cursor" not in params and "sqlalchemy_scheme" not in params
+    assert s.postgres_parameters == {"sslmode": "disable", "options": "-c search_path=shop,public",
+                                     "connect_timeout": "7", "keepalives": "true"}
+    with pytest.raises(SettingsError, match="POSTGRES_EXTRA must be a JSON object"):
+        Settings.from_env({"POSTGRES_EXTRA": "sslmode=require"})
+
+
+def test_a_task_takes_every_field_of_the_connection_and_its_extra():
+    from include.airflow.settings_resolution import with_connection_fields
+
+    s = with_connection_fields(Settings.from_env({}), host="pg.example", port=6432, schema="shop", login="writer",
+                               password="pw", extra={"sslmode": "verify-full", "sslrootcert": "/etc/ca.pem"})
+    assert (s.postgres_host, s.postgres_port, s.postgres_db, s.postgres_user) == ("pg.example", 6432, "shop", "writer")
+    assert "sslmode=verify-full" in s.postgres_conninfo and "sslrootcert=/etc/ca.pem" in s.postgres_conninfo
+    plain = with_connection_fields(Settings.from_env({"POSTGRES_EXTRA": '{"sslmode": "require"}'}), host=None,
+                                   port=None, schema=None, login=None, password=None, extra=None)
+    assert plain.postgres_extra == "" and plain.postgres_port == 5432  # the connection's, not the environment's

@@ -670,3 +670,22 @@ def look_at_the_quality_dashboard(ui, history: History, browser, pipeline) -> No
     validity = browser.execute_script(CHART, "chart-validity")
     assert len(drawn(validity, "points", "all batches")) == len([p for p in history.publishes if p >= start]) + 1
     browser.switch_to.default_content()
+
+
+def test_a_token_forged_with_the_placeholder_secret_is_refused(ui, pipeline):
+    """`change-me` is what .env.example shows for AIRFLOW_JWT_SECRET: a token signed with it, with the claims of a
+    real admin token, opens neither the REST API nor the project's pages. The same claims signed with the
+    server's own secret do: only the key makes the difference."""
+    import jwt
+
+    base, _, _ = ui
+    genuine = api_token(base)
+    header = jwt.get_unverified_header(genuine)
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    sign = lambda key: jwt.encode(claims, key, algorithm=header["alg"], headers=header)  # noqa: E731
+    own_secret = pipeline.env["AIRFLOW__API_AUTH__JWT_SECRET"]
+    for path in ("/api/v2/dags", "/ecommerce/dead-letters"):
+        assert request(base, path, {"Authorization": f"Bearer {sign(own_secret)}"})[0] == 200, path
+        for placeholder in ("change-me", "changeme-to-a-long-secret"):
+            status, _, body = request(base, path, {"Authorization": f"Bearer {sign(placeholder)}"})
+            assert status in (401, 403), (path, placeholder, status, body[:300])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from include.settings import Settings
 from scripts.cluster import Cluster, ClusterError
 
 pytestmark = pytest.mark.unit
@@ -33,11 +32,10 @@ def test_a_bad_value_is_refused_with_its_name(name, value):
 def test_airflow_gets_celery_and_the_spark_master_and_spark_gets_no_pipeline_setting(tmp_path, monkeypatch):
     monkeypatch.setattr("scripts.cluster.shutil.which", lambda name: f"/usr/bin/{name}")  # no Redis needed here
     cluster = Cluster(root=tmp_path, redis_port=7001, spark_master_port=7078)
-    settings = Settings(postgres_user="u", postgres_password="p@ss", postgres_host="127.0.0.1", postgres_port=5499)
-    env = cluster.airflow_env(settings)
+    env = cluster.airflow_env("postgresql+psycopg2://airflow:p%40ss@127.0.0.1:5499/airflow")  # the metadata's own role
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:7001/0"
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql://u:p%40ss@127.0.0.1:5499/airflow"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql://airflow:p%40ss@127.0.0.1:5499/airflow"
     assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"]) == {"conn_type": "spark", "host": "spark://127.0.0.1:7078"}
     environ = {"POSTGRES_PASSWORD": "p@ss", "AIRFLOW_HOME": "/x", "PIPELINE_HOME": "/y", "PYTHONPATH": "/z", "PATH": "/bin"}
     processes = {process.name: process for process in cluster.infrastructure(environ)}
