@@ -14,10 +14,13 @@ Each one, inside its one transaction:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import psycopg
+from psycopg.sql import SQL, Identifier
 
 from include.contract.columns import EVENT_COLUMNS
-from include.contract.rules import ROW_RULES, reason_sql, routing_predicate, severities, suite_parameters
+from include.contract.rules import ROW_RULES, RowRule, reason_sql, routing_predicate, severities, suite_parameters
 from include.results import Validation
 from include.settings import Settings
 
@@ -31,55 +34,85 @@ class RuleFailed(RuntimeError):
 
 
 # Where route_rule_failures puts a row that breaks a rule, by the rule's severity.
-_ROUTE_TABLE = {"drop": "rule_failures", "warn": "rule_warnings", "fail": "rule_blockers"}
+ROUTES = {"drop": "rule_failures", "warn": "rule_warnings", "fail": "rule_blockers"}
 
+
+# ---- route: the rows that break a rule, by severity, checked against Great Expectations
 
 def route_rule_failures(conn: psycopg.Connection, validation: Validation | None, settings: Settings,
-                        table: str) -> None:
-    """Fill the temp tables (row id, rule, reason) from the validated ``table`` with each rule's routing
-    predicate, by the rule's severity: ``rule_failures`` (drop: dead letters), ``rule_warnings`` (warn: stored,
-    recorded) and ``rule_blockers`` (fail). Refuses (``RoutingMismatch``) where routing disagrees with Great
-    Expectations' count, and raises ``RuleFailed`` when a ``fail`` rule is broken, before anything is written.
-    ``validation`` None means the table was empty and not validated: nothing is routed."""
-    for target in _ROUTE_TABLE.values():
-        conn.execute(f"CREATE TEMP TABLE {target} (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
+                        candidates: str) -> None:
+    """Fill the temp tables (row id, rule, reason) from the validated table ``candidates`` with each rule's
+    routing predicate, by the rule's severity: ``rule_failures`` (drop: dead letters), ``rule_warnings`` (warn:
+    stored, recorded) and ``rule_blockers`` (fail). Refuses (``RoutingMismatch``) where routing disagrees with
+    Great Expectations' count, and raises ``RuleFailed`` when a ``fail`` rule is broken, before anything is
+    written. ``validation`` None means the table was empty and not validated: nothing is routed."""
+    create_route_tables(conn)
     if validation is None:
         return
     severity = severities(settings)
     parameters = suite_parameters(settings, validation.audited_at)
-    predicates = {rule.name: routing_predicate(rule, parameters) for rule in ROW_RULES}
-    # One scan of the whole table finds the rows that break any rule (a few percent); each rule's routing then
-    # reads only those. A predicate that is NULL for a row selects it neither here nor alone.
-    conn.execute(
-        f"CREATE TEMP TABLE failing_candidates ON COMMIT DROP AS SELECT * FROM {table} WHERE "
-        + " OR ".join(f"({predicate})" for predicate in predicates.values())
-    )
+    predicates = {rule.name: SQL(routing_predicate(rule, parameters)) for rule in ROW_RULES}
+    collect_failing_candidates(conn, candidates, predicates.values())
     for rule in ROW_RULES:
-        routed = conn.execute(
-            f"INSERT INTO {_ROUTE_TABLE[severity[rule.name]]} SELECT staging_row_id, %s, "
-            f"{reason_sql(rule, parameters)} FROM failing_candidates WHERE {predicates[rule.name]}",
-            (rule.name,),
-        ).rowcount
-        expected = validation.rules[rule.name].unexpected_count
-        if routed != expected:
-            raise RoutingMismatch(
-                f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
-                "nothing was written (fix routing_predicate for this expectation type)"
-            )
+        route_rule(conn, rule, severity[rule.name], predicates[rule.name], SQL(reason_sql(rule, parameters)),
+                   validation.rules[rule.name].unexpected_count)
+    analyze_routes(conn)
+    refuse_broken_fail_rules(conn, candidates)
+
+
+def create_route_tables(conn: psycopg.Connection) -> None:
+    for route in ROUTES.values():
+        conn.execute(SQL("CREATE TEMP TABLE {} (staging_row_id bigint, rule text, reason text) ON COMMIT DROP")
+                     .format(Identifier(route)))
+
+
+def collect_failing_candidates(conn: psycopg.Connection, candidates: str, predicates: Iterable[SQL]) -> None:
+    """``failing_candidates``: the rows of ``candidates`` that break any rule.
+
+    One scan of the whole table finds the rows that break any rule (a few percent); each rule's routing then
+    reads only those. A predicate that is NULL for a row selects it neither here nor alone."""
+    conn.execute(SQL("CREATE TEMP TABLE failing_candidates ON COMMIT DROP AS SELECT * FROM {} WHERE {}").format(
+        Identifier(candidates), SQL(" OR ").join(SQL("({})").format(predicate) for predicate in predicates)))
+
+
+def route_rule(conn: psycopg.Connection, rule: RowRule, severity: str, predicate: SQL, reason: SQL,
+               expected: int) -> None:
+    """The failing candidates that break ``rule`` into the route of its severity, with their reason; exactly
+    ``expected`` of them (Great Expectations' count), or ``RoutingMismatch``."""
+    routed = conn.execute(
+        SQL("INSERT INTO {route} SELECT staging_row_id, %s, {reason} FROM failing_candidates WHERE {predicate}")
+        .format(route=Identifier(ROUTES[severity]), reason=reason, predicate=predicate),
+        (rule.name,),
+    ).rowcount
+    if routed != expected:
+        raise RoutingMismatch(
+            f"rule {rule.name}: routing selects {routed} rows, Great Expectations counted {expected}; "
+            "nothing was written (fix routing_predicate for this expectation type)"
+        )
+
+
+def analyze_routes(conn: psycopg.Connection) -> None:
     conn.execute("CREATE INDEX ON rule_failures (staging_row_id)")
     # Temp tables are never analysed by autovacuum: without this the planner guesses their size from their
     # pages and joins the few failing rows to the whole candidate and staging tables by hashing those
     # (the rule dead letters took 39.7 s for 100,000 of 5M rows).
     conn.execute("ANALYZE rule_failures, rule_warnings, rule_blockers")
-    blocked = conn.execute(
-        f"SELECT b.rule, count(*), (array_agg(c.event_id ORDER BY c.staging_row_id))[1:5] "
-        f"FROM rule_blockers b JOIN {table} c USING (staging_row_id) GROUP BY b.rule ORDER BY b.rule").fetchall()
+
+
+def refuse_broken_fail_rules(conn: psycopg.Connection, candidates: str) -> None:
+    """``RuleFailed`` naming each rule of severity fail that rows of ``candidates`` break, with a few event_ids."""
+    blocked = conn.execute(SQL(
+        "SELECT rule_blockers.rule, count(*), (array_agg({event_id} ORDER BY {row_id}))[1:5] "
+        "FROM rule_blockers JOIN {candidates} USING (staging_row_id) GROUP BY rule_blockers.rule "
+        "ORDER BY rule_blockers.rule").format(
+            event_id=Identifier(candidates, "event_id"), row_id=Identifier(candidates, "staging_row_id"),
+            candidates=Identifier(candidates))).fetchall()
     if blocked:
-        raise RuleFailed(
-            "; ".join(f"rule {rule} (severity fail) is broken by {rows} row(s), e.g. event_id "
-                      f"{', '.join(str(i) for i in ids)}" for rule, rows, ids in blocked)
-            + ". Nothing of these batches was published; they stay staged and the next run publishes them "
-            "once the data or the rule's severity (Airflow Variable ecommerce_rule_severity) is fixed.")
+        broken = "; ".join(f"rule {rule} (severity fail) is broken by {rows} row(s), e.g. event_id "
+                           f"{', '.join(map(str, event_ids))}" for rule, rows, event_ids in blocked)
+        raise RuleFailed(f"{broken}. Nothing of these batches was published; they stay staged and the next run "
+                         "publishes them once the data or the rule's severity (Airflow Variable "
+                         "ecommerce_rule_severity) is fixed.")
 
 
 # The lineage columns a dead letter carries, in the order the INSERTs list them.
