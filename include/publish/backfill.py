@@ -156,7 +156,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         summary["dead_letters_added"] = conn.execute(
             f"""
             INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, failed_rules,
-                                            typed_row, rescued_data, {sql.DEAD_LETTER_LINEAGE})
+                                            typed_row, rescued_data, {sql.LEGACY_DEAD_LETTER_LINEAGE})
             SELECT v.event_id, s.raw_data, v.reasons, v.verdict, v.failed_rules, v.typed_row, s.rescued_data,
                    s.schema_version,
                    s.source_file, s.source_line, %s, s.spark_query_id, s.spark_batch_id, s.delivery_id
@@ -170,7 +170,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
             """SELECT min(e.event_time), max(e.event_time) FROM ecommerce_events e JOIN verdicts v
                    ON e.delivery_id = v.delivery_id AND e.source_line = v.source_line
                 WHERE v.verdict IN ('rule', 'parse')""").fetchone()
-        moves = sql.record_moves("to_dead_letter", "backfill", reason=True, rows="""
+        moves = sql.legacy_record_moves("to_dead_letter", "backfill", reason=True, rows="""
             gone g JOIN LATERAL (SELECT id AS dead_letter_id, failed_rules FROM dead_letter_events d
                                   WHERE d.delivery_id = g.delivery_id AND d.source_line = g.source_line
                                   ORDER BY id DESC LIMIT 1) d ON true""")
@@ -188,7 +188,7 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         ).rowcount
 
         # Passing lines not stored: store them (an event_id stored meanwhile makes the line a duplicate).
-        inserted = sql.insert_events(
+        inserted = sql.legacy_insert_events(
             f"{REVALIDATION_TABLE} c JOIN verdicts v USING (staging_row_id)", run_id="%s",
             where="v.verdict = 'pass' AND v.stored_event_id IS NULL", order_by="c.delivery_id, c.source_line",
             returning="event_id, source_file, source_line, delivery_id, event_time")
@@ -203,12 +203,12 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
                 RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.delivery_id,
                           d.failed_rules
             )
-            {sql.record_moves("to_events", "backfill", "resolved", reason=True)}
+            {sql.legacy_record_moves("to_events", "backfill", "resolved", reason=True)}
             """,
             (airflow_run_id, pinned.reason or None),
         ).rowcount
         # warn-level violations of the lines that are events now (kept or stored by this run)
-        summary["violations_recorded"] = conn.execute(sql.record_violations(
+        summary["violations_recorded"] = conn.execute(sql.legacy_record_violations(
             f"{REVALIDATION_TABLE} c JOIN verdicts v USING (staging_row_id)", run_id="%s",
             where="v.verdict = 'pass' AND (v.stored_event_id IS NOT NULL OR (c.delivery_id, c.source_line) IN "
                   "(SELECT delivery_id, source_line FROM stored_now))"), (airflow_run_id,)).rowcount

@@ -112,7 +112,7 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
         with conn.transaction():
             publish_lock(conn)
             sql.route_rule_failures(conn, validation, settings, REVALIDATION_TABLE)
-            inserted = sql.insert_events(f"{REVALIDATION_TABLE} c", run_id="%s", where=sql.PASSES_EVERY_RULE,
+            inserted = sql.legacy_insert_events(f"{REVALIDATION_TABLE} c", run_id="%s", where=sql.LEGACY_PASSES_EVERY_RULE,
                                          order_by="c.staging_row_id", returning="event_id, event_time")
             conn.execute(
                 f"""
@@ -125,7 +125,7 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
             )
             counts["event_time_span"] = time_span(
                 conn.execute("SELECT min(event_time), max(event_time) FROM published").fetchone())
-            counts["violations_recorded"] = conn.execute(sql.record_violations(
+            counts["violations_recorded"] = conn.execute(sql.legacy_record_violations(
                 f"{REVALIDATION_TABLE} c JOIN published p ON p.dead_letter_id = c.staging_row_id",
                 run_id="%s", where="TRUE"), (airflow_run_id,)).rowcount
             counts["published"] = conn.execute(
@@ -138,7 +138,7 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
                     RETURNING d.id AS dead_letter_id, d.event_id, d.source_file, d.source_line, d.delivery_id,
                               d.failed_rules
                 )
-                {sql.record_moves("to_events", "replay", "replayed", approved=True)}
+                {sql.legacy_record_moves("to_events", "replay", "replayed", approved=True)}
                 """,
                 (airflow_run_id, approved_by),
             ).rowcount

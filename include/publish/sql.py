@@ -1,4 +1,4 @@
-"""The SQL every writer of ``ecommerce_events`` / ``dead_letter_events`` shares, written once.
+"""The steps and statements every writer of ``ecommerce_events`` / ``dead_letter_events`` shares, written once.
 
 Three paths write the two tables: the every-minute publish, a backfill's re-derive and a dead-letter replay.
 Each one, inside its one transaction:
@@ -9,15 +9,22 @@ Each one, inside its one transaction:
    disagrees with Great Expectations' count, and stopping when a ``fail`` rule is broken;
 3. stores the passing rows (``insert_events``: an event_id already stored makes the row a duplicate; the
    every-minute publish skips that check when no writer has stored an event since its audit, see ``publish_lock``);
-4. records every row that changed table in ``dead_letter_moves`` (``record_moves``; backfill and replay).
+4. records the warn-level violations of the rows it stored (``record_violations``) and every row that changed
+   table in ``dead_letter_moves`` (``record_moves``; backfill and replay).
+
+Every statement is composed with ``psycopg.sql``: tables and columns are identifiers (the columns from the
+contract's lists, ``include.contract.columns``), values are literals or placeholders, and a statement names each
+relation it reads: a caller hands over the name of its candidates, never an alias the statement expects. Only
+the rules' predicates and reasons come in as SQL text: the contract's rules derive them
+(``include.contract.rules.routing_predicate`` / ``reason_sql``), and Great Expectations' counts check them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import psycopg
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
 from include.contract.columns import EVENT_COLUMNS
 from include.contract.rules import ROW_RULES, RowRule, reason_sql, routing_predicate, severities, suite_parameters
@@ -33,8 +40,36 @@ class RuleFailed(RuntimeError):
     """A rule of severity ``fail`` is broken: nothing was published, the batch stays staged."""
 
 
+# The run's lineage of a stored row or a dead letter: the Airflow run that published it, the Spark batch it came in.
+RUN_LINEAGE = ("airflow_run_id", "spark_query_id", "spark_batch_id")
+# What a dead letter carries of its line, in the order the dead-letter steps list (and group) it: the contract's
+# lineage columns (version, file, line, delivery) around the run's.
+DEAD_LETTER_LINEAGE = ("schema_version", "source_file", "source_line", *RUN_LINEAGE, "delivery_id")
 # Where route_rule_failures puts a row that breaks a rule, by the rule's severity.
 ROUTES = {"drop": "rule_failures", "warn": "rule_warnings", "fail": "rule_blockers"}
+NOTHING, NULL = SQL(""), SQL("NULL")
+
+
+def columns(names: Iterable[str], relation: str | None = None) -> Composed:
+    """``a, b, c``, or ``relation.a, relation.b, relation.c``: quoted identifiers."""
+    return SQL(", ").join(Identifier(relation, name) if relation else Identifier(name) for name in names)
+
+
+def join_using(relation: str, *keys: str) -> Composed:
+    """`` JOIN relation USING (keys)``, to follow a FROM item."""
+    return SQL(" JOIN {} USING ({})").format(Identifier(relation), columns(keys))
+
+
+def dead_letter_lineage(relation: str, run_id: Composable) -> Composed:
+    """The values of ``DEAD_LETTER_LINEAGE`` for a dead letter of a row of ``relation``, run id ``run_id``."""
+    return SQL(", ").join(run_id if name == "airflow_run_id" else Identifier(relation, name)
+                          for name in DEAD_LETTER_LINEAGE)
+
+
+def passes_every_rule(candidates: str) -> Composed:
+    """True for a row of ``candidates`` that broke no rule of severity drop (has no row in ``rule_failures``)."""
+    return SQL("NOT EXISTS (SELECT 1 FROM rule_failures WHERE rule_failures.staging_row_id = {})").format(
+        Identifier(candidates, "staging_row_id"))
 
 
 # ---- route: the rows that break a rule, by severity, checked against Great Expectations
@@ -115,13 +150,75 @@ def refuse_broken_fail_rules(conn: psycopg.Connection, candidates: str) -> None:
                          "ecommerce_rule_severity) is fixed.")
 
 
+# ---- the statements that store rows and record what happened to them
+
+def insert_events(candidates: str, *, run_id: Composable, where: Composable, returning: Sequence[str],
+                  join: Composable = NOTHING, order_by: Sequence[str] = (), skip_stored: bool = True) -> Composed:
+    """``INSERT … SELECT`` of the rows of ``candidates`` (a table or view of candidate rows, ``join`` may join
+    more relations to it) that ``where`` selects into ``ecommerce_events``, in the order of its columns
+    ``order_by``; ``run_id`` is the Airflow run id recorded on the rows. An event_id already stored is skipped
+    (a duplicate); the statement returns the ``returning`` columns of the stored rows.
+
+    ``skip_stored=False`` is for candidates known to hold no stored and no repeated event_id (an audit's, with
+    the write generation unchanged since: ``include.storage.locks.publish_lock``): a plain INSERT, which costs a
+    third less than ``ON CONFLICT`` at 1M rows into 4M (docs/performance.md). Were a row to conflict after all,
+    the primary key fails the transaction: nothing is lost or stored twice."""
+    return SQL(
+        "INSERT INTO ecommerce_events ({events}, {lineage}) SELECT {values}, {run_id}, {spark} FROM {candidates}{join}"
+        " WHERE {where}{order_by}{on_conflict} RETURNING {returning}"
+    ).format(
+        events=columns(EVENT_COLUMNS), lineage=columns(RUN_LINEAGE), values=columns(EVENT_COLUMNS, candidates),
+        run_id=run_id, spark=columns(RUN_LINEAGE[1:], candidates), candidates=Identifier(candidates), join=join,
+        where=where, order_by=SQL(" ORDER BY {}").format(columns(order_by, candidates)) if order_by else NOTHING,
+        on_conflict=SQL(" ON CONFLICT (event_id) DO NOTHING") if skip_stored else NOTHING,
+        returning=columns(returning),
+    )
+
+
+def record_violations(candidates: str, *, run_id: Composable, where: Composable,
+                      join: Composable = NOTHING) -> Composed:
+    """``INSERT … SELECT`` into ``rule_violations`` of the warn-level violations (temp table ``rule_warnings``)
+    of the rows of ``candidates`` (``join`` may join more relations to it) that ``where`` selects: the rows
+    stored in ``ecommerce_events`` by this transaction. An (event, rule) already recorded is kept as it is, so a
+    backfill re-deriving a window records nothing twice. Returns spark_query_id, spark_batch_id, event_id."""
+    return SQL(
+        "INSERT INTO rule_violations (event_id, rule, reason, source_file, source_line, {lineage}, delivery_id)"
+        " SELECT {event_id}, rule_warnings.rule, rule_warnings.reason, {line}, {run_id}, {spark}, {delivery}"
+        " FROM rule_warnings JOIN ({candidates}{join}) USING (staging_row_id) WHERE {where}"
+        " ON CONFLICT (event_id, rule) DO NOTHING RETURNING spark_query_id, spark_batch_id, event_id"
+    ).format(
+        lineage=columns(RUN_LINEAGE), event_id=Identifier(candidates, "event_id"),
+        line=columns(("source_file", "source_line"), candidates), run_id=run_id,
+        spark=columns(RUN_LINEAGE[1:], candidates), delivery=Identifier(candidates, "delivery_id"),
+        candidates=Identifier(candidates), join=join, where=where,
+    )
+
+
+def record_moves(moved: Composable, *, direction: str, cause: str, run_id: Composable,
+                 approved_by: Composable = NULL, reason: Composable = NULL) -> Composed:
+    """``INSERT … SELECT`` into ``dead_letter_moves`` of the rows of ``moved`` (a FROM item yielding event_id,
+    source_file, source_line, delivery_id, dead_letter_id, failed_rules), each moved ``direction`` because of
+    ``cause``, by the run ``run_id``, approved by ``approved_by``, for ``reason``."""
+    return SQL(
+        "INSERT INTO dead_letter_moves (direction, cause, {moved_columns}, airflow_run_id, approved_by, reason)"
+        " SELECT {direction}, {cause}, {moved_columns}, {run_id}, {approved_by}, {reason} FROM {moved}"
+    ).format(
+        moved_columns=columns(("event_id", "source_file", "source_line", "delivery_id", "dead_letter_id",
+                               "failed_rules")),
+        direction=Literal(direction), cause=Literal(cause), run_id=run_id, approved_by=approved_by, reason=reason,
+        moved=moved,
+    )
+
+
+# ---- the text statements the backfill and the replay use until they move to the ones above
+
 # The lineage columns a dead letter carries, in the order the INSERTs list them.
-DEAD_LETTER_LINEAGE = ("schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id, "
+LEGACY_DEAD_LETTER_LINEAGE = ("schema_version, source_file, source_line, airflow_run_id, spark_query_id, spark_batch_id, "
                        "delivery_id")
-PASSES_EVERY_RULE = "NOT EXISTS (SELECT 1 FROM rule_failures f WHERE f.staging_row_id = c.staging_row_id)"
+LEGACY_PASSES_EVERY_RULE = "NOT EXISTS (SELECT 1 FROM rule_failures f WHERE f.staging_row_id = c.staging_row_id)"
 
 
-def insert_events(source: str, *, run_id: str, where: str, returning: str, order_by: str | None = None,
+def legacy_insert_events(source: str, *, run_id: str, where: str, returning: str, order_by: str | None = None,
                   skip_stored: bool = True) -> str:
     """``INSERT … SELECT`` of candidate rows into ``ecommerce_events``.
 
@@ -142,7 +239,7 @@ def insert_events(source: str, *, run_id: str, where: str, returning: str, order
         RETURNING {returning}"""
 
 
-def record_violations(source: str, *, run_id: str, where: str) -> str:
+def legacy_record_violations(source: str, *, run_id: str, where: str) -> str:
     """``INSERT … SELECT`` into ``rule_violations`` of the warn-level violations (temp table ``rule_warnings``)
     of the candidate rows of ``source`` (a FROM clause aliasing the candidates ``c``) that ``where`` selects:
     the rows stored in ``ecommerce_events`` by this transaction. An (event, rule) already recorded is kept as
@@ -158,7 +255,7 @@ def record_violations(source: str, *, run_id: str, where: str) -> str:
         RETURNING spark_query_id, spark_batch_id, event_id"""
 
 
-def record_moves(direction: str, cause: str, rows: str, *, approved: bool = False, reason: bool = False) -> str:
+def legacy_record_moves(direction: str, cause: str, rows: str, *, approved: bool = False, reason: bool = False) -> str:
     """``INSERT … SELECT`` into ``dead_letter_moves`` of the rows of ``rows`` (a FROM clause yielding
     event_id, source_file, source_line, delivery_id, dead_letter_id, failed_rules); the parameters are the run
     id, then who approved the moves (``approved``), then why they were made (``reason``)."""
