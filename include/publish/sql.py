@@ -161,8 +161,8 @@ def insert_events(candidates: str, *, run_id: Composable, where: Composable, ret
 
     ``skip_stored=False`` is for candidates known to hold no stored and no repeated event_id (an audit's, with
     the write generation unchanged since: ``include.storage.locks.publish_lock``): a plain INSERT, which costs a
-    third less than ``ON CONFLICT`` at 1M rows into 4M (docs/performance.md). Were a row to conflict after all,
-    the primary key fails the transaction: nothing is lost or stored twice."""
+    third less than ``ON CONFLICT`` at 1M rows into 4M (16.7 s against 25.9 s, docs/performance.md). Were a
+    row to conflict after all, the primary key fails the transaction: nothing is lost or stored twice."""
     return SQL(
         "INSERT INTO ecommerce_events ({events}, {lineage}) SELECT {values}, {run_id}, {spark} FROM {candidates}{join}"
         " WHERE {where}{order_by}{on_conflict} RETURNING {returning}"
