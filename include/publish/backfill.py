@@ -140,7 +140,8 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
         store_passing_lines(conn, airflow_run_id)
         moved_in = resolve_dead_letters(conn, airflow_run_id, reason)
         summary["violations_recorded"] = record_violations(conn, airflow_run_id)
-        inserted, *entering = conn.execute("SELECT count(*), min(event_time), max(event_time) FROM stored_now").fetchone()
+        inserted, *entering = conn.execute(
+            "SELECT count(*), min(event_time), max(event_time) FROM stored_now").fetchone()
         summary["event_time_span"] = time_span([*leaving, *entering])
         # dead_letters_updated/_added include the dead letters of the lines that moved out of ecommerce_events
         summary.update(moved_to_events=moved_in, moved_to_dead_letter=moved_out, events_added=inserted - moved_in)
@@ -150,7 +151,8 @@ def publish_backfill(conn: psycopg.Connection, pinned: PinnedBackfill, validatio
 
 
 def check_unpublished(conn: psycopg.Connection, ids: list[str]) -> None:
-    """Lock the pinned batches' ledger rows' publish: ``BackfillAlreadyPublished`` if one was published meanwhile."""
+    """``BackfillAlreadyPublished`` if a pinned batch was published meanwhile (the publish lock, held from here to
+    the commit, keeps every other from publishing it now)."""
     pending = conn.execute("SELECT count(*) FROM pipeline_backfill_ledger WHERE backfill_batch_id = ANY(%s::uuid[]) "
                            "AND published_at IS NULL", (ids,)).fetchone()[0]
     if pending != len(ids):
@@ -222,8 +224,9 @@ def add_dead_letters(conn: psycopg.Connection, airflow_run_id: str) -> int:
 
 def event_times_leaving(conn: psycopg.Connection) -> tuple:
     """The earliest and latest event_time of the stored events of the failing lines (for the asset event's span)."""
-    return conn.execute(SQL("SELECT min(event_time), max(event_time) FROM ecommerce_events JOIN verdicts ON {} WHERE {}")
-                        .format(SAME_LINE.format(Identifier("ecommerce_events")), FAILING)).fetchone()
+    return conn.execute(SQL(
+        "SELECT min(event_time), max(event_time) FROM ecommerce_events JOIN verdicts ON {} WHERE {}"
+    ).format(SAME_LINE.format(Identifier("ecommerce_events")), FAILING)).fetchone()
 
 
 def move_out_of_events(conn: psycopg.Connection, airflow_run_id: str, reason: str | None) -> int:

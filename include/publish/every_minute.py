@@ -122,7 +122,8 @@ def record_new_columns(conn: psycopg.Connection, airflow_run_id: str) -> list[di
             "        staging_events.rescued_data ->> rescued.name, %s"
             "   FROM staging_events, jsonb_object_keys(staging_events.rescued_data) AS rescued(name)"
             "  WHERE staging_events.rescued_data IS NOT NULL AND {pinned}"
-            "  ORDER BY rescued.name, (staging_events.rescued_data ->> rescued.name) IS NULL, staging_events.staging_row_id"
+            "  ORDER BY rescued.name, (staging_events.rescued_data ->> rescued.name) IS NULL,"
+            "           staging_events.staging_row_id"
             " ON CONFLICT (column_name) DO NOTHING RETURNING column_name, first_file, sample_value"
         ).format(pinned=in_pinned_batches("staging_events")), (airflow_run_id,)).fetchall()
     ]
@@ -156,9 +157,10 @@ def dead_letter_rule_failures(conn: psycopg.Connection) -> None:
     conn.execute(SQL(
         "INSERT INTO dead_letter_events (event_id, raw_data, validation_errors, error_kind, failed_rules, typed_row,"
         "                                rescued_data, {lineage})"
-        " SELECT {event_id}, staging_events.raw_data, string_agg(rule_failures.reason, '; ' ORDER BY rule_failures.rule),"
-        "        'rule', array_agg(rule_failures.rule ORDER BY rule_failures.rule), (array_agg(to_jsonb({candidates})))[1],"
-        "        (array_agg({rescued}))[1], {values}"
+        " SELECT {event_id}, staging_events.raw_data,"
+        "        string_agg(rule_failures.reason, '; ' ORDER BY rule_failures.rule), 'rule',"
+        "        array_agg(rule_failures.rule ORDER BY rule_failures.rule),"
+        "        (array_agg(to_jsonb({candidates})))[1], (array_agg({rescued}))[1], {values}"
         "   FROM {candidates} JOIN rule_failures USING (staging_row_id)"
         "   JOIN staging_events USING (staging_row_id)"  # the raw line (the view shows typed columns only)
         "   JOIN pipeline_batch_ledger ON ({ledger_key}) = ({batch_key})"
@@ -169,7 +171,7 @@ def dead_letter_rule_failures(conn: psycopg.Connection) -> None:
              batch_key=sql.columns(BATCH_KEY, CANDIDATES), row_id=Identifier(CANDIDATES, "staging_row_id")))
 
 
-def insert_events(conn: psycopg.Connection, *, skip_stored: bool) -> tuple[dict[tuple[str, int], tuple[int, int]], list]:
+def insert_events(conn: psycopg.Connection, *, skip_stored: bool) -> tuple[dict[tuple[str, int], tuple], list]:
     """The candidates that broke no drop rule → ``ecommerce_events``; per batch (stored, late), and the
     earliest and latest event time of each batch."""
     inserted = sql.insert_events(CANDIDATES, join=sql.join_using(LEDGER, *BATCH_KEY), run_id=RUN_ID,

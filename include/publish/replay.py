@@ -86,7 +86,8 @@ def prepare_candidates(conn: psycopg.Connection, where: Composed, params: dict[s
         selected, parse_kind, not_replayable, up_to_id = conn.execute(SQL("""
             SELECT count(*),
                    count(*) FILTER (WHERE dead_letter_events.error_kind = 'parse'),
-                   count(*) FILTER (WHERE dead_letter_events.error_kind = 'rule' AND dead_letter_events.typed_row IS NULL),
+                   count(*) FILTER (WHERE dead_letter_events.error_kind = 'rule'
+                                      AND dead_letter_events.typed_row IS NULL),
                    max(dead_letter_events.id)
               FROM dead_letter_events WHERE {where}
             """).format(where=where), params).fetchone()
@@ -138,7 +139,8 @@ def apply(conn: psycopg.Connection, validation: Validation | None, settings: Set
 def store_passing(conn: psycopg.Connection, airflow_run_id: str) -> list[str] | None:
     """``published``: the candidates that pass now, stored (by dead letter id), with their event times; the
     span of those times."""
-    inserted = sql.insert_events(REVALIDATION_TABLE, run_id=Placeholder(), where=sql.passes_every_rule(REVALIDATION_TABLE),
+    inserted = sql.insert_events(REVALIDATION_TABLE, run_id=Placeholder(),
+                                 where=sql.passes_every_rule(REVALIDATION_TABLE),
                                  order_by=("staging_row_id",), returning=("event_id", "event_time"))
     conn.execute(SQL("""
         CREATE TEMP TABLE published ON COMMIT DROP AS
@@ -196,8 +198,9 @@ def note_still_failing(conn: psycopg.Connection, where: Composed, params: dict[s
                             FROM rule_failures GROUP BY 1)
         UPDATE dead_letter_events
            SET replay_attempts = dead_letter_events.replay_attempts + 1, last_replayed_at = now(),
-               failed_rules = coalesce((SELECT rules FROM failures WHERE failures.staging_row_id = dead_letter_events.id),
-                                       dead_letter_events.failed_rules),
+               failed_rules = coalesce(
+                   (SELECT rules FROM failures WHERE failures.staging_row_id = dead_letter_events.id),
+                   dead_letter_events.failed_rules),
                validation_errors = coalesce(
                    (SELECT reasons FROM failures WHERE failures.staging_row_id = dead_letter_events.id),
                    dead_letter_events.validation_errors)

@@ -148,7 +148,8 @@ class Differential:
         assert aside(steps) == aside(reference), step
         expected, actual = (snapshot(side) for side in self.sides)
         for table in TABLES:
-            assert actual[table] == expected[table], f"{step}: {table} differs: {difference(expected[table], actual[table])}"
+            assert actual[table] == expected[table], \
+                f"{step}: {table} differs: {difference(expected[table], actual[table])}"
         self.counts[step] = {table: len(rows) for table, rows in expected.items() if rows}
         return reference
 
@@ -177,13 +178,14 @@ class Differential:
             return
         for delivery in [*deliveries, *redelivered]:
             source = self.corpus[redelivered.get(delivery, delivery)]
-            self.sql("INSERT INTO deliveries (delivery_id, file_name, source_file, size_bytes, claimed_at, completed_by, "
-                     "status, path, spark_query_id, spark_batch_id, staged_at) VALUES (%s, %s, %s, 1, "
+            self.sql("INSERT INTO deliveries (delivery_id, file_name, source_file, size_bytes, claimed_at, "
+                     "completed_by, status, path, spark_query_id, spark_batch_id, staged_at) VALUES (%s, %s, %s, 1, "
                      "'2026-12-01T10:00Z', 'settled', 'archived', '', %s, %s, '2026-12-01T10:01Z')",
                      (delivery, source.rsplit("/", 1)[-1], source, query_id, batch_id))
         self.sql("INSERT INTO pipeline_batch_ledger (spark_query_id, spark_batch_id, airflow_run_id, input_files, "
                  "input_rows, quarantined_files, started_at) VALUES (%s, %s, %s, %s, %s, 1, '2026-12-01T10:00Z')",
-                 (query_id, batch_id, f"scheduled__batch_{batch_id}", len(deliveries) + len(redelivered), rows.num_rows))
+                 (query_id, batch_id, f"scheduled__batch_{batch_id}", len(deliveries) + len(redelivered),
+                  rows.num_rows))
 
     def audit(self, settings: dict) -> dict[str, object]:
         """Each side's audit of its staged batches, validated once (the candidates are the same rows)."""
@@ -235,7 +237,8 @@ def differential(pipeline, spark, tmp_path):
     files = spark.createDataFrame([(i, path, content) for i, (path, content) in enumerate(corpus, 1)],
                                   "delivery_id long, source_file string, content binary")
     typed = typed_events(files.mapInArrow(parse_landed_files, PARSED_SCHEMA), datetime.now(UTC), 60).toArrow()
-    with pipeline.scratch_database("publish_reference") as reference, pipeline.scratch_database("publish_steps") as steps:
+    with pipeline.scratch_database("publish_reference") as reference, \
+            pipeline.scratch_database("publish_steps") as steps:
         sides = []
         for name, conninfo, modules in (
                 ("reference", reference, (reference_every_minute, reference_backfill, reference_replay)),
