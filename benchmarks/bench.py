@@ -83,6 +83,7 @@ import psycopg
 from benchmarks.peers import PEERS, jdbc_jar_problem, measure_peer, rule_passing_count
 from include.names import DAG_ID
 from include.settings import PROJECT_ROOT, Settings
+from include.storage.landing import scan
 
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -361,10 +362,12 @@ def dags_test(bench: Bench, sampler: TreeSampler, log_name: str) -> tuple[float,
 
 
 def backlog_left(bench: Bench) -> tuple[int, int]:
-    from include.storage.landing import waiting_files
-
+    """Files not yet through: still in the landing directory or claimed and not yet staged; batches staged and
+    not yet published."""
+    landed = sum(1 for entry in scan(bench.settings.landing_dir) if entry.kind == "file" and not entry.name.startswith("."))
+    claimed = bench.scalar("SELECT count(*) FROM deliveries WHERE status = 'claimed'")
     unpublished = bench.scalar("SELECT count(*) FROM pipeline_batch_ledger WHERE published_at IS NULL")
-    return len(waiting_files(bench.settings.landing_dir)), unpublished
+    return landed + claimed, unpublished
 
 
 def measure_pipeline(bench: Bench, files: list[Path], input_rows: int, sampler: TreeSampler,
