@@ -87,7 +87,7 @@ REPROCESS_PARAMS = {
     doc_md=__doc__,
     params=REPROCESS_PARAMS,
     tags=["ecommerce", "spark", "ingest"],
-    on_failure_callback=alert_run_failure,  # alerts: README "Alerts"
+    on_failure_callback=alert_run_failure,  # alerts: docs/alerts.md
     on_success_callback=check_feed_freshness,
     default_args={
         "owner": "data-engineering",
