@@ -11,7 +11,8 @@ dry_run ─► wants_changes ─► approve ─► apply
 ```
 
 What happens to each dead letter, and why parse-kind ones are re-read by a backfill instead:
-`docs/operations.md`, "Dead-letter replay"; how to trigger and approve it: README, "Backfills and replays".
+`docs/operations.md`, "Dead-letter replay"; how to trigger and approve it: `docs/operations.md`, "Commands and UI
+steps".
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ Every-minute (and manual) runs take `ingest → audit → publish`; runs of a ba
 one run re-derives up to `BACKFILL_CHUNK_MINUTES` of history in one Spark job and closes the backfill's other
 runs it covered, each with a note naming it. A run with nothing to do ends at `detect_work`, without a JVM.
 
-What each task does: [docs/architecture.md](docs/architecture.md). Files and producers: README "Use your own
-feed". Backfills, reprocessing a window, replays: [docs/operations.md](docs/operations.md#backfills-and-replays).
-Alerts, Variables (`ecommerce_max_price`, `ecommerce_min_validity_rate`, `ecommerce_rule_severity`),
-connections (`ecommerce_postgres`, `spark_default`, `slack_alerts`, `airflow_api`): the README.
+What each task does: [docs/architecture.md](docs/architecture.md). Files and producers:
+[README, "Use your own feed"](README.md#use-your-own-feed). Backfills, reprocessing a window, replays:
+[docs/operations.md](docs/operations.md#backfills-and-replays). Alerts: [docs/alerts.md](docs/alerts.md).
+Variables (`ecommerce_max_price`, `ecommerce_min_validity_rate`, `ecommerce_rule_severity`) and connections
+(`ecommerce_postgres`, `spark_default`, `slack_alerts`, `airflow_api`): [docs/configuration.md](docs/configuration.md).
 The UI's **Data Quality**, **Dead letters**, **Rule violations** and **Quality dashboard** pages, and the
 **Validation of this run** / **Dead letters of this run** tabs of every run, show what a run did.
 """
@@ -87,7 +88,7 @@ REPROCESS_PARAMS = {
     doc_md=__doc__,
     params=REPROCESS_PARAMS,
     tags=["ecommerce", "spark", "ingest"],
-    on_failure_callback=alert_run_failure,  # alerts: README "Alerts"
+    on_failure_callback=alert_run_failure,  # alerts: docs/alerts.md
     on_success_callback=check_feed_freshness,
     default_args={
         "owner": "data-engineering",

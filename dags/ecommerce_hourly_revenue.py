@@ -19,7 +19,8 @@ hours_to_refresh ─► refresh_rollup
 recomputed). Query: `SELECT * FROM hourly_revenue ORDER BY hour DESC LIMIT 24;`
 
 The asset events' `extra` (every-minute publish): `path`, `rows`, `valid`, `dead_lettered`, `duplicates`,
-`validity_rate`, `batch_ids`, `event_time_span`; a backfill adds `moves`, a replay `resolved`. See README "Assets".
+`validity_rate`, `batch_ids`, `event_time_span`; a backfill adds `moves`, a replay `resolved`. See
+[docs/analytics.md](docs/analytics.md#assets-scheduling-your-own-dag-on-published-rows).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from include.names import METADATA_CONN_ID, POSTGRES_CONN_ID
 from include.settings import Settings, get_settings
 
 # Settings an operator changes in the UI (Admin -> Variables) without a restart: read when a task runs, over
-# the environment, for that run only (README "Live settings").
+# the environment, for that run only (docs/configuration.md, "Live settings").
 LIVE_VARIABLES = {"max_price": "ecommerce_max_price", "min_validity_rate": "ecommerce_min_validity_rate",
                   "rule_severity": "ecommerce_rule_severity"}
 

@@ -124,13 +124,14 @@ def test_an_inconsistent_contract_file_is_refused_with_the_reason(tmp_path, edit
 
 
 @pytest.mark.unit
-def test_the_readme_lists_the_versions_of_the_contract_file():
+def test_the_data_contract_page_lists_the_versions_of_the_contract_file():
+    """docs/data-contract.md, "Columns and schema versions": one table row per version, its columns as in the file."""
     from include.contract.versions import VERSIONS
 
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    page = (PROJECT_ROOT / "docs" / "data-contract.md").read_text()
     listed: dict[str, set[str]] = {}
     for name in VERSIONS:
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {name} | "))
+        row = next(line for line in page.splitlines() if line.startswith(f"| {name} | "))
         cell = row.split("|")[2]
         base = next((listed[v] for v in listed if f"{v} +" in cell), set())
         listed[name] = base | {c for part in cell.split("`")[1::2] for c in part.split(",")}

@@ -1,4 +1,5 @@
-"""Least privilege, as tested against a real PostgreSQL: each role tries each action (README "Security").
+"""Least privilege, as tested against a real PostgreSQL: each role tries each action (docs/security.md,
+"Least privilege").
 
 The session's database is set up as start-up sets up the project's own server (scripts/database_roles.py,
 include/storage/privileges.py): the owner runs the DDL, the writer (the pipeline, the Spark executors) has DML on
