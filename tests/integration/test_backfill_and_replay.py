@@ -168,11 +168,13 @@ def reprocess_in_the_ui(browser, base: str, start: datetime, end: datetime, reas
     return run_id
 
 
-def wait_for_run(pipeline, run_id: str, timeout: float = 300) -> str:
+def wait_for_run(pipeline, run_id: str, timeout: float = 480) -> str:
+    """The run's end state; on timeout, what it waits behind (every queued or running run)."""
     deadline = time.monotonic() + timeout
     while (state := pipeline.airflow_query("SELECT state FROM dag_run WHERE run_id = %s", (run_id,))[0][0]) \
             not in ("success", "failed"):
-        assert time.monotonic() < deadline, pipeline.task_states(run_id)
+        assert time.monotonic() < deadline, (state, pipeline.task_states(run_id), pipeline.airflow_query(
+            "SELECT run_id, run_type, state, start_date FROM dag_run WHERE state IN ('queued', 'running')"))
         time.sleep(2)
     return state
 
