@@ -20,7 +20,9 @@ over: the database and each object in its schema public get the new owner.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -35,6 +37,19 @@ class Login:
 
 class RoleError(RuntimeError):
     """The roles cannot be set up as asked; the message says why."""
+
+
+# Two start-ups at once (two `make once`, a scheduler and a worker) would ALTER the same roles together, and
+# PostgreSQL refuses the second ("tuple concurrently updated"): the set-up takes this advisory lock first.
+PROVISIONING_LOCK = 0x65636F6D726F6C65  # "ecomrole"
+
+
+@contextlib.contextmanager
+def administrator(admin_conninfo: str) -> Iterator[psycopg.Connection]:
+    """The administrator's connection, holding the provisioning lock until the block ends."""
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (PROVISIONING_LOCK,))
+        yield conn
 
 
 def ensure_login(conn: psycopg.Connection, login: Login) -> None:
@@ -95,7 +110,7 @@ def provision_analytics(admin_conninfo: str, database: str, owner: Login, writer
     if len({login.name for login in logins}) < 3:
         raise RoleError("the owner, the writer and the reader must be three roles: "
                         + ", ".join(login.name for login in logins))
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+    with administrator(admin_conninfo) as conn:
         admin = conn.execute("SELECT current_user").fetchone()[0]
         if admin in {login.name for login in logins}:
             raise RoleError(
@@ -106,15 +121,15 @@ def provision_analytics(admin_conninfo: str, database: str, owner: Login, writer
         for login in logins:
             ensure_login(conn, login)
         ensure_owned_database(conn, database, owner.name)
-    hand_over(psycopg.conninfo.make_conninfo(admin_conninfo, dbname=database), owner.name)
+        hand_over(psycopg.conninfo.make_conninfo(admin_conninfo, dbname=database), owner.name)
 
 
 def provision_metadata(admin_conninfo: str, database: str, login: Login) -> None:
     """Airflow's metadata database ``database``, owned by its own role ``login``."""
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+    with administrator(admin_conninfo) as conn:
         ensure_login(conn, login)
         ensure_owned_database(conn, database, login.name)
-    hand_over(psycopg.conninfo.make_conninfo(admin_conninfo, dbname=database), login.name)
+        hand_over(psycopg.conninfo.make_conninfo(admin_conninfo, dbname=database), login.name)
 
 
 def provision_with_schema(admin_conninfo: str, database: str, owner: Login, writer: Login, reader: Login) -> str:

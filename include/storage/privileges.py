@@ -12,6 +12,9 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from include.names import SCHEMA_LOCK
+from include.storage.locks import xact_lock
+
 # The work tables a writer ANALYZEs after filling them: the planner needs their statistics (without them the
 # publish's anti-join took a 9-minute plan). ANALYZE is the owner's, so the owner lends it through this function,
 # for these tables only.
@@ -56,6 +59,7 @@ def grant_privileges(conn: psycopg.Connection, writer: str, reader: str | None) 
             sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(r),
         ]
     with conn.transaction():
+        xact_lock(conn, SCHEMA_LOCK)  # two start-ups granting at once: PostgreSQL refuses the second's GRANTs
         for statement in statements:
             conn.execute(statement)
 
