@@ -501,27 +501,24 @@ def _wait_drained(bench: Bench, timeout: float) -> None:
     say("backlog not drained in time; freshness counts only published files")
 
 
-def _landing_times(bench: Bench) -> dict[str, float]:
-    return {path.name: path.stat().st_mtime for path in bench.settings.archive_dir.rglob("*.csv")}
-
-
 def _freshness(bench: Bench, since: datetime) -> list[tuple[float, float]]:
     """(landing time, seconds from landing to the end of the publish task that made the file's rows queryable)
-    for each file published since ``since``."""
+    for each delivery published since ``since``. A generated file's landing time is its modification time (the
+    generator renames each file into place as soon as it is written), which its delivery row keeps."""
     publish_end = {run["run_id"]: run["tasks"].get("publish", {}).get("end")
                    for run in run_times(bench, since=since)}
-    landed = _landing_times(bench)
     with bench.connect() as conn:
         rows = conn.execute(
-            "SELECT DISTINCT e.source_file, l.published_by_run_id FROM ecommerce_events e "
-            "JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id) WHERE l.published_at >= %s",
+            "SELECT d.delivery_id, d.modified_at, min(l.published_by_run_id) FROM deliveries d "
+            "JOIN pipeline_batch_ledger l USING (spark_query_id, spark_batch_id) "
+            "WHERE l.published_at >= %s AND d.rows_staged > 0 GROUP BY 1, 2",
             (since,),
         ).fetchall()
     values = []
-    for source, run_id in rows:
-        end, name = publish_end.get(run_id), Path(source).name
-        if end is not None and name in landed:
-            values.append((landed[name], end.timestamp() - landed[name]))
+    for _, landed, run_id in rows:
+        end = publish_end.get(run_id)
+        if end is not None and landed is not None:
+            values.append((landed.timestamp(), end.timestamp() - landed.timestamp()))
     return values
 
 
