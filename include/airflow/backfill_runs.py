@@ -67,10 +67,7 @@ class Run:
             return None
         if not (start and end):
             raise ReprocessParamsInvalid("give both window_start and window_end to reprocess a window")
-        # the Trigger form's date-time fields send local-looking times without a zone: they are UTC (the form
-        # says so); a zone given is honoured
-        first, last = (moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in (
-            value if isinstance(value, datetime) else datetime.fromisoformat(str(value)) for value in (start, end)))
+        first, last = _utc(start), _utc(end)
         if first >= last:
             raise ReprocessParamsInvalid(f"window_start {first} is not before window_end {last}")
         return first, last
@@ -79,6 +76,13 @@ class Run:
     def minute(self) -> tuple[datetime, datetime]:
         """This run's own window of claim times: its data interval."""
         return window(self.interval_start or self.logical_date, self.interval_end or self.logical_date)
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A Trigger-form moment: its date-time fields send local-looking times without a zone, which are UTC (the
+    form says so); a zone given is honoured."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def takes_backfill_path(run: Run) -> bool:

@@ -125,3 +125,16 @@ def test_backfill_runs_and_a_window_on_the_trigger_form_take_the_backfill_path()
     assert tasks.choose_path(run("manual"), window) == "backfill_ingest"
     with pytest.raises(ReprocessParamsInvalid, match="both window_start and window_end"):
         tasks.choose_path(run("manual"), {"window_start": "2026-02-28T14:00:00Z"})
+
+
+def test_a_trigger_form_window_without_a_zone_is_utc_and_a_zone_given_is_kept():
+    """The UI's date-time pickers send '2026-02-28T14:00' without a zone; the form says its times are UTC."""
+    from include.airflow.backfill_runs import Run
+
+    def window(start: str, end: str) -> tuple[datetime, datetime]:
+        return Run("ecommerce_events", "manual__x", "manual", None, None, None,
+                   {"window_start": start, "window_end": end}).reprocess
+
+    assert window("2026-02-28T14:00", "2026-02-28T15:30") == (datetime(2026, 2, 28, 14, 0, tzinfo=UTC),
+                                                              datetime(2026, 2, 28, 15, 30, tzinfo=UTC))
+    assert window("2026-02-28T14:00+01:00", "2026-02-28T15:30+01:00")[0] == datetime(2026, 2, 28, 13, 0, tzinfo=UTC)
